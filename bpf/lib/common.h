@@ -1,0 +1,126 @@
+/* Shared definitions of the Cilia datapath: map layouts and constants.
+ * Every struct here has a twin in src/cilia/datapath/layout.py; keep them in sync. */
+#ifndef CILIA_COMMON_H
+#define CILIA_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define DIR_INGRESS 0 /* towards the endpoint */
+#define DIR_EGRESS 1  /* away from the endpoint */
+
+/* Reserved identities (the reference's numbering). */
+#define ID_UNKNOWN 0
+#define ID_HOST 1
+#define ID_WORLD 2
+
+/* Drop reasons (the reference's codes); 0 means forwarded. */
+#define REASON_FORWARDED 0
+#define DROP_INVALID_SIP 132
+#define DROP_POLICY 133
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_UNSUPPORTED_L3 139
+#define DROP_UNKNOWN_TARGET 150
+#define DROP_NO_ENDPOINT 152
+#define DROP_CT_CREATE_FAILED 155
+#define DROP_POLICY_L4 159
+
+#define EP_F_INGRESS_ENFORCED (1 << 0)
+#define EP_F_EGRESS_ENFORCED (1 << 1)
+
+/* Per-device endpoint configuration, keyed by the host-side ifindex. */
+struct endpoint_info {
+	__u32 ipv4; /* network order */
+	__u32 identity;
+	__u16 ep_id;
+	__u8 flags;
+	__u8 pad1;
+	__u32 pad2;
+};
+
+/* IP to identity, longest prefix match (prefixlen counts bits of ipv4). */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ipv4; /* network order */
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+/* One allowance. identity 0 = any peer; dport 0 + proto 0 = every port. */
+struct policy_key {
+	__u32 identity;
+	__u16 ep_id;
+	__u16 dport; /* host order */
+	__u8 proto;
+	__u8 direction;
+	__u16 pad;
+};
+
+#define POLICY_PROTO_MARKER 255 /* "this identity has port-specific entries" */
+
+struct policy_value {
+	__u16 proxy_port;
+	__u8 flags;
+	__u8 pad1;
+	__u32 pad2;
+};
+
+/* Connection tracking: the tuple as the originating packet carried it. */
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u8 proto;
+	__u8 direction; /* direction of the original packet, seen from ep_id */
+	__u16 ep_id;
+};
+
+struct ct_entry {
+	__u64 expires; /* seconds of CLOCK_BOOTTIME */
+	__u64 packets;
+	__u64 bytes;
+	__u32 flags;
+	__u32 pad;
+};
+
+#define CT_F_SEEN_REPLY (1 << 0)
+#define CT_F_CLOSING (1 << 1)
+
+/* Lifetimes and switches the agent sets (array map, index 0). */
+struct datapath_config {
+	__u32 ct_lifetime_tcp;
+	__u32 ct_lifetime_tcp_syn;
+	__u32 ct_lifetime_tcp_closing;
+	__u32 ct_lifetime_nontcp;
+};
+
+struct metrics_key {
+	__u8 reason;
+	__u8 direction;
+	__u16 pad;
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* The parsed packet the policy and CT code work on. */
+struct flow {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+};
+
+#endif

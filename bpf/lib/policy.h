@@ -1,0 +1,49 @@
+/* O(1) policy lookup: at most five hash lookups per packet, whatever the
+ * number of rules, identities or endpoints. */
+#ifndef CILIA_POLICY_H
+#define CILIA_POLICY_H
+
+#include "maps.h"
+
+static __always_inline __u32 identity_of(__u32 ipv4)
+{
+	struct ipcache_key k = { .prefixlen = 32, .ipv4 = ipv4 };
+	struct ipcache_value *v = bpf_map_lookup_elem(&cilia_ipcache, &k);
+
+	return v ? v->identity : ID_WORLD;
+}
+
+static __always_inline int policy_has(__u32 identity, __u16 ep_id, __u16 dport, __u8 proto,
+				      __u8 direction)
+{
+	struct policy_key k = {
+		.identity = identity,
+		.ep_id = ep_id,
+		.dport = dport,
+		.proto = proto,
+		.direction = direction,
+	};
+
+	return bpf_map_lookup_elem(&cilia_policy, &k) != NULL;
+}
+
+/* 0 when allowed, otherwise the drop reason (L3 or L4 denial). */
+static __always_inline int policy_verdict(__u32 identity, __u16 ep_id, const struct flow *f,
+					  __u8 direction)
+{
+	__u16 dport = bpf_ntohs(f->dport);
+
+	if (f->proto == IPPROTO_ICMP)
+		dport = 0; /* ICMP has no port: only L3 allowances match it */
+	if (policy_has(identity, ep_id, dport, f->proto, direction) ||
+	    policy_has(identity, ep_id, 0, 0, direction) ||
+	    policy_has(0, ep_id, dport, f->proto, direction) ||
+	    policy_has(0, ep_id, 0, 0, direction))
+		return 0;
+	if (policy_has(identity, ep_id, 0, POLICY_PROTO_MARKER, direction) ||
+	    policy_has(0, ep_id, 0, POLICY_PROTO_MARKER, direction))
+		return DROP_POLICY_L4;
+	return DROP_POLICY;
+}
+
+#endif

@@ -1,0 +1,1 @@
+"""Cilia: identity-based network security for containers, enforced in eBPF."""

@@ -1,0 +1,82 @@
+"""tcx attachment of the endpoint programs through pinned BPF links.
+
+A pinned link keeps the program attached while no agent runs; a new agent
+swaps its freshly loaded program in with BPF_LINK_UPDATE (atomic, no gap).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import suppress
+from pathlib import Path
+
+from cilia.datapath import libbpf
+
+HOOKS = {
+    # host-side veth hook -> (program, attach type)
+    "ingress": ("cilia_from_container", libbpf.BPF_TCX_INGRESS),
+    "egress": ("cilia_to_container", libbpf.BPF_TCX_EGRESS),
+}
+
+
+def link_pin(links_dir: Path, ifname: str, hook: str) -> Path:
+    """Where the link of one device hook is pinned."""
+    return links_dir / f"{ifname}_{hook}"  # bpffs refuses dots in names
+
+
+def attach_device(links_dir: Path, ifname: str, ifindex: int, prog_fds: dict[str, int]) -> None:
+    """Attach both programs to a device, reusing (and updating) pinned links."""
+    links_dir.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
+    try:
+        for hook, (prog, attach_type) in HOOKS.items():
+            pin = link_pin(links_dir, ifname, hook)
+            if pin.exists() and _update_pinned(pin, ifindex, prog_fds[prog]):
+                continue
+            pin.unlink(missing_ok=True)
+            fd = libbpf.link_create(prog_fds[prog], ifindex, attach_type)
+            try:
+                libbpf.obj_pin(fd, str(pin))
+                created.append(pin)
+            finally:
+                os.close(fd)
+    except BaseException:
+        for pin in created:
+            pin.unlink(missing_ok=True)
+        raise
+
+
+def _update_pinned(pin: Path, ifindex: int, prog_fd: int) -> bool:
+    """Swap the program of a live pinned link; False if the link is stale."""
+    fd = libbpf.obj_get(str(pin))
+    try:
+        linked_ifindex, linked_prog = libbpf.link_target(fd)
+        if linked_ifindex != ifindex:
+            return False
+        if linked_prog != libbpf.prog_id(prog_fd):
+            libbpf.link_update(fd, prog_fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+def is_attached(links_dir: Path, ifname: str, ifindex: int) -> bool:
+    """Are both hooks of the device served by live pinned links?"""
+    for hook in HOOKS:
+        pin = link_pin(links_dir, ifname, hook)
+        if not pin.exists():
+            return False
+        fd = libbpf.obj_get(str(pin))
+        try:
+            if libbpf.link_target(fd)[0] != ifindex:
+                return False
+        finally:
+            os.close(fd)
+    return True
+
+
+def detach_device(links_dir: Path, ifname: str) -> None:
+    """Remove the device's link pins; the programs detach when the last fd closes."""
+    for hook in HOOKS:
+        with suppress(FileNotFoundError):
+            link_pin(links_dir, ifname, hook).unlink()

@@ -1,0 +1,87 @@
+"""ctypes twins of the structs in bpf/lib/common.h (keep both in sync)."""
+
+from __future__ import annotations
+
+import ctypes
+
+EP_F_INGRESS_ENFORCED = 1 << 0
+EP_F_EGRESS_ENFORCED = 1 << 1
+POLICY_PROTO_MARKER = 255
+
+
+class EndpointInfo(ctypes.Structure):
+    _fields_ = [
+        ("ipv4", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad1", ctypes.c_uint8),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("ipv4", ctypes.c_uint32)]
+
+
+class IpcacheValue(ctypes.Structure):
+    _fields_ = [("identity", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class PolicyKey(ctypes.Structure):
+    _fields_ = [
+        ("identity", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class PolicyValue(ctypes.Structure):
+    _fields_ = [
+        ("proxy_port", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad1", ctypes.c_uint8),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+class CtKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("ep_id", ctypes.c_uint16),
+    ]
+
+
+class CtEntry(ctypes.Structure):
+    _fields_ = [
+        ("expires", ctypes.c_uint64),
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class DatapathConfig(ctypes.Structure):
+    _fields_ = [
+        ("ct_lifetime_tcp", ctypes.c_uint32),
+        ("ct_lifetime_tcp_syn", ctypes.c_uint32),
+        ("ct_lifetime_tcp_closing", ctypes.c_uint32),
+        ("ct_lifetime_nontcp", ctypes.c_uint32),
+    ]
+
+
+class MetricsKey(ctypes.Structure):
+    _fields_ = [("reason", ctypes.c_uint8), ("direction", ctypes.c_uint8), ("pad", ctypes.c_uint16)]
+
+
+class MetricsValue(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]

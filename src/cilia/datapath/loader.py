@@ -1,0 +1,62 @@
+"""Load the datapath object with its maps pinned (and reused across restarts)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from cilia.datapath import libbpf
+
+MAP_NAMES = (
+    "cilia_endpoints",
+    "cilia_ipcache",
+    "cilia_policy",
+    "cilia_ct",
+    "cilia_metrics",
+    "cilia_config",
+)
+PROGRAMS = ("cilia_from_container", "cilia_to_container")
+
+
+class LoadedObject:
+    """An opened and loaded BPF object; its maps are pinned under maps_dir."""
+
+    def __init__(self, obj_path: Path, maps_dir: Path) -> None:
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        obj = libbpf.bpf_object__open_file(str(obj_path).encode(), None)
+        if not obj:
+            err = ctypes.get_errno()
+            raise libbpf.BpfError(err, f"open {obj_path}: {os.strerror(err)}")
+        self._obj: int | None = obj
+        try:
+            for name in MAP_NAMES:
+                m = self._find_map(name)
+                # An existing pin of a compatible map is reused, else created.
+                libbpf.check(
+                    libbpf.bpf_map__set_pin_path(m, str(maps_dir / name).encode()),
+                    f"set pin path of {name}",
+                )
+            libbpf.check(libbpf.bpf_object__load(obj), f"load {obj_path.name}")
+            self.prog_fds = {name: self._prog_fd(name) for name in PROGRAMS}
+        except BaseException:
+            self.close()
+            raise
+
+    def _find_map(self, name: str) -> int:
+        m = libbpf.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise libbpf.BpfError(2, f"map {name} not in object")
+        return int(m)
+
+    def _prog_fd(self, name: str) -> int:
+        prog = libbpf.bpf_object__find_program_by_name(self._obj, name.encode())
+        if not prog:
+            raise libbpf.BpfError(2, f"program {name} not in object")
+        return libbpf.check(libbpf.bpf_program__fd(prog), f"fd of {name}")
+
+    def close(self) -> None:
+        """Release programs and map fds (pins stay)."""
+        if self._obj:
+            libbpf.bpf_object__close(self._obj)
+            self._obj = None

@@ -1,0 +1,257 @@
+"""The datapath facade: turns desired endpoint state into kernel state.
+
+The agent hands it desired state (endpoint configuration, policy entries,
+IP-to-identity mappings); it writes the difference into the pinned maps and
+remembers what it wrote, and `verify` compares the maps with that record to
+repair drift made by anyone else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cilia.datapath import attach, bpffs, compiler
+from cilia.datapath.layout import (
+    EP_F_EGRESS_ENFORCED,
+    EP_F_INGRESS_ENFORCED,
+    POLICY_PROTO_MARKER,
+    DatapathConfig,
+)
+from cilia.datapath.loader import LoadedObject
+from cilia.datapath.maps import (
+    CtMap,
+    EndpointMap,
+    EndpointRecord,
+    IpcacheMap,
+    MetricsMap,
+    PolicyMap,
+    PolicyTuple,
+)
+from cilia.policy.desired import ALL_PORTS, EndpointPolicy, Protocol
+
+log = logging.getLogger("cilia.datapath")
+
+
+@dataclass(frozen=True)
+class CtLifetimes:
+    """Connection-tracking lifetimes in seconds (the reference's defaults)."""
+
+    tcp: int = 21600
+    tcp_syn: int = 60
+    tcp_closing: int = 10
+    non_tcp: int = 60
+
+
+@dataclass
+class DriftReport:
+    """What verify() found different from the desired state and repaired."""
+
+    repaired: list[str] = field(default_factory=list)
+
+
+def policy_tuples(ep_id: int, policy: EndpointPolicy) -> set[PolicyTuple]:
+    """Encode an endpoint's policy entries as policy-map keys (with L4 markers)."""
+    out: set[PolicyTuple] = set()
+    for e in policy.entries:
+        out.add((ep_id, int(e.direction), e.identity, e.port, int(e.protocol)))
+        if e.port != ALL_PORTS or e.protocol != Protocol.ANY:
+            # Lets the datapath tell an L4 denial (159) from an L3 one (133).
+            out.add((ep_id, int(e.direction), e.identity, 0, POLICY_PROTO_MARKER))
+    return out
+
+
+def endpoint_flags(policy: EndpointPolicy) -> int:
+    """Enforcement bits of the endpoints map."""
+    return (EP_F_INGRESS_ENFORCED if policy.ingress_enforced else 0) | (
+        EP_F_EGRESS_ENFORCED if policy.egress_enforced else 0
+    )
+
+
+def boottime() -> int:
+    """Seconds of CLOCK_BOOTTIME, the clock of CT expiry stamps."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME))
+
+
+class Datapath:
+    """Owns the loaded programs, the pinned maps and the tcx links of one node."""
+
+    def __init__(
+        self,
+        pin_dir: Path,
+        cache_dir: Path,
+        source_dir: Path | None = None,
+        lifetimes: CtLifetimes | None = None,
+    ) -> None:
+        self.pin_dir = pin_dir
+        self.maps_dir = pin_dir / "maps"
+        self.links_dir = pin_dir / "links"
+        self.cache_dir = cache_dir
+        self.source_dir = source_dir or compiler.default_source_dir()
+        self.lifetimes = lifetimes or CtLifetimes()
+        self._obj: LoadedObject | None = None
+        self._realized_policy: dict[int, set[PolicyTuple]] = defaultdict(set)
+        self._realized_endpoints: dict[int, EndpointRecord] = {}
+        self._realized_ipcache: dict[str, int] = {}
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Compile (cached), load with pinned maps reused, and read back kernel state."""
+        bpffs.ensure_bpffs()
+        obj_path = compiler.compile_object(self.source_dir, self.cache_dir)
+        self._obj = LoadedObject(obj_path, self.maps_dir)
+        path = str(self.maps_dir)
+        self.endpoints = EndpointMap(f"{path}/cilia_endpoints")
+        self.ipcache = IpcacheMap(f"{path}/cilia_ipcache")
+        self.policy = PolicyMap(f"{path}/cilia_policy")
+        self.ct = CtMap(f"{path}/cilia_ct")
+        self.metrics = MetricsMap(f"{path}/cilia_metrics")
+        self._write_config()
+        # Whatever a previous agent left is the starting point of the diff.
+        self._realized_endpoints = self.endpoints.dump()
+        self._realized_ipcache = self.ipcache.dump()
+        self._realized_policy = defaultdict(set)
+        for t in self.policy.dump():
+            self._realized_policy[t[0]].add(t)
+
+    def _write_config(self) -> None:
+        from cilia.datapath.maps import BpfMap
+
+        cfg_map = BpfMap(f"{self.maps_dir}/cilia_config", ctypes.c_uint32, DatapathConfig)
+        lt = self.lifetimes
+        cfg_map.update(
+            ctypes.c_uint32(0),
+            DatapathConfig(lt.tcp, lt.tcp_syn, lt.tcp_closing, lt.non_tcp),
+        )
+        cfg_map.close()
+
+    def close(self) -> None:
+        """Drop file descriptors; pins (and so enforcement) stay in place."""
+        for m in ("endpoints", "ipcache", "policy", "ct", "metrics"):
+            if hasattr(self, m):
+                getattr(self, m).close()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def teardown(self) -> None:
+        """Remove every pin: programs detach, maps are freed."""
+        self.close()
+        bpffs.remove_pins(self.pin_dir)
+
+    # -- endpoints --------------------------------------------------------
+
+    def attach(self, ifname: str, ifindex: int) -> None:
+        """Attach the endpoint programs to a host-side device (idempotent)."""
+        assert self._obj is not None, "datapath not started"
+        attach.attach_device(self.links_dir, ifname, ifindex, self._obj.prog_fds)
+
+    def is_attached(self, ifname: str, ifindex: int) -> bool:
+        """Are the programs attached to this device through live links?"""
+        return attach.is_attached(self.links_dir, ifname, ifindex)
+
+    def detach(self, ifname: str) -> None:
+        """Detach the endpoint programs from a device."""
+        attach.detach_device(self.links_dir, ifname)
+
+    def program_endpoint(
+        self, ifindex: int, ep_id: int, ipv4: str, identity: int, policy: EndpointPolicy
+    ) -> tuple[int, int]:
+        """Make the kernel enforce `policy` for an endpoint; returns (added, removed).
+
+        Order avoids transient denials: new allowances first, then the
+        enforcement flags, then removal of allowances no longer wanted.
+        """
+        desired = policy_tuples(ep_id, policy)
+        realized = self._realized_policy[ep_id]
+        added = desired - realized
+        removed = realized - desired
+        for t in added:
+            self.policy.put(t)
+            realized.add(t)
+        rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy))
+        if self._realized_endpoints.get(ifindex) != rec:
+            self.endpoints.set(ifindex, rec)
+            self._realized_endpoints[ifindex] = rec
+        for t in removed:
+            self.policy.remove(t)
+            realized.discard(t)
+        return len(added), len(removed)
+
+    def remove_endpoint(self, ifindex: int, ep_id: int) -> None:
+        """Forget an endpoint's configuration and policy entries."""
+        self.endpoints.remove(ifindex)
+        self._realized_endpoints.pop(ifindex, None)
+        for t in self._realized_policy.pop(ep_id, set()):
+            self.policy.remove(t)
+
+    # -- ipcache ----------------------------------------------------------
+
+    def sync_ipcache(self, desired: dict[str, int]) -> tuple[int, int]:
+        """Make the IP-to-identity map equal `desired` (prefix -> identity)."""
+        norm = {p if "/" in p else f"{p}/32": i for p, i in desired.items()}
+        changed = [p for p, i in norm.items() if self._realized_ipcache.get(p) != i]
+        stale = [p for p in self._realized_ipcache if p not in norm]
+        for p in changed:
+            self.ipcache.set(p, norm[p])
+            self._realized_ipcache[p] = norm[p]
+        for p in stale:
+            self.ipcache.remove(p)
+            del self._realized_ipcache[p]
+        return len(changed), len(stale)
+
+    # -- drift, counters, CT ---------------------------------------------
+
+    def verify(self) -> DriftReport:
+        """Compare the maps with what was written and repair any difference."""
+        report = DriftReport()
+        actual_policy = self.policy.dump()
+        wanted_policy = (
+            set().union(*self._realized_policy.values()) if self._realized_policy else set()
+        )
+        for t in wanted_policy - actual_policy:
+            self.policy.put(t)
+            report.repaired.append(f"policy entry restored: {t}")
+        for t in actual_policy - wanted_policy:
+            self.policy.remove(t)
+            report.repaired.append(f"foreign policy entry removed: {t}")
+        actual_eps = self.endpoints.dump()
+        for ifindex, rec in self._realized_endpoints.items():
+            if actual_eps.get(ifindex) != rec:
+                self.endpoints.set(ifindex, rec)
+                report.repaired.append(f"endpoint config restored: ifindex {ifindex}")
+        actual_ipc = self.ipcache.dump()
+        for prefix, ident in self._realized_ipcache.items():
+            if actual_ipc.get(prefix) != ident:
+                self.ipcache.set(prefix, ident)
+                report.repaired.append(f"ipcache entry restored: {prefix}")
+        for prefix in set(actual_ipc) - set(self._realized_ipcache):
+            self.ipcache.remove(prefix)
+            report.repaired.append(f"foreign ipcache entry removed: {prefix}")
+        for line in report.repaired:
+            log.warning("drift repaired: %s", line)
+        return report
+
+    def counters(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(reason, direction) -> (packets, bytes) from the per-CPU metrics map."""
+        return self.metrics.totals()
+
+    def ct_gc(self) -> int:
+        """Delete expired connection-tracking entries; returns how many."""
+        now = boottime()
+        expired = [k for k, v in self.ct.items() if v.expires < now]
+        for k in expired:
+            self.ct.delete(k)
+        return len(expired)
+
+    def ct_forget_endpoint(self, ep_id: int) -> int:
+        """Delete every CT entry of one endpoint."""
+        keys = [k for k in self.ct.iter_keys() if k.ep_id == ep_id]
+        for k in keys:
+            self.ct.delete(k)
+        return len(keys)

@@ -1,0 +1,210 @@
+"""Typed access to the pinned datapath maps."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cilia.datapath import libbpf
+from cilia.datapath.layout import (
+    CtEntry,
+    CtKey,
+    EndpointInfo,
+    IpcacheKey,
+    IpcacheValue,
+    MetricsKey,
+    MetricsValue,
+    PolicyKey,
+    PolicyValue,
+)
+
+K = TypeVar("K", bound="ctypes._SimpleCData[int] | ctypes.Structure")
+V = TypeVar("V", bound=ctypes.Structure)
+
+
+def ip_to_be(ip: str) -> int:
+    """Dotted IPv4 to the u32 the kernel stores (network byte order in memory)."""
+    return int(struct.unpack("=I", socket.inet_aton(ip))[0])
+
+
+def be_to_ip(value: int) -> str:
+    """Inverse of ip_to_be."""
+    return socket.inet_ntoa(struct.pack("=I", value))
+
+
+class BpfMap(Generic[K, V]):
+    """A map opened from its pin, with ctypes key and value types."""
+
+    def __init__(self, path: str, key_type: type[K], value_type: type[V]) -> None:
+        self.path = path
+        self.fd = libbpf.obj_get(path)
+        self.key_type = key_type
+        self.value_type = value_type
+
+    def close(self) -> None:
+        """Release the fd (the pinned map stays)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def update(self, key: K, value: V) -> None:
+        """Insert or replace."""
+        libbpf.map_update(self.fd, key, value)
+
+    def lookup(self, key: K) -> V | None:
+        """Return the value or None."""
+        value = self.value_type()
+        return value if libbpf.map_lookup(self.fd, key, value) else None
+
+    def delete(self, key: K) -> bool:
+        """Delete; False if absent."""
+        return libbpf.map_delete(self.fd, key)
+
+    def iter_keys(self) -> Iterator[K]:
+        """Iterate over all keys (snapshot semantics of get_next_key)."""
+        cur: K | None = None
+        while True:
+            nxt = self.key_type()
+            if not libbpf.map_next_key(self.fd, cur, nxt):
+                return
+            yield nxt
+            cur = nxt
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        """Iterate over (key, value); entries deleted meanwhile are skipped."""
+        for key in list(self.iter_keys()):
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """Datapath view of one endpoint (the value of the endpoints map)."""
+
+    ep_id: int
+    ipv4: str
+    identity: int
+    flags: int
+
+
+class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
+    """ifindex -> endpoint configuration."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, ctypes.c_uint32, EndpointInfo)
+
+    def set(self, ifindex: int, rec: EndpointRecord) -> None:
+        """Write the configuration of the endpoint behind ifindex."""
+        info = EndpointInfo(
+            ipv4=ip_to_be(rec.ipv4), identity=rec.identity, ep_id=rec.ep_id, flags=rec.flags
+        )
+        self.update(ctypes.c_uint32(ifindex), info)
+
+    def get(self, ifindex: int) -> EndpointRecord | None:
+        """Read the configuration of ifindex."""
+        info = self.lookup(ctypes.c_uint32(ifindex))
+        if info is None:
+            return None
+        return EndpointRecord(info.ep_id, be_to_ip(info.ipv4), info.identity, info.flags)
+
+    def remove(self, ifindex: int) -> bool:
+        """Forget ifindex."""
+        return self.delete(ctypes.c_uint32(ifindex))
+
+    def dump(self) -> dict[int, EndpointRecord]:
+        """All endpoints by ifindex."""
+        return {
+            int(k.value): EndpointRecord(v.ep_id, be_to_ip(v.ipv4), v.identity, v.flags)
+            for k, v in self.items()
+        }
+
+
+class IpcacheMap(BpfMap[IpcacheKey, IpcacheValue]):
+    """Prefix -> identity (longest prefix match)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, IpcacheKey, IpcacheValue)
+
+    @staticmethod
+    def _key(prefix: str) -> IpcacheKey:
+        net = ipaddress.IPv4Network(prefix, strict=False)
+        return IpcacheKey(prefixlen=net.prefixlen, ipv4=ip_to_be(str(net.network_address)))
+
+    def set(self, prefix: str, identity: int) -> None:
+        """Map a prefix (or a bare address, /32) to an identity."""
+        self.update(self._key(prefix), IpcacheValue(identity=identity))
+
+    def remove(self, prefix: str) -> bool:
+        """Remove a prefix."""
+        return self.delete(self._key(prefix))
+
+    def dump(self) -> dict[str, int]:
+        """All prefixes as 'a.b.c.d/len' -> identity."""
+        return {f"{be_to_ip(k.ipv4)}/{k.prefixlen}": int(v.identity) for k, v in self.items()}
+
+
+PolicyTuple = tuple[int, int, int, int, int]
+"""(ep_id, direction, identity, dport, proto) as stored in the policy map."""
+
+
+class PolicyMap(BpfMap[PolicyKey, PolicyValue]):
+    """(endpoint, direction, identity, port, proto) -> allowance."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, PolicyKey, PolicyValue)
+
+    @staticmethod
+    def key(t: PolicyTuple) -> PolicyKey:
+        """Build the C key of a policy tuple."""
+        ep_id, direction, identity, dport, proto = t
+        return PolicyKey(
+            identity=identity, ep_id=ep_id, dport=dport, proto=proto, direction=direction
+        )
+
+    def put(self, t: PolicyTuple, proxy_port: int = 0) -> None:
+        """Allow a tuple."""
+        self.update(self.key(t), PolicyValue(proxy_port=proxy_port))
+
+    def remove(self, t: PolicyTuple) -> bool:
+        """Revoke a tuple."""
+        return self.delete(self.key(t))
+
+    def dump(self) -> set[PolicyTuple]:
+        """Every tuple in the map."""
+        return {(k.ep_id, k.direction, k.identity, k.dport, k.proto) for k in self.iter_keys()}
+
+
+class CtMap(BpfMap[CtKey, CtEntry]):
+    """The connection-tracking table."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, CtKey, CtEntry)
+
+
+class MetricsMap(BpfMap[MetricsKey, MetricsValue]):
+    """Per-CPU (reason, direction) -> packets, bytes; summed over CPUs on read."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, MetricsKey, MetricsValue)
+        self.ncpus = libbpf.possible_cpus()
+
+    def totals(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(reason, direction) -> (packets, bytes), summed over CPUs."""
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        per_cpu = MetricsValue * self.ncpus
+        for key in list(self.iter_keys()):
+            values = per_cpu()
+            if not libbpf.map_lookup(self.fd, key, values):
+                continue
+            out[(key.reason, key.direction)] = (
+                sum(v.packets for v in values),
+                sum(v.bytes for v in values),
+            )
+        return out
