@@ -1,0 +1,269 @@
+"""REST API of the agent, served on a unix socket under /v1 (OpenAPI at /v1/openapi.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from cilia import __version__
+from cilia.agent.daemon import Agent, AgentError
+from cilia.datapath.drop_reasons import reason_name
+from cilia.k8s.manifests import ManifestError, parse_manifests
+from cilia.labels import Labels
+from cilia.policy import ValidationError, parse_rules
+from cilia.runtime.probe import probe
+
+MATRIX_CONCURRENCY = 128
+
+
+class ObjectsRequest(BaseModel):
+    """Manifest text as read by the CLI (multi-document YAML)."""
+
+    text: str
+    source: str = "-"
+
+
+class PolicyImportRequest(BaseModel):
+    """Rules as a JSON list (the `cilia policy import` format)."""
+
+    rules: Any
+
+
+class PolicyDeleteRequest(BaseModel):
+    """Delete all rules, or those carrying every given label."""
+
+    all: bool = False
+    labels: list[str] = Field(default_factory=list)
+
+
+Proto = Literal["TCP", "UDP"]
+
+
+class ProbeRequest(BaseModel):
+    """One connectivity probe from a pod to a pod."""
+
+    source: str = Field(description="NS/POD")
+    destination: str = Field(description="NS/POD")
+    port: int = Field(ge=1, le=65535)
+    protocol: Proto = "TCP"
+    timeout: float = Field(1.0, gt=0, le=30)
+
+
+class MatrixRequest(BaseModel):
+    """Probe every ordered pair of pods on every port and protocol."""
+
+    ports: list[int] = Field(default_factory=lambda: [80])
+    protocols: list[Proto] = Field(default_factory=lambda: ["TCP"])  # type: ignore[arg-type]
+    namespaces: list[str] = Field(default_factory=list)
+    timeout: float = Field(1.0, gt=0, le=30)
+
+
+def _split_pod(ref: str) -> tuple[str, str]:
+    if "/" not in ref:
+        return "default", ref
+    ns, name = ref.split("/", 1)
+    return ns, name
+
+
+def create_app(agent: Agent) -> FastAPI:
+    """Build the FastAPI application bound to one agent."""
+    app = FastAPI(
+        title="Cilia agent API",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(AgentError)
+    async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(ManifestError)
+    async def _manifest_error(_: Request, exc: ManifestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(ValidationError)
+    async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.get("/v1/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/status")
+    def status(all_controllers: bool = False) -> dict[str, Any]:
+        out = agent.status()
+        if all_controllers:
+            out["controller-list"] = [c.to_api() for c in agent.controllers.all()]
+        return out
+
+    @app.get("/v1/config")
+    def config() -> dict[str, Any]:
+        return agent.config.model_dump(mode="json")
+
+    @app.get("/v1/endpoint")
+    def endpoint_list() -> list[dict[str, Any]]:
+        with agent.lock:
+            return [ep.to_api() for ep in sorted(agent.endpoints.values(), key=lambda e: e.id)]
+
+    @app.get("/v1/endpoint/{key:path}/log")
+    def endpoint_log(key: str) -> list[dict[str, Any]]:
+        return list(agent.endpoint(key).log)
+
+    @app.get("/v1/endpoint/{key:path}")
+    def endpoint_get(key: str) -> dict[str, Any]:
+        ep = agent.endpoint(key)
+        out = ep.to_api()
+        out["policy"] = [
+            {
+                "direction": e.direction.name.lower(),
+                "identity": e.identity,
+                "port": e.port,
+                "protocol": e.protocol.name,
+            }
+            for e in sorted(ep.policy.entries)
+        ]
+        return out
+
+    @app.get("/v1/identity")
+    def identity_list() -> list[dict[str, Any]]:
+        with agent.lock:
+            return [{"id": i, "labels": labels.to_list()} for i, labels in agent.identities.items()]
+
+    @app.get("/v1/identity/{identity}")
+    def identity_get(identity: int) -> dict[str, Any]:
+        with agent.lock:
+            labels = agent.identities.labels_of(identity)
+        if labels is None:
+            raise AgentError(f"identity {identity} not found", status=404)
+        return {"id": identity, "labels": labels.to_list()}
+
+    @app.get("/v1/policy")
+    def policy_get() -> dict[str, Any]:
+        with agent.lock:
+            return {
+                "revision": agent.repo.revision,
+                "rules": [r.to_api() for r in agent.repo.rules],
+            }
+
+    @app.put("/v1/policy")
+    def policy_import(req: PolicyImportRequest) -> dict[str, Any]:
+        rules = parse_rules(req.rules)
+        revision = agent.policy_import(rules)
+        return {"revision": revision, "imported": len(rules)}
+
+    @app.post("/v1/policy/validate")
+    def policy_validate(req: PolicyImportRequest) -> dict[str, Any]:
+        return {"valid": True, "rules": len(parse_rules(req.rules))}
+
+    @app.delete("/v1/policy")
+    def policy_delete(req: PolicyDeleteRequest) -> dict[str, Any]:
+        if not req.all and not req.labels:
+            raise AgentError("name labels to delete, or ask for all")
+        labels = None if req.all else Labels.parse(req.labels)
+        revision, deleted = agent.policy_delete(labels)
+        return {"revision": revision, "deleted": deleted}
+
+    @app.post("/v1/objects/validate")
+    def objects_validate(req: ObjectsRequest) -> dict[str, Any]:
+        return {"valid": True, "objects": len(parse_manifests(req.text, req.source))}
+
+    @app.post("/v1/objects/apply")
+    def objects_apply(req: ObjectsRequest) -> dict[str, Any]:
+        manifests = parse_manifests(req.text, req.source)
+        return {"results": agent.apply(manifests), "revision": agent.repo.revision}
+
+    @app.post("/v1/objects/delete")
+    def objects_delete(req: ObjectsRequest) -> dict[str, Any]:
+        manifests = parse_manifests(req.text, req.source)
+        return {"results": agent.delete(manifests), "revision": agent.repo.revision}
+
+    @app.get("/v1/objects/{kind}")
+    def objects_list(kind: str) -> list[dict[str, Any]]:
+        with agent.lock:
+            try:
+                return agent.objects.listing(kind, agent.pod_status())
+            except ValueError as exc:
+                raise AgentError(str(exc), status=404) from None
+
+    @app.delete("/v1/pods/{namespace}/{name}")
+    def pod_delete(namespace: str, name: str) -> dict[str, Any]:
+        agent.delete_pod(namespace, name)
+        return {"deleted": f"{namespace}/{name}"}
+
+    @app.get("/v1/pods/{namespace}/{name}/netns")
+    def pod_netns(namespace: str, name: str) -> dict[str, Any]:
+        with agent.lock:
+            return {"netns": agent.pod_netns(namespace, name)}
+
+    async def _probe_pair(
+        src: str, dst: str, port: int, proto: str, timeout: float
+    ) -> dict[str, Any]:
+        with agent.lock:
+            src_path = agent.pod_netns(*_split_pod(src))
+            dst_ip = agent.endpoint("/".join(_split_pod(dst))).ipv4
+        res = await probe(src_path, dst_ip, port, proto, timeout)
+        return {
+            "from": src,
+            "to": dst,
+            "port": port,
+            "protocol": proto,
+            "result": res.result,
+            "detail": res.detail,
+            "latency_ms": round(res.latency_ms, 2),
+        }
+
+    @app.post("/v1/probe")
+    async def probe_one(req: ProbeRequest) -> dict[str, Any]:
+        return await _probe_pair(req.source, req.destination, req.port, req.protocol, req.timeout)
+
+    @app.post("/v1/probe/matrix")
+    async def probe_matrix(req: MatrixRequest) -> dict[str, Any]:
+        with agent.lock:
+            names = sorted(
+                ep.name
+                for ep in agent.endpoints.values()
+                if not req.namespaces or ep.namespace in req.namespaces
+            )
+        sem = asyncio.Semaphore(MATRIX_CONCURRENCY)
+
+        async def one(src: str, dst: str, port: int, proto: str) -> dict[str, Any]:
+            async with sem:
+                return await _probe_pair(src, dst, port, proto, req.timeout)
+
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(
+                one(s, d, p, proto)
+                for s, d, p, proto in itertools.product(names, names, req.ports, req.protocols)
+            )
+        )
+        return {
+            "pods": names,
+            "results": list(results),
+            "elapsed_seconds": round(time.monotonic() - started, 2),
+        }
+
+    @app.get("/v1/bpf/metrics")
+    def bpf_metrics() -> list[dict[str, Any]]:
+        with agent.lock:
+            counters = agent.datapath.counters()
+        return [
+            {
+                "reason": reason_name(reason),
+                "reason_code": reason,
+                "direction": "ingress" if direction == 0 else "egress",
+                "packets": packets,
+                "bytes": nbytes,
+            }
+            for (reason, direction), (packets, nbytes) in sorted(counters.items())
+        ]
+
+    return app

@@ -1,0 +1,79 @@
+"""`cilia down`: remove everything Cilia created, even after the agent crashed.
+
+Works from the persisted state and, as a safety net, from what the kernel
+shows: namespaces named with the agent's prefix and the pin directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+
+from cilia.agent.config import AgentConfig
+from cilia.agent.pods import destroy_pod, kill_netns_processes
+from cilia.agent.state import load_state
+from cilia.datapath import bpffs
+from cilia.datapath.netns import delete_netns, list_netns
+from cilia.runtime.processes import ProcessRecord
+
+log = logging.getLogger("cilia.cleanup")
+
+
+def read_pid(config: AgentConfig) -> int | None:
+    """PID of the background agent, if its pid file names a live process."""
+    try:
+        pid = int(config.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def stop_agent(config: AgentConfig, timeout: float = 15.0) -> bool:
+    """Stop a background agent (SIGTERM, then SIGKILL); True if one was running."""
+    pid = read_pid(config)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def remove_everything(config: AgentConfig) -> list[str]:
+    """Delete pods, namespaces, devices, routes, pins and state; returns what was removed."""
+    removed: list[str] = []
+    state = load_state(config.state_file) or {}
+    for ep in state.get("endpoints", []):
+        procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
+        destroy_pod(ep["netns"], ep["ifname"], ep["ipv4"], procs)
+        removed.append(f"pod {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
+    for name in list_netns():
+        if name.startswith(f"{config.name_prefix}-"):
+            kill_netns_processes(name)
+            delete_netns(name)
+            removed.append(f"netns {name}")
+    if config.bpf_dir.exists():
+        bpffs.remove_pins(config.bpf_dir)
+        removed.append(f"pins {config.bpf_dir}")
+    for path in (config.state_dir, config.cache_dir):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(f"state {path}")
+    for f in (config.pid_file, config.socket_path):
+        f.unlink(missing_ok=True)
+    return removed

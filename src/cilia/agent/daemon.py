@@ -1,0 +1,441 @@
+"""The agent: owns endpoints, identities and policy, and drives the datapath.
+
+Desired state flows one way: manifests and API calls change the object store
+and the policy repository; `_regenerate` turns them into identities and
+per-endpoint desired state (the policy engine decides); the datapath facade
+writes the difference into the kernel. Controllers re-check the kernel
+periodically and repair drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cilia.agent import pods
+from cilia.agent.config import AgentConfig
+from cilia.agent.controllers import ControllerManager
+from cilia.agent.endpoint import Endpoint, EndpointState, host_ifname
+from cilia.agent.ipam import Ipam
+from cilia.agent.objects import (
+    ObjectConflict,
+    ObjectStore,
+    container_specs,
+    display,
+)
+from cilia.agent.state import load_state, save_state
+from cilia.datapath.manager import CtLifetimes, Datapath
+from cilia.datapath.netns import netns_path
+from cilia.datapath.pod_network import ensure_pod_network, host_ipv4_addresses
+from cilia.identity import HOST, IdentityAllocator
+from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
+from cilia.labels import Labels
+from cilia.policy import PolicyRepository, PolicyResolver, Rule
+from cilia.runtime.processes import process_alive, stop_process
+
+log = logging.getLogger("cilia.agent")
+
+STATE_VERSION = 1
+
+
+class AgentError(Exception):
+    """A request the agent refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Agent:
+    """One node's agent."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.datapath = Datapath(
+            config.bpf_dir,
+            config.cache_dir,
+            lifetimes=CtLifetimes(
+                config.ct_lifetime_tcp,
+                config.ct_lifetime_tcp_syn,
+                config.ct_lifetime_tcp_closing,
+                config.ct_lifetime_nontcp,
+            ),
+        )
+        self.identities = IdentityAllocator()
+        self.repo = PolicyRepository()
+        self.objects = ObjectStore()
+        self.endpoints: dict[int, Endpoint] = {}
+        self.ipam = Ipam(config.pod_cidr)
+        self.realized_revision = 0
+        self.started_at = time.time()
+        self.controllers = ControllerManager()
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the datapath, restore state from a previous run, start controllers."""
+        for d in (self.config.run_dir, self.config.state_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.datapath.start()
+        with self.lock:
+            self._restore()
+            self._regenerate("agent start")
+            self._save()
+        self.controllers.add("sync-datapath", self.config.sync_interval, self._sync_controller)
+        self.controllers.add("ct-gc", self.config.ct_gc_interval, self._ct_gc_controller)
+        self.controllers.add("pod-processes", 5.0, self._process_controller)
+        self.controllers.start()
+        log.info(
+            "agent ready: %d endpoints restored, policy revision %d",
+            len(self.endpoints),
+            self.repo.revision,
+        )
+
+    def stop(self) -> None:
+        """Stop controllers and close the datapath; pods and enforcement stay in place."""
+        self.controllers.stop()
+        with self.lock:
+            self._save()
+            self.datapath.close()
+
+    def _restore(self) -> None:
+        state = load_state(self.config.state_file)
+        if state is None:
+            return
+        if state.get("version") != STATE_VERSION:
+            raise AgentError(f"state file {self.config.state_file} has an unknown version")
+        self.identities = IdentityAllocator.restore(state["identities"])
+        self.repo = PolicyRepository.from_json(state["policy"])
+        self.objects = ObjectStore.from_state(state["objects"])
+        for raw in state["endpoints"]:
+            ep = Endpoint.from_state(raw)
+            self.endpoints[ep.id] = ep
+            self.ipam.used.add(ep.ipv4)
+            try:
+                # Reuses the namespace, devices and routes when they are intact.
+                ep.network = ensure_pod_network(ep.netns, ep.ifname, ep.ipv4, self.config.mtu)
+                self.datapath.attach(ep.ifname, ep.network.host_ifindex)
+                self._restart_dead_processes(ep)
+                ep.set_state(EndpointState.WAITING_TO_REGENERATE, "restored after agent restart")
+            except Exception as exc:  # keep the others; this one is reported
+                ep.set_state(EndpointState.NOT_READY, f"restore failed: {exc}")
+                log.error("restoring endpoint %s failed: %s", ep.name, exc)
+
+    def _save(self) -> None:
+        save_state(
+            self.config.state_file,
+            {
+                "version": STATE_VERSION,
+                "identities": self.identities.snapshot(),
+                "policy": self.repo.to_json(),
+                "objects": self.objects.to_state(),
+                "endpoints": [ep.to_state() for ep in self.endpoints.values()],
+            },
+        )
+
+    # -- regeneration ------------------------------------------------------
+
+    def _regenerate(self, reason: str) -> None:
+        """Bring every endpoint's kernel state to the current desired state."""
+        resolver = PolicyResolver(self.repo.rules, dict(self.identities.items()))
+        self.datapath.sync_ipcache(self._ipcache_desired())
+        for ep in self.endpoints.values():
+            if ep.network is None or ep.state is EndpointState.NOT_READY:
+                continue
+            ep.set_state(EndpointState.REGENERATING, reason)
+            ep.policy = resolver.resolve(ep.labels)
+            added, removed = self.datapath.program_endpoint(
+                ep.network.host_ifindex, ep.id, ep.ipv4, ep.identity, ep.policy
+            )
+            ep.policy_revision = self.repo.revision
+            ep.set_state(
+                EndpointState.READY,
+                f"regenerated ({reason}): revision {self.repo.revision}, "
+                f"+{added}/-{removed} policy entries",
+            )
+        self.realized_revision = self.repo.revision
+
+    def _ipcache_desired(self) -> dict[str, int]:
+        desired = {f"{ip}/32": HOST for ip in host_ipv4_addresses()}
+        for ep in self.endpoints.values():
+            desired[f"{ep.ipv4}/32"] = ep.identity
+        return desired
+
+    # -- objects (manifests) ---------------------------------------------
+
+    def apply(self, manifests: list[Manifest]) -> list[dict[str, str]]:
+        """Create or update objects; returns one {object, action} line per manifest."""
+        with self.lock:
+            try:
+                plan = self.objects.plan_apply(manifests)
+            except ObjectConflict as exc:
+                raise AgentError(str(exc)) from None
+            results: list[dict[str, str]] = []
+            new_pods: list[tuple[Pod, dict[str, str]]] = []
+            for obj, action in plan:
+                result = {"object": display(obj), "action": action}
+                results.append(result)
+                if action == "unchanged":
+                    continue
+                if isinstance(obj, NetworkPolicy | CiliumNetworkPolicy):
+                    self.repo.replace(obj.owner_labels, obj.rules())
+                self.objects.put(obj)
+                if isinstance(obj, Pod) and action == "created":
+                    new_pods.append((obj, result))
+            self._relabel_endpoints()
+            errors: list[str] = []
+            for pod, result in new_pods:
+                try:
+                    self._create_pod(pod)
+                except Exception as exc:
+                    log.error("pod %s failed: %s", display(pod), exc)
+                    self.objects.remove(pod.key)
+                    errors.append(f"{display(pod)}: {exc}")
+                    result["action"] = "failed"
+            self._regenerate("objects applied")
+            self._save()
+            if errors:
+                raise AgentError("; ".join(errors), status=500)
+            return results
+
+    def delete(self, manifests: list[Manifest]) -> list[dict[str, str]]:
+        """Delete the objects named by manifests."""
+        with self.lock:
+            results = [{"object": display(m), "action": self._delete_key(m.key)} for m in manifests]
+            self._relabel_endpoints()
+            self._regenerate("objects deleted")
+            self._save()
+            return results
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete one pod by name."""
+        with self.lock:
+            key = f"Pod/{namespace}/{name}"
+            if self._delete_key(key) == "not found":
+                raise AgentError(f"pod {namespace}/{name} not found", status=404)
+            self._regenerate("pod deleted")
+            self._save()
+
+    def _delete_key(self, key: str) -> str:
+        obj = self.objects.get(key)
+        if obj is None:
+            return "not found"
+        if isinstance(obj, Pod):
+            ep = self._endpoint_of(obj.namespace, obj.name)
+            if ep is not None:
+                self._destroy_endpoint(ep)
+        elif isinstance(obj, NetworkPolicy | CiliumNetworkPolicy):
+            self.repo.replace(obj.owner_labels, [])
+        self.objects.remove(key)
+        return "deleted"
+
+    def _relabel_endpoints(self) -> None:
+        """Recompute identities after pod or namespace labels changed."""
+        for ep in self.endpoints.values():
+            pod = self.objects.pod(ep.namespace, ep.pod)
+            if pod is None:
+                continue
+            labels = self._security_labels(pod)
+            if labels != ep.labels:
+                old = ep.identity
+                ep.labels = labels
+                ep.identity = self.identities.allocate(labels)
+                self.identities.release(old)
+                ep.set_state(
+                    EndpointState.WAITING_TO_REGENERATE,
+                    f"labels changed: identity {old} -> {ep.identity}",
+                )
+
+    def _security_labels(self, pod: Pod) -> Labels:
+        return pod.identity_labels(self.objects.namespace_labels(pod.namespace))
+
+    # -- endpoints --------------------------------------------------------
+
+    def _next_endpoint_id(self) -> int:
+        used = set(self.endpoints)
+        return next(i for i in range(1, 65536) if i not in used)
+
+    def _endpoint_of(self, namespace: str, pod: str) -> Endpoint | None:
+        return next(
+            (e for e in self.endpoints.values() if e.namespace == namespace and e.pod == pod),
+            None,
+        )
+
+    def _create_pod(self, pod: Pod) -> None:
+        """Plumb a pod; on failure nothing of it is left behind."""
+        labels = self._security_labels(pod)
+        ep = Endpoint(
+            id=self._next_endpoint_id(),
+            namespace=pod.namespace,
+            pod=pod.name,
+            netns=f"{self.config.name_prefix}-{pod.namespace}-{pod.name}",
+            ifname=host_ifname(self.config.name_prefix, pod.namespace, pod.name),
+            ipv4=self.ipam.allocate(),
+            labels=labels,
+        )
+        ep.set_state(EndpointState.CREATING, "pod created")
+        identity_taken = False
+        try:
+            ep.identity = self.identities.allocate(labels)
+            identity_taken = True
+            ep.network = ensure_pod_network(ep.netns, ep.ifname, ep.ipv4, self.config.mtu)
+            # Default deny until the first regeneration: enforcement is
+            # configured before the programs see any packet.
+            self.datapath.program_endpoint(
+                ep.network.host_ifindex,
+                ep.id,
+                ep.ipv4,
+                ep.identity,
+                PolicyResolver(self.repo.rules, dict(self.identities.items())).resolve(labels),
+            )
+            self.datapath.attach(ep.ifname, ep.network.host_ifindex)
+            containers = container_specs(pod)
+            ep.processes = pods.start_containers(ep.netns, containers, self._log_dir(ep))
+            if not pods.wait_ready(ep.netns, containers):
+                raise AgentError("containers did not start listening on their ports in time")
+        except BaseException:
+            self.datapath.detach(ep.ifname)
+            if ep.network is not None:
+                self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
+            pods.destroy_pod(ep.netns, ep.ifname, ep.ipv4, ep.processes)
+            self.ipam.release(ep.ipv4)
+            if identity_taken:
+                self.identities.release(ep.identity)
+            raise
+        ep.set_state(EndpointState.WAITING_TO_REGENERATE, "network and containers ready")
+        self.endpoints[ep.id] = ep
+
+    def _destroy_endpoint(self, ep: Endpoint) -> None:
+        ep.set_state(EndpointState.DISCONNECTING, "pod deleted")
+        self.datapath.detach(ep.ifname)
+        if ep.network is not None:
+            self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
+        self.datapath.ct_forget_endpoint(ep.id)
+        pods.destroy_pod(ep.netns, ep.ifname, ep.ipv4, ep.processes)
+        self.ipam.release(ep.ipv4)
+        self.identities.release(ep.identity)
+        del self.endpoints[ep.id]
+
+    def _log_dir(self, ep: Endpoint) -> Path:
+        return self.config.state_dir / "logs" / ep.namespace / ep.pod
+
+    def _restart_dead_processes(self, ep: Endpoint) -> bool:
+        """Restart a pod's processes if any died; True when it did."""
+        pod = self.objects.pod(ep.namespace, ep.pod)
+        if pod is None or all(process_alive(p) for p in ep.processes):
+            return False
+        for p in ep.processes:
+            stop_process(p)
+        ep.processes = pods.start_containers(ep.netns, container_specs(pod), self._log_dir(ep))
+        ep.log.append(
+            {"time": time.time(), "state": ep.state.value, "message": "processes restarted"}
+        )
+        return True
+
+    # -- policy -------------------------------------------------------------
+
+    def policy_import(self, rules: list[Rule]) -> int:
+        """Add rules; returns once the datapath enforces the new revision."""
+        with self.lock:
+            revision = self.repo.add(rules)
+            self._regenerate(f"policy import, revision {revision}")
+            self._save()
+            return revision
+
+    def policy_delete(self, labels: Labels | None) -> tuple[int, int]:
+        """Delete rules carrying all labels (all rules when None); (revision, deleted)."""
+        with self.lock:
+            if labels is None:
+                deleted = len(self.repo.rules)
+                revision = self.repo.delete_all()
+            else:
+                revision, deleted = self.repo.delete_by_labels(labels)
+            self._regenerate(f"policy delete, revision {revision}")
+            self._save()
+            return revision, deleted
+
+    # -- read side -------------------------------------------------------
+
+    def endpoint(self, key: str) -> Endpoint:
+        """Find an endpoint by id, `ns/pod`, or IPv4 address."""
+        with self.lock:
+            for ep in self.endpoints.values():
+                if key in (str(ep.id), ep.name, ep.ipv4):
+                    return ep
+        raise AgentError(f"endpoint {key} not found", status=404)
+
+    def pod_netns(self, namespace: str, name: str) -> str:
+        """Path of a pod's network namespace (for exec and probes)."""
+        ep = self._endpoint_of(namespace, name)
+        if ep is None:
+            raise AgentError(f"pod {namespace}/{name} not found", status=404)
+        return netns_path(ep.netns)
+
+    def status(self) -> dict[str, Any]:
+        """Health summary for `cilia status`."""
+        with self.lock:
+            failing = self.controllers.failing()
+            return {
+                "cilia": "Ok" if not failing else "Warning",
+                "node": self.config.node_name,
+                "datapath": {
+                    "mode": "tcx",
+                    "programs-attached": sum(
+                        1
+                        for ep in self.endpoints.values()
+                        if ep.network
+                        and self.datapath.is_attached(ep.ifname, ep.network.host_ifindex)
+                    ),
+                    "pin-dir": str(self.config.bpf_dir),
+                },
+                "endpoints": len(self.endpoints),
+                "endpoints-ready": sum(
+                    1 for ep in self.endpoints.values() if ep.state is EndpointState.READY
+                ),
+                "identities": len(self.identities.items()),
+                "policy-revision": self.repo.revision,
+                "realized-revision": self.realized_revision,
+                "policy-rules": len(self.repo.rules),
+                "pod-cidr": self.config.pod_cidr,
+                "controllers": {"total": len(self.controllers.all()), "failing": len(failing)},
+                "uptime-seconds": round(time.time() - self.started_at, 1),
+            }
+
+    def pod_status(self) -> dict[str, dict[str, Any]]:
+        """Per pod key: address, identity and endpoint state (for `cilia get pods`)."""
+        return {
+            f"Pod/{ep.namespace}/{ep.pod}": {
+                "ipv4": ep.ipv4,
+                "identity": ep.identity,
+                "endpoint": ep.id,
+                "state": ep.state.value,
+            }
+            for ep in self.endpoints.values()
+        }
+
+    # -- controllers -------------------------------------------------------
+
+    def _sync_controller(self) -> str:
+        with self.lock:
+            report = self.datapath.verify()
+            for ep in self.endpoints.values():
+                if ep.network and not self.datapath.is_attached(ep.ifname, ep.network.host_ifindex):
+                    self.datapath.attach(ep.ifname, ep.network.host_ifindex)
+                    report.repaired.append(f"programs re-attached to {ep.ifname}")
+            return f"{len(report.repaired)} repairs"
+
+    def _ct_gc_controller(self) -> str:
+        return f"{self.datapath.ct_gc()} expired entries removed"
+
+    def _process_controller(self) -> str:
+        with self.lock:
+            restarted = [
+                ep.name for ep in self.endpoints.values() if self._restart_dead_processes(ep)
+            ]
+            if restarted:
+                self._save()
+        return f"restarted {', '.join(restarted)}" if restarted else "all running"

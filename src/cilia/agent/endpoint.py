@@ -1,0 +1,118 @@
+"""The agent's record of one local endpoint (a pod's network presence)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cilia.datapath.pod_network import PodNetwork
+from cilia.labels import Labels
+from cilia.policy.desired import EndpointPolicy
+from cilia.runtime.processes import ProcessRecord
+
+
+class EndpointState(StrEnum):
+    """Life-cycle states, named as in the reference."""
+
+    CREATING = "creating"
+    WAITING_FOR_IDENTITY = "waiting-for-identity"
+    NOT_READY = "not-ready"
+    WAITING_TO_REGENERATE = "waiting-to-regenerate"
+    REGENERATING = "regenerating"
+    RESTORING = "restoring"
+    READY = "ready"
+    DISCONNECTING = "disconnecting"
+    DISCONNECTED = "disconnected"
+
+
+def host_ifname(name_prefix: str, namespace: str, pod: str) -> str:
+    """Host-side veth name: 'lxc' + 11 hex digits (device names end at 15 chars)."""
+    digest = hashlib.sha1(f"{name_prefix}/{namespace}/{pod}".encode()).hexdigest()
+    return f"lxc{digest[:11]}"
+
+
+@dataclass
+class Endpoint:
+    """A local pod endpoint."""
+
+    id: int
+    namespace: str
+    pod: str
+    netns: str
+    ifname: str
+    ipv4: str
+    labels: Labels
+    identity: int = 0
+    state: EndpointState = EndpointState.CREATING
+    network: PodNetwork | None = None
+    processes: list[ProcessRecord] = field(default_factory=list)
+    policy: EndpointPolicy = field(default_factory=EndpointPolicy)
+    policy_revision: int = 0
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
+
+    @property
+    def name(self) -> str:
+        """namespace/pod."""
+        return f"{self.namespace}/{self.pod}"
+
+    def set_state(self, state: EndpointState, reason: str) -> None:
+        """Change state and remember why (shown by `cilia endpoint log`)."""
+        self.state = state
+        self.log.append({"time": time.time(), "state": state.value, "message": reason})
+
+    def to_api(self) -> dict[str, Any]:
+        """The REST representation."""
+        return {
+            "id": self.id,
+            "pod": self.name,
+            "identity": self.identity,
+            "labels": self.labels.to_list(),
+            "ipv4": self.ipv4,
+            "interface": self.ifname,
+            "ifindex": self.network.host_ifindex if self.network else None,
+            "netns": self.netns,
+            "state": self.state.value,
+            "policy-revision": self.policy_revision,
+            "ingress-enforcement": self.policy.ingress_enforced,
+            "egress-enforcement": self.policy.egress_enforced,
+            "policy-entries": len(self.policy.entries),
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """What survives an agent restart."""
+        return {
+            "id": self.id,
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "netns": self.netns,
+            "ifname": self.ifname,
+            "ipv4": self.ipv4,
+            "labels": self.labels.to_list(),
+            "identity": self.identity,
+            "network": self.network.to_dict() if self.network else None,
+            "processes": [p.to_dict() for p in self.processes],
+            "log": list(self.log),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Endpoint:
+        """Rebuild from to_state() output."""
+        ep = cls(
+            id=d["id"],
+            namespace=d["namespace"],
+            pod=d["pod"],
+            netns=d["netns"],
+            ifname=d["ifname"],
+            ipv4=d["ipv4"],
+            labels=Labels.parse(d["labels"]),
+            identity=d["identity"],
+            state=EndpointState.RESTORING,
+            network=PodNetwork.from_dict(d["network"]) if d.get("network") else None,
+            processes=[ProcessRecord.from_dict(p) for p in d.get("processes", [])],
+        )
+        ep.log.extend(d.get("log", []))
+        return ep

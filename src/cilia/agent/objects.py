@@ -1,0 +1,149 @@
+"""The agent's store of applied objects (Namespaces, Pods, policies)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from cilia.agent.pods import ContainerSpec, responder_argv
+from cilia.k8s.manifests import (
+    CiliumNetworkPolicy,
+    Manifest,
+    Namespace,
+    NetworkPolicy,
+    Pod,
+    parse_manifest,
+)
+
+Action = Literal["created", "configured", "unchanged"]
+
+# Namespaces first (pods need their labels), policies before pods (a new pod
+# is born under the policy applied with it), pods last.
+_APPLY_ORDER = {"Namespace": 0, "NetworkPolicy": 1, "CiliumNetworkPolicy": 1, "Pod": 2}
+
+
+class ObjectConflict(ValueError):
+    """An update the object store refuses (for example a pod's containers changing)."""
+
+
+def display(obj: Manifest) -> str:
+    """kubectl-style name: `pod/default/web`, `namespace/prod`."""
+    if isinstance(obj, Namespace):
+        return f"namespace/{obj.name}"
+    return f"{obj.kind.lower()}/{obj.namespace}/{obj.name}"
+
+
+def dump(obj: Manifest) -> dict[str, Any]:
+    """The object as a plain dict (what `cilia get -o yaml` shows)."""
+    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def container_specs(pod: Pod) -> list[ContainerSpec]:
+    """What to run: the container's command, or the built-in responder for its ports."""
+    specs = []
+    for c in pod.spec.containers:
+        tcp = [p.containerPort for p in c.ports if p.protocol == "TCP"]
+        udp = [p.containerPort for p in c.ports if p.protocol == "UDP"]
+        argv = [*(c.command or []), *(c.args or [])]
+        if not argv and (tcp or udp):
+            argv = responder_argv(f"{pod.namespace}/{pod.name}", tcp, udp)
+        specs.append(ContainerSpec(c.name, argv, tcp, udp))
+    return specs
+
+
+class ObjectStore:
+    """Applied objects by key (`Kind/namespace/name`)."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, Manifest] = {}
+
+    def plan_apply(self, manifests: list[Manifest]) -> list[tuple[Manifest, Action]]:
+        """What applying would do, in apply order; refuses impossible updates first."""
+        plan: list[tuple[Manifest, Action]] = []
+        for m in sorted(manifests, key=lambda m: _APPLY_ORDER[m.kind]):
+            old = self._objects.get(m.key)
+            if old is None:
+                plan.append((m, "created"))
+            elif dump(old) == dump(m):
+                plan.append((m, "unchanged"))
+            else:
+                if (
+                    isinstance(old, Pod)
+                    and isinstance(m, Pod)
+                    and dump(old)["spec"] != dump(m)["spec"]
+                ):
+                    raise ObjectConflict(
+                        f"{display(m)}: spec.containers of a running pod cannot change "
+                        "(only labels and annotations can); delete the pod and apply it again"
+                    )
+                plan.append((m, "configured"))
+        return plan
+
+    def put(self, obj: Manifest) -> None:
+        """Store or replace an object."""
+        self._objects[obj.key] = obj
+
+    def remove(self, key: str) -> Manifest | None:
+        """Forget an object."""
+        return self._objects.pop(key, None)
+
+    def get(self, key: str) -> Manifest | None:
+        """An object by key."""
+        return self._objects.get(key)
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        """A pod by namespace and name."""
+        obj = self._objects.get(f"Pod/{namespace}/{name}")
+        return obj if isinstance(obj, Pod) else None
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """Labels of a namespace ({} when it was never applied)."""
+        obj = self._objects.get(f"Namespace//{name}")
+        return dict(obj.metadata.labels) if isinstance(obj, Namespace) else {}
+
+    def of_kind(self, *kinds: str) -> list[Manifest]:
+        """Objects of the given kinds, sorted by key."""
+        return [o for k, o in sorted(self._objects.items()) if o.kind in kinds]
+
+    def to_state(self) -> list[dict[str, Any]]:
+        """Persistable form."""
+        return [dump(o) for _, o in sorted(self._objects.items())]
+
+    @classmethod
+    def from_state(cls, items: list[dict[str, Any]]) -> ObjectStore:
+        """Rebuild from to_state() output."""
+        store = cls()
+        for raw in items:
+            store.put(parse_manifest(raw))
+        return store
+
+    def listing(self, kind: str, pod_status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows for `cilia get KIND`: pods, namespaces or policies."""
+        if kind == "pods":
+            return [
+                {
+                    "namespace": o.namespace,
+                    "name": o.name,
+                    "labels": dict(o.metadata.labels),
+                    **pod_status.get(o.key, {}),
+                    "object": dump(o),
+                }
+                for o in self.of_kind("Pod")
+            ]
+        if kind == "namespaces":
+            return [
+                {"name": o.name, "labels": dict(o.metadata.labels), "object": dump(o)}
+                for o in self.of_kind("Namespace")
+            ]
+        if kind == "policies":
+            return [
+                {
+                    "namespace": o.namespace,
+                    "name": o.name,
+                    "kind": o.kind,
+                    "rules": len(o.rules()),
+                    "object": dump(o),
+                }
+                for o in self.of_kind("NetworkPolicy", "CiliumNetworkPolicy")
+                if isinstance(o, NetworkPolicy | CiliumNetworkPolicy)
+            ]
+        raise ValueError(f"unknown kind {kind!r}: pods, namespaces or policies")

@@ -1,0 +1,47 @@
+"""Run the agent in the foreground: datapath, controllers and the API socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import uvicorn
+
+from cilia.agent.api import create_app
+from cilia.agent.config import AgentConfig
+from cilia.agent.daemon import Agent
+
+log = logging.getLogger("cilia.agent")
+
+
+def run_agent(config: AgentConfig, log_level: str = "info") -> None:
+    """Start the agent and serve its API until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if os.geteuid() != 0:
+        raise SystemExit("cilia agent must run as root (it programs the kernel)")
+    agent = Agent(config)
+    agent.start()
+    sock = config.socket_path
+    sock.unlink(missing_ok=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(agent),
+            uds=str(sock),
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    os.umask(0o077)  # the socket is root-only: it controls the node's network policy
+    try:
+        server.run()
+    finally:
+        agent.stop()
+        sock.unlink(missing_ok=True)
+        log.info("agent stopped; pods and enforcement stay in place")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,0 +1,559 @@
+"""The `cilia` command line. Every command except agent/up/down/exec talks only to the API.
+
+Exit codes: 0 success; 1 the request failed (or a probe was denied); 2 usage
+errors (click's own).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from cilia.agent.config import AgentConfig
+from cilia.cli.client import ApiError, Client
+from cilia.cli.output import emit, output_option, table
+
+
+def _config() -> AgentConfig:
+    return AgentConfig()
+
+
+def _client() -> Client:
+    return Client(_config().socket_path)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error to stderr and exit."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def call(method: str, path: str, body: Any = None, **params: Any) -> Any:
+    """API call that turns errors into a clean exit."""
+    try:
+        return _client().request(method, path, json=body, params=params or None)
+    except ApiError as exc:
+        fail(str(exc))
+
+
+def _read_inputs(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(source name, text) for each -f argument: a file, a directory, or '-'."""
+    out: list[tuple[str, str]] = []
+    for p in paths:
+        if p == "-":
+            out.append(("<stdin>", sys.stdin.read()))
+            continue
+        path = Path(p)
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
+            out.extend((str(f), f.read_text()) for f in files)
+        elif path.exists():
+            out.append((str(path), path.read_text()))
+        else:
+            fail(f"{p}: no such file or directory")
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Cilia: identity-based network security for containers, enforced in eBPF.
+
+    Paths and names come from CILIA_* environment variables (CILIA_RUN_DIR,
+    CILIA_STATE_DIR, CILIA_BPF_DIR, CILIA_NAME_PREFIX, CILIA_POD_CIDR).
+    """
+
+
+# -- agent life cycle ---------------------------------------------------------
+
+
+@main.command()
+@click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def agent(pod_cidr: str | None, log_level: str) -> None:
+    """Run the agent in the foreground."""
+    from cilia.agent.server import run_agent
+
+    overrides = {"pod_cidr": pod_cidr} if pod_cidr else {}
+    run_agent(AgentConfig(**overrides), log_level)  # type: ignore[arg-type]
+
+
+@main.command()
+@click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for health.")
+def up(pod_cidr: str | None, timeout: float) -> None:
+    """Start the agent in the background and wait until it is healthy."""
+    from cilia.agent.cleanup import read_pid
+
+    cfg = _config()
+    client = Client(cfg.socket_path)
+    if read_pid(cfg) is not None and client.healthy():
+        click.echo(f"agent already running (pid {read_pid(cfg)}, socket {cfg.socket_path})")
+        return
+    cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    argv = [sys.executable, "-m", "cilia.cli.main", "agent"]
+    if pod_cidr:
+        argv += ["--pod-cidr", pod_cidr]
+    with open(cfg.log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    cfg.pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            fail(f"agent exited with code {proc.returncode}; see {cfg.log_file}")
+        if client.healthy():
+            click.echo(
+                f"agent running (pid {proc.pid}, socket {cfg.socket_path}, log {cfg.log_file})"
+            )
+            return
+        time.sleep(0.1)
+    fail(f"agent not healthy after {timeout:.0f}s; see {cfg.log_file}")
+
+
+@main.command()
+def down() -> None:
+    """Stop the agent and remove every pod, device, route, pin and state file Cilia made."""
+    from cilia.agent.cleanup import remove_everything, stop_agent
+
+    cfg = _config()
+    if stop_agent(cfg):
+        click.echo("agent stopped")
+    for line in remove_everything(cfg):
+        click.echo(f"removed {line}")
+    click.echo("clean")
+
+
+@main.command()
+@output_option()
+@click.option("--all-controllers", is_flag=True, help="List every controller.")
+@click.option("--verbose", is_flag=True, help="Same as --all-controllers.")
+def status(fmt: str, all_controllers: bool, verbose: bool) -> None:
+    """Agent health, datapath, endpoints, identities and policy revision."""
+    data = call("GET", "/status", all_controllers=all_controllers or verbose)
+    if emit(data, fmt):
+        return
+    dp = data["datapath"]
+    click.echo(f"Cilia:              {data['cilia']}")
+    click.echo(f"Node:               {data['node']}")
+    click.echo(
+        f"Datapath:           {dp['mode']}, programs on {dp['programs-attached']} "
+        f"devices, pins in {dp['pin-dir']}"
+    )
+    click.echo(f"Endpoints:          {data['endpoints-ready']}/{data['endpoints']} ready")
+    click.echo(f"Identities:         {data['identities']}")
+    click.echo(
+        f"Policy:             revision {data['policy-revision']} "
+        f"(enforced {data['realized-revision']}), {data['policy-rules']} rules"
+    )
+    click.echo(f"Pod CIDR:           {data['pod-cidr']}")
+    ctl = data["controllers"]
+    click.echo(f"Controllers:        {ctl['total'] - ctl['failing']}/{ctl['total']} healthy")
+    for c in data.get("controller-list", []):
+        state = "failing: " + str(c["last-error"]) if c["consecutive-failures"] else "ok"
+        click.echo(
+            f"  {c['name']:<20} every {c['interval-seconds']:>5}s  runs {c['runs']:<5} {state}"
+        )
+
+
+# -- objects ------------------------------------------------------------------
+
+
+def _objects(action: str, paths: tuple[str, ...], fmt: str) -> None:
+    inputs = _read_inputs(paths)
+    # Validate every file before applying any of them: nothing half-applied.
+    for source, text in inputs:
+        call("POST", "/objects/validate", {"text": text, "source": source})
+    results: list[dict[str, Any]] = []
+    for source, text in inputs:
+        results += call("POST", f"/objects/{action}", {"text": text, "source": source})["results"]
+    if emit(results, fmt):
+        return
+    for r in results:
+        click.echo(f"{r['object']} {r['action']}")
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--filename",
+    "paths",
+    multiple=True,
+    required=True,
+    help="File, directory or '-' for standard input (repeatable).",
+)
+@output_option()
+def apply(paths: tuple[str, ...], fmt: str) -> None:
+    """Create or update Namespaces, Pods, NetworkPolicies and CiliumNetworkPolicies."""
+    _objects("apply", paths, fmt)
+
+
+@main.group(invoke_without_command=True)
+@click.option("-f", "--filename", "paths", multiple=True, help="Delete what these files define.")
+@output_option()
+@click.pass_context
+def delete(ctx: click.Context, paths: tuple[str, ...], fmt: str) -> None:
+    """Delete objects defined in files, or one pod (`cilia delete pod NS/NAME`)."""
+    if ctx.invoked_subcommand is None:
+        if not paths:
+            raise click.UsageError("give -f FILE or a subcommand (pod NS/NAME)")
+        _objects("delete", paths, fmt)
+
+
+def _split(ref: str) -> tuple[str, str]:
+    return (ref.split("/", 1)[0], ref.split("/", 1)[1]) if "/" in ref else ("default", ref)
+
+
+@delete.command("pod")
+@click.argument("ref")
+def delete_pod(ref: str) -> None:
+    """Delete one pod (NS/NAME)."""
+    ns, name = _split(ref)
+    call("DELETE", f"/pods/{ns}/{name}")
+    click.echo(f"pod {ns}/{name} deleted")
+
+
+@main.command()
+@click.argument(
+    "kind",
+    type=click.Choice(
+        ["pods", "namespaces", "policies", "pod", "ns", "networkpolicies", "cnp", "netpol"]
+    ),
+)
+@click.option("-n", "--namespace", help="Only this namespace.")
+@output_option()
+def get(kind: str, namespace: str | None, fmt: str) -> None:
+    """List pods, namespaces or policies."""
+    canonical = {
+        "pod": "pods",
+        "ns": "namespaces",
+        "networkpolicies": "policies",
+        "cnp": "policies",
+        "netpol": "policies",
+    }.get(kind, kind)
+    items = call("GET", f"/objects/{canonical}")
+    if namespace:
+        items = [i for i in items if i.get("namespace") == namespace]
+    if emit(items, fmt):
+        return
+    if canonical == "pods":
+        table(
+            [
+                (
+                    i["namespace"],
+                    i["name"],
+                    i.get("ipv4", ""),
+                    i.get("identity", ""),
+                    i.get("state", ""),
+                    ",".join(f"{k}={v}" for k, v in i["labels"].items()),
+                )
+                for i in items
+            ],
+            ["NAMESPACE", "NAME", "IPV4", "IDENTITY", "STATE", "LABELS"],
+        )
+    elif canonical == "namespaces":
+        table(
+            [(i["name"], ",".join(f"{k}={v}" for k, v in i["labels"].items())) for i in items],
+            ["NAME", "LABELS"],
+        )
+    else:
+        table(
+            [(i["namespace"], i["name"], i["kind"], i.get("rules", "")) for i in items],
+            ["NAMESPACE", "NAME", "KIND", "RULES"],
+        )
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ref")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec(ref: str, argv: tuple[str, ...]) -> None:
+    """Run a command inside a pod's network namespace: cilia exec NS/POD -- CMD..."""
+    from cilia.datapath.netns import setns
+
+    ns, name = _split(ref)
+    path = call("GET", f"/pods/{ns}/{name}/netns")["netns"]
+    with setns(path):  # the child inherits this thread's namespace, and our terminal
+        proc = subprocess.Popen(list(argv))
+    sys.exit(proc.wait())
+
+
+# -- probes -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.argument("destination", required=False)
+@click.option("--port", type=click.IntRange(1, 65535), default=80, show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(["TCP", "UDP"], case_sensitive=False),
+    default="TCP",
+    show_default=True,
+)
+@click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds per probe.")
+@click.option("--matrix", is_flag=True, help="Probe every pair of pods.")
+@click.option("--ports", default="80", show_default=True, help="Matrix ports, comma separated.")
+@click.option("--protocols", default="TCP", show_default=True, help="Matrix protocols.")
+@click.option("--namespaces", default="", help="Matrix: only pods of these namespaces.")
+@output_option()
+def probe(
+    source: str | None,
+    destination: str | None,
+    port: int,
+    protocol: str,
+    timeout: float,
+    matrix: bool,
+    ports: str,
+    protocols: str,
+    namespaces: str,
+    fmt: str,
+) -> None:
+    """Check whether SOURCE can reach DESTINATION (exit 0 allowed, 1 denied).
+
+    With --matrix, probe every ordered pair of pods and print a truth table
+    ('.' allowed, 'X' denied).
+    """
+    if matrix:
+        _matrix(ports, protocols, namespaces, timeout, fmt)
+        return
+    if not source or not destination:
+        raise click.UsageError("give SOURCE and DESTINATION pods (NS/NAME), or --matrix")
+    res = call(
+        "POST",
+        "/probe",
+        {
+            "source": source,
+            "destination": destination,
+            "port": port,
+            "protocol": protocol.upper(),
+            "timeout": timeout,
+        },
+    )
+    if not emit(res, fmt):
+        click.echo(res["result"])
+    sys.exit(0 if res["result"] == "allowed" else 1)
+
+
+def _matrix(ports: str, protocols: str, namespaces: str, timeout: float, fmt: str) -> None:
+    try:
+        port_list = [int(p) for p in ports.split(",") if p]
+    except ValueError:
+        raise click.BadParameter(
+            f"{ports!r} is not a comma-separated list of ports", param_hint="--ports"
+        ) from None
+    proto_list = [p.strip().upper() for p in protocols.split(",") if p]
+    body = {
+        "ports": port_list,
+        "protocols": proto_list,
+        "namespaces": [n for n in namespaces.split(",") if n],
+        "timeout": timeout,
+    }
+    data = call("POST", "/probe/matrix", body)
+    results = data["results"]
+    if emit(
+        [{k: r[k] for k in ("from", "to", "port", "protocol", "result")} for r in results], fmt
+    ):
+        return
+    pods = data["pods"]
+    verdict = {(r["from"], r["to"], r["port"], r["protocol"]): r["result"] for r in results}
+    for proto in proto_list:
+        for p in port_list:
+            click.echo(f"\n{proto}/{p}  (rows: from, columns: to)")
+            table(
+                [
+                    [src]
+                    + ["." if verdict[(src, dst, p, proto)] == "allowed" else "X" for dst in pods]
+                    for src in pods
+                ],
+                ["", *pods],
+            )
+    allowed = sum(1 for r in results if r["result"] == "allowed")
+    click.echo(
+        f"\n{len(results)} probes in {data['elapsed_seconds']}s: {allowed} allowed, "
+        f"{len(results) - allowed} denied"
+    )
+
+
+# -- endpoints, identities, policy ------------------------------------------
+
+
+@main.group()
+def endpoint() -> None:
+    """Inspect endpoints."""
+
+
+@endpoint.command("list")
+@output_option()
+def endpoint_list(fmt: str) -> None:
+    """List endpoints."""
+    eps = call("GET", "/endpoint")
+    if emit(eps, fmt):
+        return
+    table(
+        [
+            (
+                e["id"],
+                "Enabled" if e["ingress-enforcement"] else "Disabled",
+                "Enabled" if e["egress-enforcement"] else "Disabled",
+                e["identity"],
+                e["pod"],
+                e["ipv4"],
+                e["state"],
+            )
+            for e in eps
+        ],
+        [
+            "ENDPOINT",
+            "INGRESS-ENFORCEMENT",
+            "EGRESS-ENFORCEMENT",
+            "IDENTITY",
+            "POD",
+            "IPV4",
+            "STATUS",
+        ],
+    )
+
+
+@endpoint.command("get")
+@click.argument("key")
+@output_option("json")
+def endpoint_get(key: str, fmt: str) -> None:
+    """Show one endpoint (by id, NS/POD or IPv4)."""
+    emit(call("GET", f"/endpoint/{key}"), "json" if fmt == "table" else fmt)
+
+
+@endpoint.command("log")
+@click.argument("key")
+@output_option()
+def endpoint_log(key: str, fmt: str) -> None:
+    """Recent state changes of an endpoint."""
+    entries = call("GET", f"/endpoint/{key}/log")
+    if emit(entries, fmt):
+        return
+    table(
+        [
+            (time.strftime("%H:%M:%S", time.localtime(e["time"])), e["state"], e["message"])
+            for e in entries
+        ],
+        ["TIME", "STATE", "MESSAGE"],
+    )
+
+
+@main.group()
+def identity() -> None:
+    """Inspect security identities."""
+
+
+@identity.command("list")
+@output_option()
+def identity_list(fmt: str) -> None:
+    """List identities."""
+    ids = call("GET", "/identity")
+    if emit(ids, fmt):
+        return
+    table([(i["id"], ", ".join(i["labels"])) for i in ids], ["ID", "LABELS"])
+
+
+@identity.command("get")
+@click.argument("ident", type=int)
+@output_option()
+def identity_get(ident: int, fmt: str) -> None:
+    """Show one identity."""
+    data = call("GET", f"/identity/{ident}")
+    if not emit(data, fmt):
+        table([(data["id"], ", ".join(data["labels"]))], ["ID", "LABELS"])
+
+
+@main.group()
+def policy() -> None:
+    """Manage the policy repository."""
+
+
+def _load_rules(path: str) -> Any:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        return yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        fail(f"{path}: not valid JSON or YAML: {exc}")
+
+
+@policy.command("import")
+@click.argument("path")
+def policy_import(path: str) -> None:
+    """Import rules from a JSON or YAML list; returns once they are enforced."""
+    res = call("PUT", "/policy", {"rules": _load_rules(path)})
+    click.echo(f"Revision: {res['revision']}")
+
+
+@policy.command("validate")
+@click.argument("path")
+def policy_validate(path: str) -> None:
+    """Check rules without applying them."""
+    res = call("POST", "/policy/validate", {"rules": _load_rules(path)})
+    click.echo(f"All policy elements are valid ({res['rules']} rules).")
+
+
+@policy.command("get")
+@output_option("json")
+def policy_get(fmt: str) -> None:
+    """Print the repository's rules and revision."""
+    data = call("GET", "/policy")
+    if fmt == "table":
+        fmt = "json"
+    emit(data, fmt)
+
+
+@policy.command("delete")
+@click.option("--all", "delete_all", is_flag=True, help="Delete every rule.")
+@click.argument("labels", nargs=-1)
+def policy_delete(delete_all: bool, labels: tuple[str, ...]) -> None:
+    """Delete every rule carrying all LABELS (or --all)."""
+    if not delete_all and not labels:
+        raise click.UsageError("give LABELS or --all")
+    res = call("DELETE", "/policy", {"all": delete_all, "labels": list(labels)})
+    click.echo(f"Deleted {res['deleted']} rules. Revision: {res['revision']}")
+
+
+# -- bpf ----------------------------------------------------------------------
+
+
+@main.group()
+def bpf() -> None:
+    """Inspect the datapath's maps."""
+
+
+@bpf.group("metrics")
+def bpf_metrics() -> None:
+    """Datapath counters."""
+
+
+@bpf_metrics.command("list")
+@output_option()
+def bpf_metrics_list(fmt: str) -> None:
+    """Forward and drop counters by reason and direction (from per-CPU maps)."""
+    rows = call("GET", "/bpf/metrics")
+    if emit(rows, fmt):
+        return
+    table(
+        [(r["reason"], r["direction"], r["packets"], r["bytes"]) for r in rows],
+        ["REASON", "DIRECTION", "PACKETS", "BYTES"],
+    )
+
+
+if __name__ == "__main__":
+    main()

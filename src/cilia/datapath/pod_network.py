@@ -1,0 +1,310 @@
+"""Pod plumbing: a namespace joined to the host by a veth pair with /32 routing.
+
+Pod side: ``eth0`` with ``<ip>/32``, ``lo`` up, ``169.254.1.1 dev eth0 scope link``,
+``default via 169.254.1.1`` and a permanent neighbour 169.254.1.1 -> host-side MAC.
+Host side: ``<ip>/32 dev <host_ifname> scope link``, a permanent neighbour
+``<ip>`` -> pod MAC and per-device IPv4 forwarding. IPv6 is left at kernel defaults.
+
+Everything is idempotent and reuses what exists (agent restarts must not disturb
+running pods). The functions are synchronous (pyroute2's sync API): from asyncio code
+call them through ``asyncio.to_thread``; called on an event loop thread they still
+work but block it while running in a helper thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cilia.datapath.netns import create_netns, delete_netns, netns_exists, netns_path, setns
+
+GATEWAY_IP = "169.254.1.1"
+POD_IFNAME = "eth0"
+IFNAMSIZ = 15
+NUD_PERMANENT = 0x80
+RTM_F_FIB_MATCH = 0x2000
+MAIN_TABLE = 254
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PodNetwork:
+    """What ``ensure_pod_network`` set up (``netns`` is the namespace name)."""
+
+    netns: str
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_mac: str
+    ipv4: str
+    mtu: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PodNetwork:
+        return cls(
+            netns=str(data["netns"]),
+            host_ifname=str(data["host_ifname"]),
+            host_ifindex=int(data["host_ifindex"]),
+            host_mac=str(data["host_mac"]),
+            pod_mac=str(data["pod_mac"]),
+            ipv4=str(data["ipv4"]),
+            mtu=int(data["mtu"]),
+        )
+
+
+def _off_loop(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run *fn* in a helper thread when called on a thread with a running event loop
+    (pyroute2's sync API cannot run there)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(fn, *args, **kwargs).result()
+
+    return wrapper
+
+
+@contextmanager
+def _ipr(path: str | None = None) -> Iterator[Any]:
+    """An IPRoute on the host, or in the namespace at *path* (netlink socket made there)."""
+    if path is None:
+        ipr = IPRoute()
+    else:
+        with setns(path):
+            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+        ipr = IPRoute(fileno=nl.detach())
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _get_link(ipr: Any, **match: Any) -> Any | None:
+    try:
+        links = ipr.link("get", **match)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    return links[0] if links else None
+
+
+def _kind(link: Any) -> str | None:
+    info = link.get("IFLA_LINKINFO")
+    return None if info is None else info.get("IFLA_INFO_KIND")
+
+
+def _validate(host_ifname: str, ipv4: str, mtu: int) -> None:
+    ipaddress.IPv4Address(ipv4)  # ValueError on bad input, before anything is created
+    if not 0 < len(host_ifname) <= IFNAMSIZ or any(c in host_ifname for c in "/: \t\n"):
+        raise ValueError(f"invalid interface name {host_ifname!r}")
+    if not 68 <= mtu <= 65535:
+        raise ValueError(f"invalid MTU {mtu}")
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path) as f:
+        if f.read().strip() == value:
+            return
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _ensure_route(ipr: Any, dst: str, oif: int, gateway: str | None = None) -> bool:
+    """Ensure a main-table route for *dst* (/32 or 0/0 when ``dst='default'``).
+
+    Returns True if it was added. A route to the same prefix through another device
+    is an error (an address clash), never silently taken over.
+    """
+    dst_len = 0 if dst == "default" else 32
+    spec: dict[str, Any] = {"dst": "0.0.0.0" if dst == "default" else dst, "dst_len": dst_len}
+    spec |= {"oif": oif, "table": MAIN_TABLE}
+    spec |= {"gateway": gateway} if gateway else {"scope": "link"}
+    try:
+        ipr.route("add", **spec)
+        return True
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+    probe = "1.2.3.4" if dst == "default" else dst
+    for r in ipr.route("get", dst=probe, flags=RTM_F_FIB_MATCH):
+        same = r["dst_len"] == dst_len and r.get("RTA_OIF") == oif
+        if same and r.get("RTA_GATEWAY") == gateway:
+            return False
+        if dst == "default" and r.get("RTA_OIF") == oif:
+            ipr.route("replace", **spec)  # our own pod's default route, fix it
+            return False
+    raise FileExistsError(errno.EEXIST, f"route to {dst}/{dst_len} exists via another device")
+
+
+def _ensure_neigh(ipr: Any, ip: str, mac: str, ifindex: int) -> None:
+    try:
+        current = ipr.neigh("get", dst=ip, ifindex=ifindex)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:
+            raise
+        current = []
+    for n in current:
+        if n["state"] == NUD_PERMANENT and n.get("NDA_LLADDR") == mac:
+            return
+    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=ifindex, state="permanent")
+
+
+def _ensure_veth(
+    host: Any, pod: Any, host_ifname: str, path: str, mtu: int, undo: list[Callable[[], None]]
+) -> tuple[Any, Any]:
+    """Return (host link, pod eth0), creating the pair if neither end exists."""
+    hlink = _get_link(host, ifname=host_ifname)
+    plink = _get_link(pod, ifname=POD_IFNAME)
+    if hlink is None and plink is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            peer = {"ifname": POD_IFNAME, "net_ns_fd": fd, "mtu": mtu}
+            host.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer=peer)
+        finally:
+            os.close(fd)
+        undo.append(lambda: _delete_link(host_ifname))
+        hlink = _get_link(host, ifname=host_ifname)
+        plink = _get_link(pod, ifname=POD_IFNAME)
+    if hlink is None or plink is None or not _paired(host, hlink, plink, path):
+        raise FileExistsError(
+            errno.EEXIST, f"{host_ifname} exists but is not the veth peer of eth0 in {path}"
+        )
+    return hlink, plink
+
+
+def _paired(host: Any, hlink: Any, plink: Any, path: str) -> bool:
+    if _kind(hlink) != "veth" or _kind(plink) != "veth":
+        return False
+    if hlink.get("IFLA_LINK") != plink["index"] or plink.get("IFLA_LINK") != hlink["index"]:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        nsid = host.get_netnsid(fd=fd)
+    finally:
+        os.close(fd)
+    return nsid is not None and nsid["nsid"] == hlink.get("IFLA_LINK_NETNSID")
+
+
+def _ensure_mtu_up(ipr: Any, link: Any, mtu: int) -> None:
+    changes: dict[str, Any] = {}
+    if link.get("IFLA_MTU") != mtu:
+        changes["mtu"] = mtu
+    if not link["flags"] & 1:  # IFF_UP
+        changes["state"] = "up"
+    if changes:
+        ipr.link("set", index=link["index"], **changes)
+
+
+def _ensure_pod_side(pod: Any, plink: Any, ipv4: str, host_mac: str, mtu: int) -> None:
+    idx = plink["index"]
+    lo = _get_link(pod, ifname="lo")
+    if lo is not None and not lo["flags"] & 1:
+        pod.link("set", index=lo["index"], state="up")
+    have = [
+        (a.get("IFA_ADDRESS"), a["prefixlen"])
+        for a in pod.addr("dump", family=socket.AF_INET)
+        if a["index"] == idx
+    ]
+    for addr, plen in have:
+        if (addr, plen) != (ipv4, 32):
+            pod.addr("del", index=idx, address=addr, prefixlen=plen)
+    if (ipv4, 32) not in have:
+        pod.addr("add", index=idx, address=ipv4, prefixlen=32)
+    _ensure_mtu_up(pod, plink, mtu)
+    _ensure_route(pod, GATEWAY_IP, idx)
+    _ensure_route(pod, "default", idx, gateway=GATEWAY_IP)
+    _ensure_neigh(pod, GATEWAY_IP, host_mac, idx)
+
+
+@_off_loop
+def ensure_pod_network(netns: str, host_ifname: str, ipv4: str, mtu: int = 1500) -> PodNetwork:
+    """Create or reuse the pod's namespace, veth pair, addresses, routes and neighbours.
+
+    On failure everything created by this call is removed and the error re-raised.
+    """
+    _validate(host_ifname, ipv4, mtu)
+    path = netns_path(netns)
+    undo: list[Callable[[], None]] = []
+    try:
+        if not netns_exists(netns):
+            create_netns(netns)
+            undo.append(lambda: delete_netns(netns))
+        with _ipr() as host, _ipr(path) as pod:
+            hlink, plink = _ensure_veth(host, pod, host_ifname, path, mtu, undo)
+            hidx = hlink["index"]
+            host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
+            _ensure_mtu_up(host, hlink, mtu)
+            _write_sysctl(f"/proc/sys/net/ipv4/conf/{host_ifname}/forwarding", "1")
+            _ensure_pod_side(pod, plink, ipv4, host_mac, mtu)
+            if _ensure_route(host, ipv4, hidx):
+                undo.append(lambda: _delete_route(ipv4, hidx))
+            _ensure_neigh(host, ipv4, pod_mac, hidx)
+    except BaseException:
+        for step in reversed(undo):
+            with suppress(Exception):
+                step()
+        raise
+    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu)
+
+
+def _delete_link(name: str) -> None:
+    with _ipr() as host:
+        link = _get_link(host, ifname=name)
+        if link is not None and _kind(link) == "veth":
+            host.link("del", index=link["index"])
+
+
+def _delete_route(ipv4: str, oif: int | None = None) -> None:
+    with _ipr() as host:
+        for r in host.route("get", dst=ipv4, flags=RTM_F_FIB_MATCH):
+            if r["dst_len"] == 32 and (oif is None or r.get("RTA_OIF") == oif):
+                with suppress(NetlinkError):
+                    host.route("del", dst=ipv4, dst_len=32, oif=r.get("RTA_OIF"), table=MAIN_TABLE)
+
+
+@_off_loop
+def remove_pod_network(netns: str, host_ifname: str, ipv4: str) -> None:
+    """Remove the host route, the veth pair and the namespace; missing parts are fine."""
+    idx = interface_index(host_ifname)
+    if idx is not None:
+        _delete_route(ipv4, idx)  # never a route through somebody else's device
+        _delete_link(host_ifname)
+    delete_netns(netns)
+
+
+@_off_loop
+def host_ipv4_addresses() -> list[str]:
+    """All IPv4 addresses of the host namespace (loopback included), sorted."""
+    with _ipr() as host:
+        addrs = {a.get("IFA_ADDRESS") for a in host.addr("dump", family=socket.AF_INET)}
+    return sorted((a for a in addrs if a), key=ipaddress.IPv4Address)
+
+
+@_off_loop
+def interface_index(name: str) -> int | None:
+    """Index of the host-namespace interface *name*, or None."""
+    with _ipr() as host:
+        link = _get_link(host, ifname=name)
+    return None if link is None else int(link["index"])

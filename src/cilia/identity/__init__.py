@@ -1,0 +1,34 @@
+"""Numeric security identities: reserved ones and locally allocated ones."""
+
+from cilia.identity.allocator import IdentityAllocator, IdentityExhaustedError
+from cilia.identity.reserved import (
+    CLUSTER,
+    HEALTH,
+    HOST,
+    INIT,
+    MAX_IDENTITY,
+    MIN_ALLOCATED,
+    RESERVED_LABELS,
+    RESERVED_NAMES,
+    UNKNOWN,
+    WORLD,
+    is_reserved,
+    reserved_identity,
+)
+
+__all__ = [
+    "CLUSTER",
+    "HEALTH",
+    "HOST",
+    "INIT",
+    "MAX_IDENTITY",
+    "MIN_ALLOCATED",
+    "RESERVED_LABELS",
+    "RESERVED_NAMES",
+    "UNKNOWN",
+    "WORLD",
+    "IdentityAllocator",
+    "IdentityExhaustedError",
+    "is_reserved",
+    "reserved_identity",
+]

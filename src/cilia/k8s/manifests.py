@@ -1,0 +1,393 @@
+"""Kubernetes-style manifests: Namespace, Pod, NetworkPolicy, CiliumNetworkPolicy.
+
+`parse_manifests` validates every document before returning anything, so a bad
+file is refused whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cilia.labels import Labels, LabelSelector, pod_labels, policy_labels
+from cilia.labels.syntax import dns_label_error, dns_subdomain_error, key_error, value_error
+from cilia.policy.api import CIDRRule, Rule
+from cilia.policy.errors import ValidationError, fail, from_pydantic
+
+
+class ManifestError(ValueError):
+    """A refused manifest file; the message names source, document, object, field and reason."""
+
+    def __init__(
+        self, source: str, reason: str, document: int | None = None, obj: str = "", path: str = ""
+    ) -> None:
+        where = source
+        if document is not None:
+            where += f": document {document}" + (f" ({obj})" if obj else "")
+        super().__init__(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
+        self.source = source
+        self.document = document
+        self.path = path
+        self.reason = reason
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if error := key_error(key, strict=True):
+            fail(error, key)
+        if error := value_error(value):
+            fail(error, key)
+    return labels
+
+
+class ObjectMeta(_Model):
+    """The metadata Cilia uses (other metadata fields are refused)."""
+
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if error := dns_subdomain_error(value):
+            fail(error)
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if error := dns_label_error(value):
+            fail(error)
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+
+class _Object(_Model):
+    metadata: ObjectMeta
+
+    @property
+    def name(self) -> str:
+        """metadata.name"""
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        """metadata.namespace ("" for cluster-scoped kinds)."""
+        return self.metadata.namespace
+
+    @property
+    def key(self) -> str:
+        """`kind/namespace/name`, unique per object."""
+        return f"{getattr(self, 'kind', '')}/{self.namespace}/{self.name}"
+
+    @property
+    def display(self) -> str:
+        """`Kind namespace/name` (`Kind name` for cluster-scoped kinds), as in messages."""
+        kind = getattr(self, "kind", "")
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
+
+
+class _PolicyObject(_Object):
+    @property
+    def owner_labels(self) -> Labels:
+        """The labels every rule derived from this object carries (for repository.replace)."""
+        return policy_labels(self.name, self.namespace, getattr(self, "kind", ""))
+
+
+class Namespace(_Object):
+    """A namespace; its labels become `io.cilium.k8s.namespace.labels.*` pod labels."""
+
+    apiVersion: Literal["v1"]
+    kind: Literal["Namespace"]
+
+    @field_validator("metadata")
+    @classmethod
+    def _dns_label(cls, value: ObjectMeta) -> ObjectMeta:
+        if error := dns_label_error(value.name):
+            fail(error, "name")
+        return value
+
+    @property
+    def namespace(self) -> str:
+        """Namespaces are cluster-scoped: always ""."""
+        return ""
+
+
+Port = Annotated[int, Field(strict=True)]
+
+
+class ContainerPort(_Model):
+    """A port a container listens on."""
+
+    containerPort: Port
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    name: str | None = None
+
+    @field_validator("containerPort")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            fail("must be between 1 and 65535")
+        return value
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        if value not in ("TCP", "UDP"):
+            fail(f"unsupported protocol {value!r}: must be TCP or UDP")
+        return value
+
+
+class Container(_Model):
+    """A container: `command`/`args` run in the pod; `image` and `env` are accepted and ignored."""
+
+    name: str
+    image: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+    env: list[dict[str, Any]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if error := dns_label_error(value):
+            fail(error)
+        return value
+
+
+class PodSpec(_Model):
+    """The parts of a pod spec Cilia runs."""
+
+    containers: list[Container] = Field(min_length=1)
+    serviceAccountName: str | None = None
+
+    @field_validator("containers")
+    @classmethod
+    def _unique(cls, value: list[Container]) -> list[Container]:
+        seen: set[str] = set()
+        for index, container in enumerate(value):
+            if container.name in seen:
+                fail(f"duplicate container name {container.name!r}", f"[{index}].name")
+            seen.add(container.name)
+        return value
+
+
+class Pod(_Object):
+    """A local pod."""
+
+    apiVersion: Literal["v1"]
+    kind: Literal["Pod"]
+    spec: PodSpec
+
+    def identity_labels(self, namespace_labels: Mapping[str, str]) -> Labels:
+        """The pod's security identity labels, given its namespace's labels."""
+        return pod_labels(
+            self.metadata.labels, self.namespace, namespace_labels, self.spec.serviceAccountName
+        )
+
+
+def _plain_keys(selector: LabelSelector | None) -> LabelSelector | None:
+    """Kubernetes selectors take plain keys: refuse Cilium's `source:` prefixes."""
+    if selector is None:
+        return None
+    data = selector.to_dict()
+    for key in data.get("matchLabels", {}):
+        if ":" in key:
+            fail(f"invalid label key {key!r}", f"matchLabels.{key}")
+    for index, expr in enumerate(data.get("matchExpressions", [])):
+        if ":" in expr["key"]:
+            fail(f"invalid label key {expr['key']!r}", f"matchExpressions[{index}].key")
+    return selector
+
+
+class NetworkPolicyPeer(_Model):
+    """A `from`/`to` item: pod and/or namespace selector (AND), or an ipBlock."""
+
+    podSelector: LabelSelector | None = None
+    namespaceSelector: LabelSelector | None = None
+    ipBlock: CIDRRule | None = None
+
+    _keys = field_validator("podSelector", "namespaceSelector")(_plain_keys)
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkPolicyPeer:
+        selectors = self.podSelector is not None or self.namespaceSelector is not None
+        if self.ipBlock is not None and selectors:
+            fail("may not specify both ipBlock and another peer")
+        if self.ipBlock is None and not selectors:
+            fail("must specify a podSelector, namespaceSelector or ipBlock")
+        return self
+
+
+class NetworkPolicyPort(_Model):
+    """A port (number only; named ports are not supported) and protocol (default TCP)."""
+
+    protocol: Literal["TCP", "UDP"] | None = None
+    port: int | str | None = None
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        if value is not None and value not in ("TCP", "UDP"):
+            fail(f"unsupported protocol {value!r}: must be TCP or UDP")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str):
+            fail(f"named port {value!r} is not supported")
+        if value is not None and not 1 <= value <= 65535:
+            fail("must be between 1 and 65535")
+        return value
+
+
+class NetworkPolicyIngressRule(_Model):
+    """Allowed sources (`from`) on `ports`; an empty/absent list means all."""
+
+    from_: list[NetworkPolicyPeer] | None = Field(default=None, alias="from")
+    ports: list[NetworkPolicyPort] | None = None
+
+
+class NetworkPolicyEgressRule(_Model):
+    """Allowed destinations (`to`) on `ports`; an empty/absent list means all."""
+
+    to: list[NetworkPolicyPeer] | None = None
+    ports: list[NetworkPolicyPort] | None = None
+
+
+class NetworkPolicySpec(_Model):
+    """networking.k8s.io/v1 NetworkPolicySpec."""
+
+    podSelector: LabelSelector
+    ingress: list[NetworkPolicyIngressRule] | None = None
+    egress: list[NetworkPolicyEgressRule] | None = None
+    policyTypes: list[Literal["Ingress", "Egress"]] | None = None
+
+    _keys = field_validator("podSelector")(_plain_keys)
+
+    def effective_policy_types(self) -> list[str]:
+        """policyTypes, defaulting to Ingress plus Egress when there are egress rules."""
+        if self.policyTypes:
+            return list(self.policyTypes)
+        return ["Ingress", "Egress"] if self.egress else ["Ingress"]
+
+
+class NetworkPolicy(_PolicyObject):
+    """A Kubernetes NetworkPolicy."""
+
+    apiVersion: Literal["networking.k8s.io/v1"]
+    kind: Literal["NetworkPolicy"]
+    spec: NetworkPolicySpec
+
+    def rules(self) -> list[Rule]:
+        """The translated rule (see `policy_translation.rules_from_network_policy`)."""
+        from cilia.k8s.policy_translation import rules_from_network_policy
+
+        return rules_from_network_policy(self)
+
+
+class CiliumNetworkPolicy(_PolicyObject):
+    """A CiliumNetworkPolicy with `spec` and/or `specs`; `status` is ignored on input."""
+
+    apiVersion: Literal["cilium.io/v2"]
+    kind: Literal["CiliumNetworkPolicy"]
+    spec: Rule | None = None
+    specs: list[Rule] | None = None
+    status: Any = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> CiliumNetworkPolicy:
+        if self.spec is None and not self.specs:
+            fail("Invalid CiliumNetworkPolicy spec(s): empty policy", "spec")
+        return self
+
+    @property
+    def raw_rules(self) -> list[Rule]:
+        """`spec` followed by `specs`, as written (not namespace-scoped)."""
+        return ([self.spec] if self.spec else []) + list(self.specs or [])
+
+    def rules(self) -> list[Rule]:
+        """The namespace-scoped, labelled rules (see `policy_translation.rules_from_cnp`)."""
+        from cilia.k8s.policy_translation import rules_from_cnp
+
+        return rules_from_cnp(self)
+
+
+Manifest = Namespace | Pod | NetworkPolicy | CiliumNetworkPolicy
+
+KINDS: dict[str, tuple[str, type[Namespace | Pod | NetworkPolicy | CiliumNetworkPolicy]]] = {
+    "Namespace": ("v1", Namespace),
+    "Pod": ("v1", Pod),
+    "NetworkPolicy": ("networking.k8s.io/v1", NetworkPolicy),
+    "CiliumNetworkPolicy": ("cilium.io/v2", CiliumNetworkPolicy),
+}
+
+
+def _describe(doc: Mapping[str, Any]) -> str:
+    kind = doc.get("kind")
+    meta = doc.get("metadata")
+    if not isinstance(kind, str):
+        return ""
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+        return kind
+    if kind == "Namespace":
+        return f"{kind} {meta['name']}"
+    namespace = meta.get("namespace") or "default"
+    return f"{kind} {namespace}/{meta['name']}"
+
+
+def parse_manifest(doc: object) -> Manifest:
+    """Validate one decoded document; raises ValidationError naming the field."""
+    if not isinstance(doc, Mapping):
+        raise ValidationError("", "document must be an object")
+    kind = doc.get("kind")
+    if kind is None:
+        raise ValidationError("kind", "field required")
+    if kind not in KINDS:
+        raise ValidationError("kind", f"unsupported kind {kind!r} (supported: {', '.join(KINDS)})")
+    api_version, model = KINDS[kind]
+    if doc.get("apiVersion") != api_version:
+        raise ValidationError("apiVersion", f"must be {api_version!r} for {kind}")
+    try:
+        return model.model_validate(doc)
+    except pydantic.ValidationError as err:
+        raise from_pydantic(err) from None
+
+
+def parse_manifests(text: str, source: str) -> list[Manifest]:
+    """Parse and validate multi-document YAML; raises ManifestError on the first problem."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as err:
+        raise ManifestError(source, f"invalid YAML: {err}") from None
+    out: list[Manifest] = []
+    seen: dict[str, int] = {}
+    for number, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        obj = _describe(doc) if isinstance(doc, Mapping) else ""
+        try:
+            manifest = parse_manifest(doc)
+        except ValidationError as err:
+            raise ManifestError(source, err.reason, number, obj, err.path) from None
+        if manifest.key in seen:
+            raise ManifestError(source, f"duplicate of document {seen[manifest.key]}", number, obj)
+        seen[manifest.key] = number
+        out.append(manifest)
+    return out
