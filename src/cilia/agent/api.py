@@ -251,6 +251,22 @@ def create_app(agent: Agent) -> FastAPI:
             "elapsed_seconds": round(time.monotonic() - started, 2),
         }
 
+    @app.get("/v1/bpf/policy")
+    def bpf_policy(endpoint: int | None = None) -> list[dict[str, Any]]:
+        with agent.lock:
+            tuples = agent.datapath.policy.dump()
+        return [
+            {
+                "endpoint": ep_id,
+                "direction": "ingress" if direction == 0 else "egress",
+                "identity": identity,
+                "port": port,
+                "protocol": proto,
+            }
+            for ep_id, direction, identity, port, proto in sorted(tuples)
+            if endpoint is None or ep_id == endpoint
+        ]
+
     @app.get("/v1/bpf/metrics")
     def bpf_metrics() -> list[dict[str, Any]]:
         with agent.lock:

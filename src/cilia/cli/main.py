@@ -537,6 +537,36 @@ def bpf() -> None:
     """Inspect the datapath's maps."""
 
 
+@bpf.group("policy")
+def bpf_policy() -> None:
+    """The policy map: what the kernel enforces per endpoint."""
+
+
+@bpf_policy.command("get")
+@click.argument("endpoint_id", required=False, type=int)
+@output_option()
+def bpf_policy_get(endpoint_id: int | None, fmt: str) -> None:
+    """Entries of the policy map (all endpoints, or one). Protocol 255 rows are L4 markers."""
+    params = {"endpoint": endpoint_id} if endpoint_id is not None else {}
+    rows = call("GET", "/bpf/policy", **params)
+    if emit(rows, fmt):
+        return
+    names = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 255: "(L4 marker)"}
+    table(
+        [
+            (
+                r["endpoint"],
+                r["direction"],
+                r["identity"] or "any",
+                r["port"] or "all",
+                names.get(r["protocol"], r["protocol"]),
+            )
+            for r in rows
+        ],
+        ["ENDPOINT", "DIRECTION", "IDENTITY", "PORT", "PROTOCOL"],
+    )
+
+
 @bpf.group("metrics")
 def bpf_metrics() -> None:
     """Datapath counters."""

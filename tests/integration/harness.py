@@ -1,0 +1,180 @@
+"""A real agent for integration tests, under a per-run unique prefix.
+
+Every kernel object it creates (namespaces, devices, pins) is named from the
+prefix, and `stop()` runs `cilia down` and then checks that nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cilia.agent.config import AgentConfig
+from cilia.cli.client import Client
+
+
+@dataclass
+class CommandResult:
+    """Exit code and output of one `cilia` command."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """stdout decoded as JSON."""
+        return json.loads(self.stdout)
+
+
+@dataclass
+class Cilia:
+    """Drives one agent through the real `cilia` command line."""
+
+    tmp: Path
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    def __post_init__(self) -> None:
+        octet = 100 + int(self.tag[:2], 16) % 150
+        self.env = {
+            **os.environ,
+            "CILIA_RUN_DIR": str(self.tmp / "run"),
+            "CILIA_STATE_DIR": str(self.tmp / "state"),
+            "CILIA_CACHE_DIR": str(self.tmp / "cache"),
+            "CILIA_BPF_DIR": f"/sys/fs/bpf/cilia-test-{self.tag}",
+            "CILIA_NAME_PREFIX": f"cilia-test-{self.tag}",
+            "CILIA_POD_CIDR": f"10.{octet}.{int(self.tag[2:4], 16)}.0/24",
+            "CILIA_SYNC_INTERVAL": "1",
+        }
+        self.config = AgentConfig(
+            **{k[6:].lower(): v for k, v in self.env.items() if k.startswith("CILIA_")}
+        )
+
+    @property
+    def client(self) -> Client:
+        """API client of this agent."""
+        return Client(self.config.socket_path)
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> CommandResult:
+        """Run `cilia ARGS...`; raise unless it exits 0 (when check)."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "cilia.cli.main", *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        res = CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"cilia {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+        return res
+
+    def apply(self, manifest: str, check: bool = True) -> CommandResult:
+        """`cilia apply -f -` with a YAML text."""
+        return self.run("apply", "-f", "-", input=textwrap.dedent(manifest), check=check)
+
+    def delete(self, manifest: str) -> CommandResult:
+        """`cilia delete -f -` with a YAML text."""
+        return self.run("delete", "-f", "-", input=textwrap.dedent(manifest))
+
+    def probe(self, src: str, dst: str, port: int = 80, proto: str = "TCP") -> bool:
+        """True when src reaches dst (through the agent's probe API)."""
+        res = self.client.request(
+            "POST",
+            "/probe",
+            json={
+                "source": src,
+                "destination": dst,
+                "port": port,
+                "protocol": proto,
+                "timeout": 0.6,
+            },
+        )
+        return bool(res["result"] == "allowed")
+
+    def matrix(
+        self, ports: list[int], protocols: list[str], namespaces: list[str] | None = None
+    ) -> dict[tuple[str, str, int, str], bool]:
+        """(from, to, port, protocol) -> allowed, for every pair of pods."""
+        res = self.client.request(
+            "POST",
+            "/probe/matrix",
+            json={
+                "ports": ports,
+                "protocols": protocols,
+                "namespaces": namespaces or [],
+                "timeout": 0.6,
+            },
+        )
+        return {
+            (r["from"], r["to"], r["port"], r["protocol"]): r["result"] == "allowed"
+            for r in res["results"]
+        }
+
+    def counters(self) -> dict[tuple[int, str], int]:
+        """(reason code, direction) -> packets, from the datapath's per-CPU map."""
+        return {
+            (r["reason_code"], r["direction"]): r["packets"]
+            for r in self.client.request("GET", "/bpf/metrics")
+        }
+
+    def reset(self) -> None:
+        """Delete every object and rule, leaving the agent running."""
+        for kind in ("policies", "pods", "namespaces"):
+            for item in self.client.request("GET", f"/objects/{kind}"):
+                self.client.request(
+                    "POST",
+                    "/objects/delete",
+                    json={"text": json.dumps(item["object"]), "source": "reset"},
+                )
+        self.client.request("DELETE", "/policy", json={"all": True})
+
+    def start(self) -> None:
+        """`cilia up`."""
+        self.run("up")
+
+    def devices(self) -> set[str]:
+        """Host-side devices of the agent's endpoints."""
+        try:
+            return {ep["interface"] for ep in self.client.request("GET", "/endpoint")}
+        except Exception:
+            return set()
+
+    def stop(self) -> list[str]:
+        """`cilia down`, then return whatever this agent left in the kernel."""
+        devices = self.devices()
+        self.run("down")
+        return leftovers(self.config, devices)
+
+
+def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
+    """Kernel objects and processes named after this agent's prefix."""
+    left = [f"device {d}" for d in devices if Path(f"/sys/class/net/{d}").exists()]
+    netns = Path("/run/netns")
+    if netns.exists():
+        left += [
+            f"netns {n.name}"
+            for n in netns.iterdir()
+            if n.name.startswith(config.name_prefix + "-")
+        ]
+    if config.bpf_dir.exists():
+        left.append(f"pins {config.bpf_dir}")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if f"CILIA_NAME_PREFIX={config.name_prefix}\0".encode() in environ:
+            left.append(f"process {pid}: {cmdline.replace(chr(0), ' ')}")
+    out = subprocess.run(["ip", "-o", "route"], capture_output=True, text=True).stdout
+    net = config.pod_cidr.rsplit(".", 1)[0] + "."
+    left += [f"route {line}" for line in out.splitlines() if line.startswith(net)]
+    return left
