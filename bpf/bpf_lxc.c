@@ -7,6 +7,7 @@
  */
 #include "lib/common.h"
 #include "lib/maps.h"
+#include "lib/events.h"
 #include "lib/metrics.h"
 #include "lib/parse.h"
 #include "lib/conntrack.h"
@@ -14,47 +15,75 @@
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
+#define ETH_P_IPV6_BE bpf_htons(ETH_P_IPV6)
+
+static __always_inline __u8 tracing(const struct endpoint_info *ep)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg;
+
+	if (ep->flags & EP_F_TRACE)
+		return 1;
+	cfg = bpf_map_lookup_elem(&cilia_config, &zero);
+	return cfg && cfg->trace_all;
+}
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 {
+	struct verdict_ctx c = { .direction = direction, .ifindex = skb->ifindex };
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_info *ep = bpf_map_lookup_elem(&cilia_endpoints, &ifindex);
 
 	if (!ep)
-		return drop(skb, DROP_NO_ENDPOINT, direction);
-	if (skb->protocol == ETH_P_ARP_BE)
-		return forward(skb, direction);
-	if (skb->protocol != ETH_P_IP_BE)
-		return drop(skb, DROP_UNSUPPORTED_L3, direction); /* IPv6 and the rest */
+		return drop(skb, &c, DROP_NO_ENDPOINT);
+	c.ep_id = ep->ep_id;
+	c.trace = tracing(ep);
+	if (direction == DIR_INGRESS)
+		c.dst_identity = ep->identity;
+	else
+		c.src_identity = ep->identity;
 
-	struct flow f;
-	int ret = parse_ipv4(skb, &f);
+	if (skb->protocol == ETH_P_ARP_BE)
+		return forward(skb, &c);
+	if (skb->protocol != ETH_P_IP_BE) {
+		c.l3 = skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
+		return drop(skb, &c, DROP_UNSUPPORTED_L3); /* IPv6 and the rest */
+	}
+	c.l3 = 4;
+
+	int ret = parse_ipv4(skb, &c.f);
 
 	if (ret != PARSE_OK)
-		return drop(skb, ret, direction);
-	if (direction == DIR_EGRESS && f.saddr != ep->ipv4)
-		return drop(skb, DROP_INVALID_SIP, direction);
-	if (direction == DIR_INGRESS && f.daddr != ep->ipv4)
-		return drop(skb, DROP_UNKNOWN_TARGET, direction);
+		return drop(skb, &c, ret);
+	if (direction == DIR_EGRESS && c.f.saddr != ep->ipv4)
+		return drop(skb, &c, DROP_INVALID_SIP);
+	if (direction == DIR_INGRESS && c.f.daddr != ep->ipv4)
+		return drop(skb, &c, DROP_UNKNOWN_TARGET);
 
-	if (ct_is_reply(&f, ep->ep_id, direction, skb->len))
-		return forward(skb, direction);
+	__u32 peer_flags = 0;
+	__u32 peer = identity_of(direction == DIR_INGRESS ? c.f.saddr : c.f.daddr, &peer_flags);
+
+	if (direction == DIR_INGRESS)
+		c.src_identity = peer;
+	else
+		c.dst_identity = peer;
+
+	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len))
+		return forward(skb, &c);
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
 						 : (ep->flags & EP_F_EGRESS_ENFORCED);
 	if (enforced) {
-		__u32 peer = identity_of(direction == DIR_INGRESS ? f.saddr : f.daddr);
-
-		ret = policy_verdict(peer, ep->ep_id, &f, direction);
+		ret = policy_verdict(peer, peer_flags, c.ep_id, &c.f, direction);
 		if (ret) {
-			ct_forget(&f, ep->ep_id, direction);
-			return drop(skb, ret, direction);
+			ct_forget(&c.f, c.ep_id, direction);
+			return drop(skb, &c, ret);
 		}
 	}
-	ret = ct_track(&f, ep->ep_id, direction, skb->len);
+	ret = ct_track(&c.f, c.ep_id, direction, skb->len);
 	if (ret)
-		return drop(skb, ret, direction);
-	return forward(skb, direction);
+		return drop(skb, &c, ret);
+	return forward(skb, &c);
 }
 
 SEC("tc")

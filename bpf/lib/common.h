@@ -28,9 +28,11 @@
 #define DROP_NO_ENDPOINT 152
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_POLICY_L4 159
+#define DROP_POLICY_CIDR 162
 
 #define EP_F_INGRESS_ENFORCED (1 << 0)
 #define EP_F_EGRESS_ENFORCED (1 << 1)
+#define EP_F_TRACE (1 << 2) /* emit trace events for forwarded packets */
 
 /* Per-device endpoint configuration, keyed by the host-side ifindex. */
 struct endpoint_info {
@@ -52,6 +54,8 @@ struct ipcache_value {
 	__u32 identity;
 	__u32 flags;
 };
+
+#define IPCACHE_F_CIDR (1 << 0) /* identity derived from a CIDR, not an endpoint */
 
 /* One allowance. identity 0 = any peer; dport 0 + proto 0 = every port. */
 struct policy_key {
@@ -100,6 +104,8 @@ struct datapath_config {
 	__u32 ct_lifetime_tcp_syn;
 	__u32 ct_lifetime_tcp_closing;
 	__u32 ct_lifetime_nontcp;
+	__u32 trace_all; /* trace events for every endpoint */
+	__u32 pad;
 };
 
 struct metrics_key {
@@ -112,6 +118,33 @@ struct metrics_value {
 	__u64 packets;
 	__u64 bytes;
 };
+
+/* Monitor events, sent to the agent through the cilia_events ring buffer. */
+#define EVENT_DROP 1
+#define EVENT_TRACE 2
+
+struct event {
+	__u64 ts_ns; /* CLOCK_BOOTTIME */
+	__u8 type;
+	__u8 reason; /* drop reason, 0 for trace */
+	__u8 direction;
+	__u8 proto;
+	__u16 ep_id;
+	__u8 tcp_flags;
+	__u8 l3; /* 4 = IPv4, 6 = IPv6, 0 = other */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 saddr; /* network order */
+	__u32 daddr;
+	__u16 sport; /* network order */
+	__u16 dport;
+	__u32 len;
+	__u32 ifindex;
+	__u32 pad;
+};
+
+#define EVENT_LOST_DROP 0
+#define EVENT_LOST_TRACE 1
 
 /* The parsed packet the policy and CT code work on. */
 struct flow {

@@ -66,4 +66,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* 4 MiB */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_events_lost SEC(".maps");
+
 #endif

@@ -3,6 +3,7 @@
 #define CILIA_METRICS_H
 
 #include "maps.h"
+#include "events.h"
 
 static __always_inline void count(__u8 reason, __u8 direction, __u32 bytes)
 {
@@ -18,15 +19,20 @@ static __always_inline void count(__u8 reason, __u8 direction, __u32 bytes)
 	bpf_map_update_elem(&cilia_metrics, &key, &init, BPF_NOEXIST);
 }
 
-static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 direction)
+/* Count, report and drop. */
+static __always_inline int drop(struct __sk_buff *skb, const struct verdict_ctx *c, __u8 reason)
 {
-	count(reason, direction, skb->len);
+	count(reason, c->direction, skb->len);
+	emit_event(skb, c, EVENT_DROP, reason);
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int forward(struct __sk_buff *skb, __u8 direction)
+/* Count, trace if asked, and pass. */
+static __always_inline int forward(struct __sk_buff *skb, const struct verdict_ctx *c)
 {
-	count(REASON_FORWARDED, direction, skb->len);
+	count(REASON_FORWARDED, c->direction, skb->len);
+	if (c->trace)
+		emit_event(skb, c, EVENT_TRACE, 0);
 	return TC_ACT_OK;
 }
 

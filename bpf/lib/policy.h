@@ -5,12 +5,18 @@
 
 #include "maps.h"
 
-static __always_inline __u32 identity_of(__u32 ipv4)
+/* Identity of an address (longest prefix match; unknown means world). */
+static __always_inline __u32 identity_of(__u32 ipv4, __u32 *flags)
 {
 	struct ipcache_key k = { .prefixlen = 32, .ipv4 = ipv4 };
 	struct ipcache_value *v = bpf_map_lookup_elem(&cilia_ipcache, &k);
 
-	return v ? v->identity : ID_WORLD;
+	if (!v) {
+		*flags = 0;
+		return ID_WORLD;
+	}
+	*flags = v->flags;
+	return v->identity;
 }
 
 static __always_inline int policy_has(__u32 identity, __u16 ep_id, __u16 dport, __u8 proto,
@@ -27,23 +33,31 @@ static __always_inline int policy_has(__u32 identity, __u16 ep_id, __u16 dport, 
 	return bpf_map_lookup_elem(&cilia_policy, &k) != NULL;
 }
 
-/* 0 when allowed, otherwise the drop reason (L3 or L4 denial). */
-static __always_inline int policy_verdict(__u32 identity, __u16 ep_id, const struct flow *f,
-					  __u8 direction)
+/* Does one peer (an identity, or 0 for any) have an allowance for the flow?
+ * Exact port, every port of the protocol, or every port of every protocol. */
+static __always_inline int peer_allowed(__u32 identity, __u16 ep_id, __u16 dport, __u8 proto,
+					__u8 direction)
+{
+	return policy_has(identity, ep_id, dport, proto, direction) ||
+	       policy_has(identity, ep_id, 0, proto, direction) ||
+	       policy_has(identity, ep_id, 0, 0, direction);
+}
+
+/* 0 when allowed, otherwise the drop reason (L3, CIDR or L4 denial). */
+static __always_inline int policy_verdict(__u32 identity, __u32 id_flags, __u16 ep_id,
+					  const struct flow *f, __u8 direction)
 {
 	__u16 dport = bpf_ntohs(f->dport);
 
 	if (f->proto == IPPROTO_ICMP)
 		dport = 0; /* ICMP has no port: only L3 allowances match it */
-	if (policy_has(identity, ep_id, dport, f->proto, direction) ||
-	    policy_has(identity, ep_id, 0, 0, direction) ||
-	    policy_has(0, ep_id, dport, f->proto, direction) ||
-	    policy_has(0, ep_id, 0, 0, direction))
+	if (peer_allowed(identity, ep_id, dport, f->proto, direction) ||
+	    peer_allowed(0, ep_id, dport, f->proto, direction))
 		return 0;
 	if (policy_has(identity, ep_id, 0, POLICY_PROTO_MARKER, direction) ||
 	    policy_has(0, ep_id, 0, POLICY_PROTO_MARKER, direction))
 		return DROP_POLICY_L4;
-	return DROP_POLICY;
+	return (id_flags & IPCACHE_F_CIDR) ? DROP_POLICY_CIDR : DROP_POLICY;
 }
 
 #endif

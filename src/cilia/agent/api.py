@@ -117,6 +117,10 @@ def create_app(agent: Agent) -> FastAPI:
     def endpoint_log(key: str) -> list[dict[str, Any]]:
         return list(agent.endpoint(key).log)
 
+    @app.post("/v1/endpoint/{key:path}/regenerate")
+    def endpoint_regenerate(key: str) -> dict[str, Any]:
+        return agent.regenerate_endpoint(key).to_api()
+
     @app.get("/v1/endpoint/{key:path}")
     def endpoint_get(key: str) -> dict[str, Any]:
         ep = agent.endpoint(key)

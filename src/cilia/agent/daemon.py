@@ -336,6 +336,16 @@ class Agent:
         )
         return True
 
+    def regenerate_endpoint(self, key: str) -> Endpoint:
+        """Re-attach the programs of one endpoint if they are missing and reprogram it."""
+        with self.lock:
+            ep = self.endpoint(key)
+            if ep.network is None:
+                raise AgentError(f"endpoint {key} has no network", status=409)
+            self.datapath.attach(ep.ifname, ep.network.host_ifindex)
+            self._regenerate(f"regeneration of endpoint {ep.id} requested")
+            return ep
+
     # -- policy -------------------------------------------------------------
 
     def policy_import(self, rules: list[Rule]) -> int:

@@ -437,6 +437,14 @@ def endpoint_get(key: str, fmt: str) -> None:
     emit(call("GET", f"/endpoint/{key}"), "json" if fmt == "table" else fmt)
 
 
+@endpoint.command("regenerate")
+@click.argument("key")
+def endpoint_regenerate(key: str) -> None:
+    """Re-attach and reprogram one endpoint (by id, NS/POD or IPv4)."""
+    ep = call("POST", f"/endpoint/{key}/regenerate")
+    click.echo(f"Endpoint {ep['id']} regenerated (policy revision {ep['policy-revision']})")
+
+
 @endpoint.command("log")
 @click.argument("key")
 @output_option()

@@ -6,6 +6,10 @@ import ctypes
 
 EP_F_INGRESS_ENFORCED = 1 << 0
 EP_F_EGRESS_ENFORCED = 1 << 1
+EP_F_TRACE = 1 << 2
+IPCACHE_F_CIDR = 1 << 0
+EVENT_DROP = 1
+EVENT_TRACE = 2
 POLICY_PROTO_MARKER = 255
 
 
@@ -76,6 +80,8 @@ class DatapathConfig(ctypes.Structure):
         ("ct_lifetime_tcp_syn", ctypes.c_uint32),
         ("ct_lifetime_tcp_closing", ctypes.c_uint32),
         ("ct_lifetime_nontcp", ctypes.c_uint32),
+        ("trace_all", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -85,3 +91,27 @@ class MetricsKey(ctypes.Structure):
 
 class MetricsValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class Event(ctypes.Structure):
+    """A drop or trace event from the cilia_events ring buffer."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("type", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("ep_id", ctypes.c_uint16),
+        ("tcp_flags", ctypes.c_uint8),
+        ("l3", ctypes.c_uint8),
+        ("src_identity", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("len", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]

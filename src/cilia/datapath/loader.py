@@ -15,6 +15,8 @@ MAP_NAMES = (
     "cilia_ct",
     "cilia_metrics",
     "cilia_config",
+    "cilia_events",
+    "cilia_events_lost",
 )
 PROGRAMS = ("cilia_from_container", "cilia_to_container")
 

@@ -19,11 +19,14 @@ from cilia.datapath import attach, bpffs, compiler
 from cilia.datapath.layout import (
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
+    EP_F_TRACE,
+    IPCACHE_F_CIDR,
     POLICY_PROTO_MARKER,
     DatapathConfig,
 )
 from cilia.datapath.loader import LoadedObject
 from cilia.datapath.maps import (
+    BpfMap,
     CtMap,
     EndpointMap,
     EndpointRecord,
@@ -65,10 +68,12 @@ def policy_tuples(ep_id: int, policy: EndpointPolicy) -> set[PolicyTuple]:
     return out
 
 
-def endpoint_flags(policy: EndpointPolicy) -> int:
-    """Enforcement bits of the endpoints map."""
-    return (EP_F_INGRESS_ENFORCED if policy.ingress_enforced else 0) | (
-        EP_F_EGRESS_ENFORCED if policy.egress_enforced else 0
+def endpoint_flags(policy: EndpointPolicy, trace: bool = False) -> int:
+    """Enforcement and tracing bits of the endpoints map."""
+    return (
+        (EP_F_INGRESS_ENFORCED if policy.ingress_enforced else 0)
+        | (EP_F_EGRESS_ENFORCED if policy.egress_enforced else 0)
+        | (EP_F_TRACE if trace else 0)
     )
 
 
@@ -96,7 +101,8 @@ class Datapath:
         self._obj: LoadedObject | None = None
         self._realized_policy: dict[int, set[PolicyTuple]] = defaultdict(set)
         self._realized_endpoints: dict[int, EndpointRecord] = {}
-        self._realized_ipcache: dict[str, int] = {}
+        self._realized_ipcache: dict[str, tuple[int, int]] = {}
+        self.trace_all = False
 
     # -- life cycle -------------------------------------------------------
 
@@ -120,15 +126,18 @@ class Datapath:
             self._realized_policy[t[0]].add(t)
 
     def _write_config(self) -> None:
-        from cilia.datapath.maps import BpfMap
-
         cfg_map = BpfMap(f"{self.maps_dir}/cilia_config", ctypes.c_uint32, DatapathConfig)
         lt = self.lifetimes
         cfg_map.update(
             ctypes.c_uint32(0),
-            DatapathConfig(lt.tcp, lt.tcp_syn, lt.tcp_closing, lt.non_tcp),
+            DatapathConfig(lt.tcp, lt.tcp_syn, lt.tcp_closing, lt.non_tcp, int(self.trace_all)),
         )
         cfg_map.close()
+
+    def set_trace_all(self, enabled: bool) -> None:
+        """Switch trace events on or off for every endpoint of the node."""
+        self.trace_all = enabled
+        self._write_config()
 
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
@@ -160,7 +169,13 @@ class Datapath:
         attach.detach_device(self.links_dir, ifname)
 
     def program_endpoint(
-        self, ifindex: int, ep_id: int, ipv4: str, identity: int, policy: EndpointPolicy
+        self,
+        ifindex: int,
+        ep_id: int,
+        ipv4: str,
+        identity: int,
+        policy: EndpointPolicy,
+        trace: bool = False,
     ) -> tuple[int, int]:
         """Make the kernel enforce `policy` for an endpoint; returns (added, removed).
 
@@ -174,7 +189,7 @@ class Datapath:
         for t in added:
             self.policy.put(t)
             realized.add(t)
-        rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy))
+        rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy, trace))
         if self._realized_endpoints.get(ifindex) != rec:
             self.endpoints.set(ifindex, rec)
             self._realized_endpoints[ifindex] = rec
@@ -192,13 +207,22 @@ class Datapath:
 
     # -- ipcache ----------------------------------------------------------
 
-    def sync_ipcache(self, desired: dict[str, int]) -> tuple[int, int]:
-        """Make the IP-to-identity map equal `desired` (prefix -> identity)."""
-        norm = {p if "/" in p else f"{p}/32": i for p, i in desired.items()}
-        changed = [p for p, i in norm.items() if self._realized_ipcache.get(p) != i]
+    def sync_ipcache(
+        self, desired: dict[str, int], cidr_identities: frozenset[int] = frozenset()
+    ) -> tuple[int, int]:
+        """Make the IP-to-identity map equal `desired` (prefix -> identity).
+
+        Entries whose identity is in `cidr_identities` are flagged so that a
+        denial names CIDR policy (drop reason 162).
+        """
+        norm = {
+            p if "/" in p else f"{p}/32": (i, IPCACHE_F_CIDR if i in cidr_identities else 0)
+            for p, i in desired.items()
+        }
+        changed = [p for p, v in norm.items() if self._realized_ipcache.get(p) != v]
         stale = [p for p in self._realized_ipcache if p not in norm]
         for p in changed:
-            self.ipcache.set(p, norm[p])
+            self.ipcache.set(p, *norm[p])
             self._realized_ipcache[p] = norm[p]
         for p in stale:
             self.ipcache.remove(p)
@@ -226,9 +250,9 @@ class Datapath:
                 self.endpoints.set(ifindex, rec)
                 report.repaired.append(f"endpoint config restored: ifindex {ifindex}")
         actual_ipc = self.ipcache.dump()
-        for prefix, ident in self._realized_ipcache.items():
-            if actual_ipc.get(prefix) != ident:
-                self.ipcache.set(prefix, ident)
+        for prefix, value in self._realized_ipcache.items():
+            if actual_ipc.get(prefix) != value:
+                self.ipcache.set(prefix, *value)
                 report.repaired.append(f"ipcache entry restored: {prefix}")
         for prefix in set(actual_ipc) - set(self._realized_ipcache):
             self.ipcache.remove(prefix)

@@ -137,17 +137,20 @@ class IpcacheMap(BpfMap[IpcacheKey, IpcacheValue]):
         net = ipaddress.IPv4Network(prefix, strict=False)
         return IpcacheKey(prefixlen=net.prefixlen, ipv4=ip_to_be(str(net.network_address)))
 
-    def set(self, prefix: str, identity: int) -> None:
+    def set(self, prefix: str, identity: int, flags: int = 0) -> None:
         """Map a prefix (or a bare address, /32) to an identity."""
-        self.update(self._key(prefix), IpcacheValue(identity=identity))
+        self.update(self._key(prefix), IpcacheValue(identity=identity, flags=flags))
 
     def remove(self, prefix: str) -> bool:
         """Remove a prefix."""
         return self.delete(self._key(prefix))
 
-    def dump(self) -> dict[str, int]:
-        """All prefixes as 'a.b.c.d/len' -> identity."""
-        return {f"{be_to_ip(k.ipv4)}/{k.prefixlen}": int(v.identity) for k, v in self.items()}
+    def dump(self) -> dict[str, tuple[int, int]]:
+        """All prefixes as 'a.b.c.d/len' -> (identity, flags)."""
+        return {
+            f"{be_to_ip(k.ipv4)}/{k.prefixlen}": (int(v.identity), int(v.flags))
+            for k, v in self.items()
+        }
 
 
 PolicyTuple = tuple[int, int, int, int, int]
