@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Literal
+
+from cilia.policy.l7 import PortRuleHTTP, PortRuleKafka
 
 ANY_IDENTITY = 0
 """Identity wildcard in a policy entry: the entry allows every peer identity."""
@@ -41,13 +44,40 @@ class PolicyEntry:
     protocol: Protocol = Protocol.ANY
 
 
+L7Parser = Literal["http", "kafka"]
+
+
+@dataclass(frozen=True)
+class L7Allow:
+    """Requests a peer may make through the proxy; no rules means every request."""
+
+    identity: int
+    http: tuple[PortRuleHTTP, ...] = ()
+    kafka: tuple[PortRuleKafka, ...] = ()
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Traffic of the endpoint on (direction, port, TCP) goes through an L7 proxy.
+
+    Every peer allowed on that port appears in `allows`, with the L7 rules it
+    must satisfy (none for peers allowed at L3/L4 only).
+    """
+
+    direction: Direction
+    port: int
+    parser: L7Parser
+    allows: tuple[L7Allow, ...] = ()
+
+
 @dataclass(frozen=True)
 class EndpointPolicy:
-    """Everything the datapath must enforce for one endpoint."""
+    """Everything the datapath (and the L7 proxies) must enforce for one endpoint."""
 
     ingress_enforced: bool = False
     egress_enforced: bool = False
     entries: frozenset[PolicyEntry] = field(default_factory=frozenset)
+    redirects: frozenset[Redirect] = field(default_factory=frozenset)
 
     def allows(self, direction: Direction, identity: int, port: int, protocol: Protocol) -> bool:
         """Evaluate one packet against this state the way the datapath does (for tests/trace)."""
