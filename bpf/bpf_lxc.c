@@ -12,6 +12,7 @@
 #include "lib/parse.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/proxy.h"
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
@@ -26,6 +27,21 @@ static __always_inline __u8 tracing(const struct endpoint_info *ep)
 		return 1;
 	cfg = bpf_map_lookup_elem(&cilia_config, &zero);
 	return cfg && cfg->trace_all;
+}
+
+/* Ingress L7 rules of a local destination are applied where its peer sends:
+ * there the packet can still be assigned to the proxy socket. */
+static __always_inline __u16 local_ingress_proxy(const struct verdict_ctx *c)
+{
+	__u32 daddr = c->f.daddr;
+	struct lxc_ip_info *dst = bpf_map_lookup_elem(&cilia_lxc_ip, &daddr);
+	__u16 proxy_port = 0;
+
+	if (!dst || !(dst->flags & EP_F_INGRESS_ENFORCED))
+		return 0;
+	if (policy_verdict(c->src_identity, 0, dst->ep_id, &c->f, DIR_INGRESS, &proxy_port))
+		return 0; /* denied: the destination's own program drops it */
+	return proxy_port;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
@@ -62,6 +78,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
 	__u32 peer_flags = 0;
 	__u32 peer = identity_of(direction == DIR_INGRESS ? c.f.saddr : c.f.daddr, &peer_flags);
+	__u8 proxied = direction == DIR_INGRESS && from_proxy(skb, &peer);
+
+	if (proxied)
+		peer_flags = 0;
 
 	if (direction == DIR_INGRESS)
 		c.src_identity = peer;
@@ -73,8 +93,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
 						 : (ep->flags & EP_F_EGRESS_ENFORCED);
+	__u16 proxy_port = 0;
+
 	if (enforced) {
-		ret = policy_verdict(peer, peer_flags, c.ep_id, &c.f, direction);
+		ret = policy_verdict(peer, peer_flags, c.ep_id, &c.f, direction, &proxy_port);
+		if (!ret && proxy_port && direction == DIR_INGRESS && !proxied)
+			ret = DROP_PROXY_BYPASS; /* only the proxy may deliver on an L7 port */
 		if (ret) {
 			ct_forget(&c.f, c.ep_id, direction);
 			return drop(skb, &c, ret);
@@ -83,6 +107,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	ret = ct_track(&c.f, c.ep_id, direction, skb->len);
 	if (ret)
 		return drop(skb, &c, ret);
+	if (direction == DIR_EGRESS) {
+		if (!proxy_port)
+			proxy_port = local_ingress_proxy(&c);
+		if (proxy_port) {
+			ret = redirect_to_proxy(skb, &c.f, proxy_port);
+			if (ret)
+				return drop(skb, &c, ret);
+		}
+	}
 	return forward(skb, &c);
 }
 

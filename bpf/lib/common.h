@@ -29,7 +29,16 @@
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_POLICY_L4 159
 #define DROP_POLICY_CIDR 162
+#define DROP_PROXY_LOOKUP_FAILED 180 /* no proxy listens on the redirect port */
+#define DROP_PROXY_BYPASS 181        /* L7-redirected port reached without the proxy */
 
+/* Packet marks shared with the agent's routing rule and the proxies.
+ * TO_PROXY: a redirected packet, routed to the local proxy socket.
+ * FROM_PROXY: a proxy's upstream packet; bits 16-31 carry the identity of
+ * the original source so the destination's policy sees who really asked. */
+#define MARK_MAGIC_MASK 0x0f00
+#define MARK_MAGIC_TO_PROXY 0x0a00
+#define MARK_MAGIC_FROM_PROXY 0x0b00
 #define EP_F_INGRESS_ENFORCED (1 << 0)
 #define EP_F_EGRESS_ENFORCED (1 << 1)
 #define EP_F_TRACE (1 << 2) /* emit trace events for forwarded packets */
@@ -40,6 +49,14 @@ struct endpoint_info {
 	__u32 identity;
 	__u16 ep_id;
 	__u8 flags;
+	__u8 pad1;
+	__u32 pad2;
+};
+
+/* Local endpoint of an address (for ingress redirects decided at the source). */
+struct lxc_ip_info {
+	__u16 ep_id;
+	__u8 flags; /* EP_F_* of the endpoint */
 	__u8 pad1;
 	__u32 pad2;
 };

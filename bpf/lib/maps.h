@@ -24,6 +24,14 @@ struct {
 } cilia_endpoints SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct lxc_ip_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lxc_ip SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, IPCACHE_MAX);
 	__type(key, struct ipcache_key);

@@ -22,6 +22,8 @@ REASONS: dict[int, str] = {
     159: "Policy denied (L4)",
     160: "No tunnel/encapsulation endpoint (datapath BUG!)",
     162: "Policy denied (CIDR)",
+    180: "Proxy lookup failed",
+    181: "L7 port reached without the proxy",
 }
 
 

@@ -8,6 +8,9 @@ EP_F_INGRESS_ENFORCED = 1 << 0
 EP_F_EGRESS_ENFORCED = 1 << 1
 EP_F_TRACE = 1 << 2
 IPCACHE_F_CIDR = 1 << 0
+MARK_MAGIC_MASK = 0x0F00
+MARK_MAGIC_TO_PROXY = 0x0A00
+MARK_MAGIC_FROM_PROXY = 0x0B00
 EVENT_DROP = 1
 EVENT_TRACE = 2
 POLICY_PROTO_MARKER = 255
@@ -17,6 +20,15 @@ class EndpointInfo(ctypes.Structure):
     _fields_ = [
         ("ipv4", ctypes.c_uint32),
         ("identity", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad1", ctypes.c_uint8),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+class LxcIpInfo(ctypes.Structure):
+    _fields_ = [
         ("ep_id", ctypes.c_uint16),
         ("flags", ctypes.c_uint8),
         ("pad1", ctypes.c_uint8),

@@ -10,6 +10,7 @@ from cilia.datapath import libbpf
 
 MAP_NAMES = (
     "cilia_endpoints",
+    "cilia_lxc_ip",
     "cilia_ipcache",
     "cilia_policy",
     "cilia_ct",

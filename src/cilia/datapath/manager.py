@@ -12,6 +12,7 @@ import ctypes
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,12 @@ from cilia.datapath.maps import (
     EndpointMap,
     EndpointRecord,
     IpcacheMap,
+    LxcIpMap,
     MetricsMap,
     PolicyMap,
     PolicyTuple,
 )
-from cilia.policy.desired import ALL_PORTS, EndpointPolicy, Protocol
+from cilia.policy.desired import ALL_PORTS, EndpointPolicy, Protocol, Redirect
 
 log = logging.getLogger("cilia.datapath")
 
@@ -57,14 +59,25 @@ class DriftReport:
     repaired: list[str] = field(default_factory=list)
 
 
-def policy_tuples(ep_id: int, policy: EndpointPolicy) -> set[PolicyTuple]:
-    """Encode an endpoint's policy entries as policy-map keys (with L4 markers)."""
-    out: set[PolicyTuple] = set()
+def policy_tuples(
+    ep_id: int, policy: EndpointPolicy, proxy_ports: Mapping[Redirect, int] | None = None
+) -> dict[PolicyTuple, int]:
+    """Encode an endpoint's policy as policy-map keys -> proxy port (0: no redirect).
+
+    L4 markers let the datapath tell an L4 denial (159) from an L3 one (133).
+    Every peer of a redirected port gets an exact-port key carrying the proxy
+    port, so it takes precedence over the peer's wider allowances.
+    """
+    out: dict[PolicyTuple, int] = {}
     for e in policy.entries:
-        out.add((ep_id, int(e.direction), e.identity, e.port, int(e.protocol)))
+        out[(ep_id, int(e.direction), e.identity, e.port, int(e.protocol))] = 0
         if e.port != ALL_PORTS or e.protocol != Protocol.ANY:
-            # Lets the datapath tell an L4 denial (159) from an L3 one (133).
-            out.add((ep_id, int(e.direction), e.identity, 0, POLICY_PROTO_MARKER))
+            out[(ep_id, int(e.direction), e.identity, 0, POLICY_PROTO_MARKER)] = 0
+    for redirect, proxy_port in (proxy_ports or {}).items():
+        for allow in redirect.allows:
+            key = (ep_id, int(redirect.direction), allow.identity, redirect.port, int(Protocol.TCP))
+            out[key] = proxy_port
+            out[(ep_id, int(redirect.direction), allow.identity, 0, POLICY_PROTO_MARKER)] = 0
     return out
 
 
@@ -99,7 +112,8 @@ class Datapath:
         self.source_dir = source_dir or compiler.default_source_dir()
         self.lifetimes = lifetimes or CtLifetimes()
         self._obj: LoadedObject | None = None
-        self._realized_policy: dict[int, set[PolicyTuple]] = defaultdict(set)
+        self._realized_policy: dict[int, dict[PolicyTuple, int]] = defaultdict(dict)
+        self._realized_lxc_ip: dict[str, tuple[int, int]] = {}
         self._realized_endpoints: dict[int, EndpointRecord] = {}
         self._realized_ipcache: dict[str, tuple[int, int]] = {}
         self.trace_all = False
@@ -115,15 +129,17 @@ class Datapath:
         self.endpoints = EndpointMap(f"{path}/cilia_endpoints")
         self.ipcache = IpcacheMap(f"{path}/cilia_ipcache")
         self.policy = PolicyMap(f"{path}/cilia_policy")
+        self.lxc_ip = LxcIpMap(f"{path}/cilia_lxc_ip")
         self.ct = CtMap(f"{path}/cilia_ct")
         self.metrics = MetricsMap(f"{path}/cilia_metrics")
         self._write_config()
         # Whatever a previous agent left is the starting point of the diff.
         self._realized_endpoints = self.endpoints.dump()
         self._realized_ipcache = self.ipcache.dump()
-        self._realized_policy = defaultdict(set)
-        for t in self.policy.dump():
-            self._realized_policy[t[0]].add(t)
+        self._realized_lxc_ip = self.lxc_ip.dump()
+        self._realized_policy = defaultdict(dict)
+        for t, proxy_port in self.policy.dump_values().items():
+            self._realized_policy[t[0]][t] = proxy_port
 
     def _write_config(self) -> None:
         cfg_map = BpfMap(f"{self.maps_dir}/cilia_config", ctypes.c_uint32, DatapathConfig)
@@ -141,7 +157,7 @@ class Datapath:
 
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
-        for m in ("endpoints", "ipcache", "policy", "ct", "metrics"):
+        for m in ("endpoints", "ipcache", "policy", "lxc_ip", "ct", "metrics"):
             if hasattr(self, m):
                 getattr(self, m).close()
         if self._obj is not None:
@@ -176,33 +192,40 @@ class Datapath:
         identity: int,
         policy: EndpointPolicy,
         trace: bool = False,
+        proxy_ports: Mapping[Redirect, int] | None = None,
     ) -> tuple[int, int]:
-        """Make the kernel enforce `policy` for an endpoint; returns (added, removed).
+        """Make the kernel enforce `policy` for an endpoint; returns (written, removed).
 
-        Order avoids transient denials: new allowances first, then the
-        enforcement flags, then removal of allowances no longer wanted.
+        Order avoids transient denials: new and changed allowances first, then
+        the endpoint's flags, then removal of allowances no longer wanted.
         """
-        desired = policy_tuples(ep_id, policy)
+        desired = policy_tuples(ep_id, policy, proxy_ports)
         realized = self._realized_policy[ep_id]
-        added = desired - realized
-        removed = realized - desired
-        for t in added:
-            self.policy.put(t)
-            realized.add(t)
+        written = [t for t, port in desired.items() if realized.get(t) != port]
+        removed = [t for t in realized if t not in desired]
+        for t in written:
+            self.policy.put(t, desired[t])
+            realized[t] = desired[t]
         rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy, trace))
         if self._realized_endpoints.get(ifindex) != rec:
             self.endpoints.set(ifindex, rec)
             self._realized_endpoints[ifindex] = rec
+        if self._realized_lxc_ip.get(ipv4) != (ep_id, rec.flags):
+            self.lxc_ip.set(ipv4, ep_id, rec.flags)
+            self._realized_lxc_ip[ipv4] = (ep_id, rec.flags)
         for t in removed:
             self.policy.remove(t)
-            realized.discard(t)
-        return len(added), len(removed)
+            del realized[t]
+        return len(written), len(removed)
 
     def remove_endpoint(self, ifindex: int, ep_id: int) -> None:
         """Forget an endpoint's configuration and policy entries."""
+        rec = self._realized_endpoints.pop(ifindex, None)
         self.endpoints.remove(ifindex)
-        self._realized_endpoints.pop(ifindex, None)
-        for t in self._realized_policy.pop(ep_id, set()):
+        if rec is not None:
+            self.lxc_ip.remove(rec.ipv4)
+            self._realized_lxc_ip.pop(rec.ipv4, None)
+        for t in self._realized_policy.pop(ep_id, {}):
             self.policy.remove(t)
 
     # -- ipcache ----------------------------------------------------------

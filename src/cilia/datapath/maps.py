@@ -18,6 +18,7 @@ from cilia.datapath.layout import (
     EndpointInfo,
     IpcacheKey,
     IpcacheValue,
+    LxcIpInfo,
     MetricsKey,
     MetricsValue,
     PolicyKey,
@@ -182,6 +183,32 @@ class PolicyMap(BpfMap[PolicyKey, PolicyValue]):
     def dump(self) -> set[PolicyTuple]:
         """Every tuple in the map."""
         return {(k.ep_id, k.direction, k.identity, k.dport, k.proto) for k in self.iter_keys()}
+
+    def dump_values(self) -> dict[PolicyTuple, int]:
+        """Every tuple with its proxy port."""
+        return {
+            (k.ep_id, k.direction, k.identity, k.dport, k.proto): int(v.proxy_port)
+            for k, v in self.items()
+        }
+
+
+class LxcIpMap(BpfMap[ctypes.c_uint32, LxcIpInfo]):
+    """Local endpoint address -> (endpoint id, flags)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, ctypes.c_uint32, LxcIpInfo)
+
+    def set(self, ipv4: str, ep_id: int, flags: int) -> None:
+        """Record a local endpoint address."""
+        self.update(ctypes.c_uint32(ip_to_be(ipv4)), LxcIpInfo(ep_id=ep_id, flags=flags))
+
+    def remove(self, ipv4: str) -> bool:
+        """Forget an address."""
+        return self.delete(ctypes.c_uint32(ip_to_be(ipv4)))
+
+    def dump(self) -> dict[str, tuple[int, int]]:
+        """Address -> (endpoint id, flags)."""
+        return {be_to_ip(int(k.value)): (int(v.ep_id), int(v.flags)) for k, v in self.items()}
 
 
 class CtMap(BpfMap[CtKey, CtEntry]):
