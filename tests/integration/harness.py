@@ -12,6 +12,8 @@ import secrets
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,15 @@ def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
     net = config.pod_cidr.rsplit(".", 1)[0] + "."
     left += [f"route {line}" for line in out.splitlines() if line.startswith(net)]
     return left
+
+
+@contextmanager
+def running_agent(tmp: Path) -> Iterator[Cilia]:
+    """A started agent; on exit `cilia down` must leave nothing behind."""
+    agent = Cilia(tmp)
+    try:
+        agent.start()
+        yield agent
+    finally:
+        left = agent.stop()
+        assert left == [], f"cilia down left: {left}"

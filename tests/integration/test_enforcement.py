@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cilia.datapath.netns import socket_in_netns
-from tests.integration.harness import Cilia
+from tests.integration.harness import Cilia, running_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -53,13 +53,8 @@ DS, TF, XW = "default/deathstar", "default/tiefighter", "default/xwing"
 
 @pytest.fixture(scope="module")
 def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
-    agent = Cilia(tmp_path_factory.mktemp("agent"))
-    try:
-        agent.start()
+    with running_agent(tmp_path_factory.mktemp("agent")) as agent:
         yield agent
-    finally:
-        left = agent.stop()
-        assert left == [], f"cilia down left: {left}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from cilia.datapath.netns import socket_in_netns
 from cilia.runtime.probe import probe
-from tests.integration.harness import Cilia
+from tests.integration.harness import Cilia, running_agent
 from tests.integration.test_enforcement import DS, RULE1, STARWARS, TF, XW
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
@@ -23,13 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
 @pytest.fixture
 def cilia(tmp_path: Path) -> Iterator[Cilia]:
-    agent = Cilia(tmp_path)
-    try:
-        agent.start()
+    with running_agent(tmp_path) as agent:
         yield agent
-    finally:
-        left = agent.stop()
-        assert left == [], f"cilia down left: {left}"
 
 
 BAD_DOCS = {
