@@ -29,19 +29,18 @@ static __always_inline __u8 tracing(const struct endpoint_info *ep)
 	return cfg && cfg->trace_all;
 }
 
-/* Ingress L7 rules of a local destination are applied where its peer sends:
- * there the packet can still be assigned to the proxy socket. */
-static __always_inline __u16 local_ingress_proxy(const struct verdict_ctx *c)
+/* Ingress policy of a local destination, applied where its peer sends: there
+ * the packet can still be assigned to a proxy socket. Returns a drop reason
+ * (0: allowed, or not a local enforced destination) and the proxy port. */
+static __always_inline int local_ingress_verdict(const struct verdict_ctx *c, __u16 *proxy_port)
 {
 	__u32 daddr = c->f.daddr;
 	struct lxc_ip_info *dst = bpf_map_lookup_elem(&cilia_lxc_ip, &daddr);
-	__u16 proxy_port = 0;
 
+	*proxy_port = 0;
 	if (!dst || !(dst->flags & EP_F_INGRESS_ENFORCED))
 		return 0;
-	if (policy_verdict(c->src_identity, 0, dst->ep_id, &c->f, DIR_INGRESS, &proxy_port))
-		return 0; /* denied: the destination's own program drops it */
-	return proxy_port;
+	return policy_verdict(c->src_identity, 0, dst->ep_id, &c->f, DIR_INGRESS, proxy_port);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
@@ -93,6 +92,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
 						 : (ep->flags & EP_F_EGRESS_ENFORCED);
+
+	/* Identity 0 in a proxy mark: the proxy relays a flow the datapath already
+	 * authorized at its source (both the sender's egress and our ingress). */
+	if (proxied && peer == 0)
+		enforced = 0;
 	__u16 proxy_port = 0;
 
 	if (enforced) {
@@ -108,8 +112,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	if (ret)
 		return drop(skb, &c, ret);
 	if (direction == DIR_EGRESS) {
-		if (!proxy_port)
-			proxy_port = local_ingress_proxy(&c);
+		__u16 ingress_proxy = 0;
+		int denied = local_ingress_verdict(&c, &ingress_proxy);
+
+		/* The proxy's upstream bypasses a local destination's ingress
+		 * check, so a redirected flow must pass it here. */
+		if (proxy_port && denied)
+			return drop(skb, &c, denied);
+		if (!proxy_port && !denied)
+			proxy_port = ingress_proxy;
 		if (proxy_port) {
 			ret = redirect_to_proxy(skb, &c.f, proxy_port);
 			if (ret)

@@ -38,6 +38,14 @@ run cilia probe --matrix --ports 80
 step "Drops counted in the kernel (per-CPU BPF map)"
 run cilia bpf metrics list
 
+step "API-aware (L7) policy: the tiefighter may request a landing, not touch the exhaust port"
+DS_IP=$(cilia endpoint get default/deathstar -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ipv4"])')
+run cilia apply -f examples/starwars/03-l7-policy.yaml
+http() { printf '$ cilia exec default/tiefighter -- curl -s -X %s http://deathstar/%s\n' "$1" "$2"; cilia exec default/tiefighter -- curl -s -m 5 -X "$1" "http://$DS_IP/$2"; echo; }
+http POST v1/request-landing
+http PUT v1/exhaust-port
+run cilia status --all-redirects
+
 step "Remove the policy: the xwing can land again"
-run cilia delete -f examples/starwars/02-l3-l4-policy.yaml
+run cilia delete -f examples/starwars/03-l7-policy.yaml
 probe default/xwing default/deathstar

@@ -176,6 +176,9 @@ def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
             continue
         if f"CILIA_NAME_PREFIX={config.name_prefix}\0".encode() in environ:
             left.append(f"process {pid}: {cmdline.replace(chr(0), ' ')}")
+    lo = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
+    if f" {config.host_router_ip}/32 " in lo.stdout:
+        left.append(f"router address {config.host_router_ip}")
     out = subprocess.run(["ip", "-o", "route"], capture_output=True, text=True).stdout
     net = config.pod_cidr.rsplit(".", 1)[0] + "."
     left += [f"route {line}" for line in out.splitlines() if line.startswith(net)]

@@ -182,11 +182,11 @@ def test_np_empty_from_means_all_and_ports_default_tcp() -> None:
     assert not p.allows(IN, 9999, 80, UDP)
 
 
-def test_np_port_without_number_means_all_ports() -> None:
+def test_np_port_without_number_means_all_ports_of_its_protocol() -> None:
     rules = np(NP % "  ingress: [{ports: [{protocol: UDP}]}]")
-    assert {(e.identity, e.port, e.protocol) for e in resolve(rules, PODS["x/a"], IDS).entries} == {
-        (0, 0, ANY)
-    }
+    p = resolve(rules, PODS["x/a"], IDS)
+    assert {(e.identity, e.port, e.protocol) for e in p.entries} == {(0, 0, UDP)}
+    assert p.allows(IN, 9999, 81, UDP) and not p.allows(IN, 9999, 81, TCP)
 
 
 def test_np_empty_ingress_denies_all() -> None:
@@ -228,6 +228,7 @@ def test_np_egress_empty_to_and_ip_block() -> None:
     assert {(e.identity, e.port, e.protocol) for e in p.entries} == {
         (0, 53, UDP),
         (ID_OF["x/b"], 0, ANY),
+        (2, 0, ANY),  # world outside 10.0.0.0/8 (which has no CIDR identity here)
     }
 
 

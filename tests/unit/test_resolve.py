@@ -133,7 +133,7 @@ def test_reserved_selector() -> None:
     assert entries(p) == {(IN, 1, 0, ANY)}
 
 
-def test_world_cidr_means_world_other_cidrs_add_nothing() -> None:
+def test_world_cidr_means_world_and_other_cidrs_need_identities() -> None:
     p = policy(
         {
             "endpointSelector": WEB_SEL,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cilia import __version__
+from cilia.agent.api_observe import observe_router
 from cilia.agent.daemon import Agent, AgentError
+from cilia.agent.trace import TraceError, TraceRequest, trace_api
 from cilia.datapath.drop_reasons import reason_name
 from cilia.k8s.manifests import ManifestError, parse_manifests
 from cilia.labels import Labels
@@ -40,6 +43,13 @@ class PolicyDeleteRequest(BaseModel):
 
     all: bool = False
     labels: list[str] = Field(default_factory=list)
+
+
+class EndpointLabelsRequest(BaseModel):
+    """Labels to add (`source:key=value`) and keys to delete; releases held labels."""
+
+    add: list[str] = Field(default_factory=list)
+    delete: list[str] = Field(default_factory=list)
 
 
 Proto = Literal["TCP", "UDP"]
@@ -80,6 +90,7 @@ def create_app(agent: Agent) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.include_router(observe_router(agent))
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
@@ -93,15 +104,22 @@ def create_app(agent: Agent) -> FastAPI:
     async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
+    @app.exception_handler(TraceError)
+    async def _trace_error(_: Request, exc: TraceError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
     @app.get("/v1/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
     @app.get("/v1/status")
-    def status(all_controllers: bool = False) -> dict[str, Any]:
+    def status(all_controllers: bool = False, all_redirects: bool = False) -> dict[str, Any]:
         out = agent.status()
         if all_controllers:
             out["controller-list"] = [c.to_api() for c in agent.controllers.all()]
+        if all_redirects:
+            with agent.lock:
+                out["redirect-list"] = [asdict(r) for r in agent.l7.redirects()]
         return out
 
     @app.get("/v1/config")
@@ -120,6 +138,10 @@ def create_app(agent: Agent) -> FastAPI:
     @app.post("/v1/endpoint/{key:path}/regenerate")
     def endpoint_regenerate(key: str) -> dict[str, Any]:
         return agent.regenerate_endpoint(key).to_api()
+
+    @app.put("/v1/endpoint/{key:path}/labels")
+    def endpoint_labels(key: str, req: EndpointLabelsRequest) -> dict[str, Any]:
+        return agent.endpoint_labels(key, req.add, req.delete).to_api()
 
     @app.get("/v1/endpoint/{key:path}")
     def endpoint_get(key: str) -> dict[str, Any]:
@@ -159,13 +181,25 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.put("/v1/policy")
     def policy_import(req: PolicyImportRequest) -> dict[str, Any]:
-        rules = parse_rules(req.rules)
+        try:
+            rules = parse_rules(req.rules)
+        except ValidationError:
+            agent.metrics.policy_import_errors += 1
+            raise
         revision = agent.policy_import(rules)
         return {"revision": revision, "imported": len(rules)}
 
     @app.post("/v1/policy/validate")
     def policy_validate(req: PolicyImportRequest) -> dict[str, Any]:
         return {"valid": True, "rules": len(parse_rules(req.rules))}
+
+    @app.api_route("/v1/policy/resolve", methods=["GET", "POST"])
+    def policy_resolve(req: TraceRequest) -> dict[str, Any]:
+        return trace_api(agent, req)
+
+    @app.post("/v1/policy/resolve/batch")
+    def policy_resolve_batch(reqs: list[TraceRequest]) -> list[dict[str, Any]]:
+        return [trace_api(agent, r) for r in reqs]
 
     @app.delete("/v1/policy")
     def policy_delete(req: PolicyDeleteRequest) -> dict[str, Any]:
@@ -193,9 +227,16 @@ def create_app(agent: Agent) -> FastAPI:
     def objects_list(kind: str) -> list[dict[str, Any]]:
         with agent.lock:
             try:
-                return agent.objects.listing(kind, agent.pod_status())
+                items = agent.objects.listing(kind, agent.pod_status())
             except ValueError as exc:
                 raise AgentError(str(exc), status=404) from None
+            for item in items:
+                obj = item["object"]
+                if obj.get("kind") == "CiliumNetworkPolicy":
+                    key = f"CiliumNetworkPolicy/{item['namespace']}/{item['name']}"
+                    annotations = obj["metadata"].get("annotations", {})
+                    obj["status"] = agent.policy_status(key, annotations)
+            return items
 
     @app.delete("/v1/pods/{namespace}/{name}")
     def pod_delete(namespace: str, name: str) -> dict[str, Any]:

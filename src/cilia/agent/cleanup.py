@@ -12,12 +12,15 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.pods import destroy_pod, kill_netns_processes
 from cilia.agent.state import load_state
 from cilia.datapath import bpffs
+from cilia.datapath.host_address import remove_host_address
 from cilia.datapath.netns import delete_netns, list_netns
+from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.processes import ProcessRecord
 
 log = logging.getLogger("cilia.cleanup")
@@ -54,6 +57,23 @@ def stop_agent(config: AgentConfig, timeout: float = 15.0) -> bool:
     return True
 
 
+def agent_processes(config: AgentConfig) -> list[tuple[int, str]]:
+    """Processes started by this agent (proxies, containers) that are still alive.
+
+    They are recognised by the agent's CILIA_NAME_PREFIX in their environment.
+    """
+    marker = f"CILIA_NAME_PREFIX={config.name_prefix}\0".encode()
+    found: list[tuple[int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{entry}/environ").read_bytes():
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+                found.append((int(entry), argv.decode(errors="replace").strip()))
+    return found
+
+
 def remove_everything(config: AgentConfig) -> list[str]:
     """Delete pods, namespaces, devices, routes, pins and state; returns what was removed."""
     removed: list[str] = []
@@ -67,6 +87,15 @@ def remove_everything(config: AgentConfig) -> list[str]:
             kill_netns_processes(name)
             delete_netns(name)
             removed.append(f"netns {name}")
+    for pid, argv in agent_processes(config):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        removed.append(f"process {pid} ({argv})")
+    if (config.state_dir / "proxy").exists():
+        remove_proxy_routing()
+        removed.append("proxy routing rule")
+    if remove_host_address(config.host_router_ip):
+        removed.append(f"router address {config.host_router_ip}")
     if config.bpf_dir.exists():
         bpffs.remove_pins(config.bpf_dir)
         removed.append(f"pins {config.bpf_dir}")

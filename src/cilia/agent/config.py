@@ -27,8 +27,16 @@ class AgentConfig(BaseSettings):
     ct_lifetime_tcp_closing: int = 10
     ct_lifetime_nontcp: int = 60
     ct_gc_interval: float = 60.0
+    ct_gc_non_tcp_idle: int = Field(10, description="idle seconds of non-TCP entries GC removes")
+    ct_max_entries: int = Field(262144, ge=1024, description="size of the CT table")
+    trace_notification: bool = Field(False, description="trace events for every endpoint")
+    monitor_queue_size: int = Field(65536, ge=16, description="events queued per monitor client")
+    prometheus_serve_addr: str = Field("", description="HOST:PORT of /metrics (off when empty)")
     sync_interval: float = 10.0
     mtu: int = 1500
+    legacy_host_allows_world: bool = Field(
+        False, description="policies allowing host also allow world; node addresses are host"
+    )
 
     @field_validator("pod_cidr")
     @classmethod
@@ -44,6 +52,11 @@ class AgentConfig(BaseSettings):
         if not value or not all(c.isalnum() or c == "-" for c in value):
             raise ValueError("use letters, digits and '-' only")
         return value
+
+    @property
+    def host_router_ip(self) -> str:
+        """The node's address towards its pods (last of the pod range): identity `host`."""
+        return str(ipaddress.IPv4Network(self.pod_cidr)[-2])
 
     @property
     def socket_path(self) -> Path:

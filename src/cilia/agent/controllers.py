@@ -66,11 +66,15 @@ class ControllerManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, name: str, interval: float, fn: Callable[[], str]) -> None:
+    def add(self, name: str, interval: float, fn: Callable[[], str]) -> Controller:
         """Register a controller; its first run is one interval from now."""
-        self._controllers[name] = Controller(
-            name, interval, fn, next_run=time.monotonic() + interval
-        )
+        c = Controller(name, interval, fn, next_run=time.monotonic() + interval)
+        self._controllers[name] = c
+        return c
+
+    def remove(self, name: str) -> None:
+        """Forget a controller (it is not run again)."""
+        self._controllers.pop(name, None)
 
     def start(self) -> None:
         """Start the scheduling thread."""

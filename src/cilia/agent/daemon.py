@@ -16,27 +16,39 @@ from pathlib import Path
 from typing import Any
 
 from cilia.agent import pods
+from cilia.agent.cidr import CidrIdentities
 from cilia.agent.config import AgentConfig
 from cilia.agent.controllers import ControllerManager
+from cilia.agent.ctgc import CtGc
 from cilia.agent.endpoint import Endpoint, EndpointState, host_ifname
 from cilia.agent.ipam import Ipam
+from cilia.agent.l7 import L7Gateway
+from cilia.agent.metrics import AgentMetrics
+from cilia.agent.monitor import Monitor
 from cilia.agent.objects import (
     ObjectConflict,
     ObjectStore,
     container_specs,
     display,
 )
+from cilia.agent.observe import StateWatcher
 from cilia.agent.state import load_state, save_state
+from cilia.datapath.host_address import ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
-from cilia.datapath.pod_network import ensure_pod_network, host_ipv4_addresses
-from cilia.identity import HOST, IdentityAllocator
+from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
+from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
-from cilia.labels import Labels
+from cilia.labels import Label, Labels
 from cilia.policy import PolicyRepository, PolicyResolver, Rule
+from cilia.policy.cidr import rule_prefixes
 from cilia.runtime.processes import process_alive, stop_process
 
 log = logging.getLogger("cilia.agent")
+
+INIT_ANNOTATION = "cilia.io/init-labels"
+"""Pod annotation: with value `hold` the pod keeps the init identity until its labels
+are released (`cilia endpoint labels`, or an apply removing the annotation)."""
 
 STATE_VERSION = 1
 
@@ -64,15 +76,37 @@ class Agent:
                 config.ct_lifetime_tcp_closing,
                 config.ct_lifetime_nontcp,
             ),
+            ct_max_entries=config.ct_max_entries,
         )
+        self.datapath.trace_all = config.trace_notification
         self.identities = IdentityAllocator()
         self.repo = PolicyRepository()
         self.objects = ObjectStore()
         self.endpoints: dict[int, Endpoint] = {}
-        self.ipam = Ipam(config.pod_cidr)
+        self.ipam = Ipam(config.pod_cidr, {config.host_router_ip})
+        self.cidr = CidrIdentities()
+        self.resolver: PolicyResolver | None = None
+        """The resolver the datapath state was computed with (policy trace uses it)."""
+        self.policy_updated: dict[str, tuple[int, float, str]] = {}
+        """CNP key -> (revision, time, error) of its last import, for its status."""
         self.realized_revision = 0
         self.started_at = time.time()
         self.controllers = ControllerManager()
+        self.monitor = Monitor(config.monitor_queue_size)
+        self.monitor.endpoint_name = lambda i: ep.name if (ep := self.endpoints.get(i)) else None
+        self.metrics = AgentMetrics(self)
+        self.watcher = StateWatcher(self.monitor, self.metrics)
+        self._ipcache: dict[str, int] = {}
+        self.l7 = L7Gateway(
+            config.state_dir / "proxy", lambda: self._ipcache, self.monitor, self._endpoint_of_ip
+        )
+        self.ct_gc = CtGc(
+            self.datapath,
+            self.monitor,
+            config.ct_gc_interval,
+            config.ct_gc_non_tcp_idle,
+            config.ct_lifetime_nontcp,
+        )
 
     # -- life cycle -------------------------------------------------------
 
@@ -81,12 +115,21 @@ class Agent:
         for d in (self.config.run_dir, self.config.state_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.datapath.start()
+        maps = self.datapath.maps_dir
+        self.monitor.start_reader(f"{maps}/cilia_events", f"{maps}/cilia_events_lost")
+        ensure_host_address(self.config.host_router_ip)
         with self.lock:
             self._restore()
             self._regenerate("agent start")
             self._save()
         self.controllers.add("sync-datapath", self.config.sync_interval, self._sync_controller)
-        self.controllers.add("ct-gc", self.config.ct_gc_interval, self._ct_gc_controller)
+        self.ct_gc.controller = self.controllers.add(
+            "ct-gc", self.config.ct_gc_interval, self.ct_gc.run
+        )
+        self.controllers.add("metrics-sync", self.config.sync_interval, self.metrics.sync)
+        if self.config.prometheus_serve_addr:
+            bound = self.metrics.serve(self.config.prometheus_serve_addr)
+            log.info("serving Prometheus metrics on http://%s/metrics", bound)
         self.controllers.add("pod-processes", 5.0, self._process_controller)
         self.controllers.start()
         log.info(
@@ -98,6 +141,9 @@ class Agent:
     def stop(self) -> None:
         """Stop controllers and close the datapath; pods and enforcement stay in place."""
         self.controllers.stop()
+        self.metrics.stop()
+        self.monitor.stop()
+        self.l7.stop()
         with self.lock:
             self._save()
             self.datapath.close()
@@ -109,6 +155,7 @@ class Agent:
         if state.get("version") != STATE_VERSION:
             raise AgentError(f"state file {self.config.state_file} has an unknown version")
         self.identities = IdentityAllocator.restore(state["identities"])
+        self.cidr.restore(self.identities)
         self.repo = PolicyRepository.from_json(state["policy"])
         self.objects = ObjectStore.from_state(state["objects"])
         for raw in state["endpoints"]:
@@ -117,7 +164,7 @@ class Agent:
             self.ipam.used.add(ep.ipv4)
             try:
                 # Reuses the namespace, devices and routes when they are intact.
-                ep.network = ensure_pod_network(ep.netns, ep.ifname, ep.ipv4, self.config.mtu)
+                ep.network = self._pod_network(ep)
                 self.datapath.attach(ep.ifname, ep.network.host_ifindex)
                 self._restart_dead_processes(ep)
                 ep.set_state(EndpointState.WAITING_TO_REGENERATE, "restored after agent restart")
@@ -139,28 +186,74 @@ class Agent:
 
     # -- regeneration ------------------------------------------------------
 
-    def _regenerate(self, reason: str) -> None:
-        """Bring every endpoint's kernel state to the current desired state."""
-        resolver = PolicyResolver(self.repo.rules, dict(self.identities.items()))
-        self.datapath.sync_ipcache(self._ipcache_desired())
+    def _regenerate(self, reason: str, full: bool = False) -> None:
+        """Bring every endpoint's kernel state to the current desired state.
+
+        When only rules changed (same identities), endpoints that no added or
+        removed rule selects keep their policy and are not reprogrammed.
+        """
+        self.cidr.sync(self.identities, rule_prefixes(self.repo.rules))
+        identities = {**RESERVED_LABELS, **dict(self.identities.items())}
+        old = self.resolver
+        if not full and old is not None and old.cache.identities == identities:
+            resolver = old.updated(self.repo.rules)
+            changed: list[Rule] | None = old.changed_rules(resolver)
+        else:
+            resolver = PolicyResolver(
+                self.repo.rules,
+                identities,
+                host_allows_world=self.config.legacy_host_allows_world,
+            )
+            changed = None
+        self.resolver = resolver
+        ipcache = self._ipcache_desired()
+        self.datapath.sync_ipcache(ipcache, self.cidr.identities())
+        if ipcache != self._ipcache:
+            self._ipcache = ipcache
+            self.l7.refresh()
         for ep in self.endpoints.values():
             if ep.network is None or ep.state is EndpointState.NOT_READY:
                 continue
+            if (
+                changed is not None
+                and ep.state is EndpointState.READY
+                and not PolicyResolver.affects(changed, ep.labels)
+            ):
+                ep.policy_revision = self.repo.revision
+                continue
             ep.set_state(EndpointState.REGENERATING, reason)
             ep.policy = resolver.resolve(ep.labels)
-            added, removed = self.datapath.program_endpoint(
-                ep.network.host_ifindex, ep.id, ep.ipv4, ep.identity, ep.policy
-            )
+            try:
+                proxy_ports = self.l7.update(ep.id, ep.policy.redirects)
+                added, removed = self.datapath.program_endpoint(
+                    ep.network.host_ifindex,
+                    ep.id,
+                    ep.ipv4,
+                    ep.identity,
+                    ep.policy,
+                    trace=ep.trace,
+                    proxy_ports=proxy_ports,
+                )
+            except Exception as exc:
+                self.watcher.endpoint_failed(ep, exc)
+                raise
             ep.policy_revision = self.repo.revision
+            self.watcher.endpoint_regenerated(ep, reason, added, removed)
             ep.set_state(
                 EndpointState.READY,
                 f"regenerated ({reason}): revision {self.repo.revision}, "
                 f"+{added}/-{removed} policy entries",
             )
         self.realized_revision = self.repo.revision
+        self.watcher.after_regenerate(self, reason)
 
     def _ipcache_desired(self) -> dict[str, int]:
-        desired = {f"{ip}/32": HOST for ip in host_ipv4_addresses()}
+        """Endpoints, CIDR prefixes and the router address (host); other node addresses
+        are world unless the legacy option makes every node address host."""
+        desired = self.cidr.ipcache()
+        if self.config.legacy_host_allows_world:
+            desired |= {f"{ip}/32": HOST for ip in host_ipv4_addresses()}
+        desired[f"{self.config.host_router_ip}/32"] = HOST
         for ep in self.endpoints.values():
             desired[f"{ep.ipv4}/32"] = ep.identity
         return desired
@@ -182,7 +275,8 @@ class Agent:
                 if action == "unchanged":
                     continue
                 if isinstance(obj, NetworkPolicy | CiliumNetworkPolicy):
-                    self.repo.replace(obj.owner_labels, obj.rules())
+                    revision = self.repo.replace(obj.owner_labels, obj.rules())
+                    self.policy_updated[obj.key] = (revision, time.time(), "")
                 self.objects.put(obj)
                 if isinstance(obj, Pod) and action == "created":
                     new_pods.append((obj, result))
@@ -239,7 +333,7 @@ class Agent:
             pod = self.objects.pod(ep.namespace, ep.pod)
             if pod is None:
                 continue
-            labels = self._security_labels(pod)
+            labels = self._security_labels(pod, ep)
             if labels != ep.labels:
                 old = ep.identity
                 ep.labels = labels
@@ -250,8 +344,18 @@ class Agent:
                     f"labels changed: identity {old} -> {ep.identity}",
                 )
 
-    def _security_labels(self, pod: Pod) -> Labels:
-        return pod.identity_labels(self.objects.namespace_labels(pod.namespace))
+    def _security_labels(self, pod: Pod, ep: Endpoint | None = None) -> Labels:
+        """The pod's identity labels; `reserved:init` alone while they are held back."""
+        held = pod.metadata.annotations.get(INIT_ANNOTATION) == "hold"
+        if held and (ep is None or not ep.labels_released):
+            return RESERVED_LABELS[INIT]
+        labels = pod.identity_labels(self.objects.namespace_labels(pod.namespace))
+        return labels.union(ep.extra_labels) if ep is not None else labels
+
+    def _pod_network(self, ep: Endpoint) -> PodNetwork:
+        return ensure_pod_network(
+            ep.netns, ep.ifname, ep.ipv4, self.config.mtu, route_src=self.config.host_router_ip
+        )
 
     # -- endpoints --------------------------------------------------------
 
@@ -282,7 +386,7 @@ class Agent:
         try:
             ep.identity = self.identities.allocate(labels)
             identity_taken = True
-            ep.network = ensure_pod_network(ep.netns, ep.ifname, ep.ipv4, self.config.mtu)
+            ep.network = self._pod_network(ep)
             # Default deny until the first regeneration: enforcement is
             # configured before the programs see any packet.
             self.datapath.program_endpoint(
@@ -290,7 +394,11 @@ class Agent:
                 ep.id,
                 ep.ipv4,
                 ep.identity,
-                PolicyResolver(self.repo.rules, dict(self.identities.items())).resolve(labels),
+                PolicyResolver(
+                    self.repo.rules,
+                    dict(self.identities.items()),
+                    host_allows_world=self.config.legacy_host_allows_world,
+                ).resolve(labels),
             )
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)
             containers = container_specs(pod)
@@ -309,8 +417,14 @@ class Agent:
         ep.set_state(EndpointState.WAITING_TO_REGENERATE, "network and containers ready")
         self.endpoints[ep.id] = ep
 
+    def _endpoint_of_ip(self, ip: str) -> tuple[int, int] | None:
+        """(endpoint id, identity) of a local endpoint address."""
+        ep = next((e for e in list(self.endpoints.values()) if e.ipv4 == ip), None)
+        return (ep.id, ep.identity) if ep else None
+
     def _destroy_endpoint(self, ep: Endpoint) -> None:
         ep.set_state(EndpointState.DISCONNECTING, "pod deleted")
+        self.l7.update(ep.id, frozenset())
         self.datapath.detach(ep.ifname)
         if ep.network is not None:
             self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
@@ -343,8 +457,43 @@ class Agent:
             if ep.network is None:
                 raise AgentError(f"endpoint {key} has no network", status=409)
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)
-            self._regenerate(f"regeneration of endpoint {ep.id} requested")
+            self._regenerate(f"regeneration of endpoint {ep.id} requested", full=True)
             return ep
+
+    def endpoint_labels(self, key: str, add: list[str], delete: list[str]) -> Endpoint:
+        """Add and delete (by key) labels of an endpoint; releases labels held back.
+
+        The endpoint moves to the identity of its new labels within one regeneration.
+        """
+        with self.lock:
+            ep = self.endpoint(key)
+            try:
+                added = Labels.parse(add)
+                gone = {Label.parse(d).key for d in delete}
+            except ValueError as exc:
+                raise AgentError(str(exc)) from None
+            kept = [lb for lb in ep.extra_labels if lb.key not in gone]
+            ep.extra_labels = Labels([*kept, *added])
+            ep.labels_released = True
+            self._relabel_endpoints()
+            self._regenerate(f"labels of endpoint {ep.id} changed")
+            self._save()
+            return ep
+
+    def policy_status(self, key: str, annotations: dict[str, str]) -> dict[str, Any]:
+        """`status` of a CiliumNetworkPolicy object: this node's view of it."""
+        revision, updated, error = self.policy_updated.get(key, (self.repo.revision, 0.0, ""))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(updated or self.started_at))
+        node = {
+            "ok": not error,
+            "error": error,
+            "enforcing": not error and self.realized_revision >= revision,
+            "localPolicyRevision": revision,
+            "lastUpdated": stamp,
+        }
+        if annotations:
+            node["annotations"] = dict(annotations)
+        return {"nodes": {self.config.node_name: node}}
 
     # -- policy -------------------------------------------------------------
 
@@ -412,6 +561,10 @@ class Agent:
                 "policy-rules": len(self.repo.rules),
                 "pod-cidr": self.config.pod_cidr,
                 "controllers": {"total": len(self.controllers.all()), "failing": len(failing)},
+                "conntrack": self.ct_gc.status(),
+                "monitor": self.monitor.status(),
+                "metrics": {"address": self.metrics.address},
+                "proxy": self.l7.status(),
                 "uptime-seconds": round(time.time() - self.started_at, 1),
             }
 
@@ -437,9 +590,6 @@ class Agent:
                     self.datapath.attach(ep.ifname, ep.network.host_ifindex)
                     report.repaired.append(f"programs re-attached to {ep.ifname}")
             return f"{len(report.repaired)} repairs"
-
-    def _ct_gc_controller(self) -> str:
-        return f"{self.datapath.ct_gc()} expired entries removed"
 
     def _process_controller(self) -> str:
         with self.lock:

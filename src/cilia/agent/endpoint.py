@@ -52,6 +52,12 @@ class Endpoint:
     processes: list[ProcessRecord] = field(default_factory=list)
     policy: EndpointPolicy = field(default_factory=EndpointPolicy)
     policy_revision: int = 0
+    extra_labels: Labels = field(default_factory=Labels)
+    """Labels added with `cilia endpoint labels` (on top of the pod's)."""
+    labels_released: bool = False
+    """Whether labels held back by the init annotation were released."""
+    trace: bool = False
+    """TraceNotification: the datapath reports this endpoint's forwarded packets."""
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
 
     @property
@@ -80,6 +86,7 @@ class Endpoint:
             "ingress-enforcement": self.policy.ingress_enforced,
             "egress-enforcement": self.policy.egress_enforced,
             "policy-entries": len(self.policy.entries),
+            "trace-notification": self.trace,
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -95,6 +102,9 @@ class Endpoint:
             "identity": self.identity,
             "network": self.network.to_dict() if self.network else None,
             "processes": [p.to_dict() for p in self.processes],
+            "extra_labels": self.extra_labels.to_list(),
+            "labels_released": self.labels_released,
+            "trace": self.trace,
             "log": list(self.log),
         }
 
@@ -113,6 +123,9 @@ class Endpoint:
             state=EndpointState.RESTORING,
             network=PodNetwork.from_dict(d["network"]) if d.get("network") else None,
             processes=[ProcessRecord.from_dict(p) for p in d.get("processes", [])],
+            extra_labels=Labels.parse(d.get("extra_labels", [])),
+            labels_released=bool(d.get("labels_released", False)),
+            trace=bool(d.get("trace", False)),
         )
         ep.log.extend(d.get("log", []))
         return ep

@@ -17,7 +17,10 @@ import yaml
 
 from cilia.agent.config import AgentConfig
 from cilia.cli.client import ApiError, Client
+from cilia.cli.observe import register as register_observe
+from cilia.cli.observe import status_lines
 from cilia.cli.output import emit, output_option, table
+from cilia.cli.policy_trace import make_labels_command, make_trace_command
 
 
 def _config() -> AgentConfig:
@@ -142,10 +145,16 @@ def down() -> None:
 @main.command()
 @output_option()
 @click.option("--all-controllers", is_flag=True, help="List every controller.")
-@click.option("--verbose", is_flag=True, help="Same as --all-controllers.")
-def status(fmt: str, all_controllers: bool, verbose: bool) -> None:
+@click.option("--all-redirects", is_flag=True, help="List every L7 proxy redirect.")
+@click.option("--verbose", is_flag=True, help="Same as --all-controllers --all-redirects.")
+def status(fmt: str, all_controllers: bool, all_redirects: bool, verbose: bool) -> None:
     """Agent health, datapath, endpoints, identities and policy revision."""
-    data = call("GET", "/status", all_controllers=all_controllers or verbose)
+    data = call(
+        "GET",
+        "/status",
+        all_controllers=all_controllers or verbose,
+        all_redirects=all_redirects or verbose,
+    )
     if emit(data, fmt):
         return
     dp = data["datapath"]
@@ -164,10 +173,20 @@ def status(fmt: str, all_controllers: bool, verbose: bool) -> None:
     click.echo(f"Pod CIDR:           {data['pod-cidr']}")
     ctl = data["controllers"]
     click.echo(f"Controllers:        {ctl['total'] - ctl['failing']}/{ctl['total']} healthy")
-    for c in data.get("controller-list", []):
-        state = "failing: " + str(c["last-error"]) if c["consecutive-failures"] else "ok"
-        click.echo(
-            f"  {c['name']:<20} every {c['interval-seconds']:>5}s  runs {c['runs']:<5} {state}"
+    for line in status_lines(data):
+        click.echo(line)
+    proxy = data["proxy"]
+    click.echo(
+        f"Proxy:              {proxy['redirects']} redirects, "
+        f"{proxy['envoy-restarts']} Envoy restarts"
+    )
+    if "redirect-list" in data:
+        table(
+            [
+                (r["endpoint_id"], r["direction"], r["port"], r["proxy_port"], r["parser"])
+                for r in data["redirect-list"]
+            ],
+            ["ENDPOINT", "DIRECTION", "PORT", "PROXY-PORT", "PARSER"],
         )
 
 
@@ -235,10 +254,12 @@ def delete_pod(ref: str) -> None:
         ["pods", "namespaces", "policies", "pod", "ns", "networkpolicies", "cnp", "netpol"]
     ),
 )
+@click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Only this namespace.")
 @output_option()
-def get(kind: str, namespace: str | None, fmt: str) -> None:
-    """List pods, namespaces or policies."""
+def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
+    """List pods, namespaces or policies; with NAME, -o json|yaml prints the object itself
+    (a CiliumNetworkPolicy with its per-node status)."""
     canonical = {
         "pod": "pods",
         "ns": "namespaces",
@@ -249,6 +270,12 @@ def get(kind: str, namespace: str | None, fmt: str) -> None:
     items = call("GET", f"/objects/{canonical}")
     if namespace:
         items = [i for i in items if i.get("namespace") == namespace]
+    if name:
+        items = [i for i in items if i["name"] == name]
+        if not items:
+            fail(f"{kind} {name} not found")
+        if len(items) == 1 and emit(items[0]["object"], fmt):
+            return
     if emit(items, fmt):
         return
     if canonical == "pods":
@@ -592,6 +619,10 @@ def bpf_metrics_list(fmt: str) -> None:
         ["REASON", "DIRECTION", "PACKETS", "BYTES"],
     )
 
+
+policy.add_command(make_trace_command(call))
+endpoint.add_command(make_labels_command(call))
+register_observe(main, call, fail)
 
 if __name__ == "__main__":
     main()

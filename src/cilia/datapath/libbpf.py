@@ -226,3 +226,67 @@ def prog_id(prog_fd: int) -> int:
     size = ctypes.c_uint32(ctypes.sizeof(buf))
     check(_bpf_obj_get_info_by_fd(prog_fd, buf, ctypes.byref(size)), "bpf_obj_get_info_by_fd")
     return int(buf[1])
+
+
+# -- batch map operations (used by connection-tracking GC) ----------------------
+
+_bpf_map_lookup_batch = _sig("bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp, _vp, _vp)
+_bpf_map_delete_batch = _sig("bpf_map_delete_batch", _int, _int, _vp, _vp, _vp)
+_bpf_map_update_batch = _sig("bpf_map_update_batch", _int, _int, _vp, _vp, _vp, _vp)
+
+
+def map_lookup_batch(
+    fd: int,
+    token: ctypes.Array[Any],
+    first: bool,
+    keys: ctypes.Array[Any],
+    values: ctypes.Array[Any],
+    max_count: int,
+) -> tuple[int, bool]:
+    """Read up to max_count elements after `token` (a key-sized buffer, updated in place).
+
+    Returns (elements read, more to come).
+    """
+    count = ctypes.c_uint32(max_count)
+    ret = _bpf_map_lookup_batch(
+        fd, None if first else token, token, keys, values, ctypes.byref(count), None
+    )
+    if ret < 0 and ctypes.get_errno() == 2:
+        return int(count.value), False
+    check(ret, "bpf_map_lookup_batch")
+    return int(count.value), True
+
+
+def map_delete_batch(fd: int, keys: ctypes.Array[Any], n: int, key_size: int) -> int:
+    """Delete n keys packed in `keys`; keys already gone are skipped. Returns how many went."""
+    deleted = 0
+    start = 0
+    base = ctypes.addressof(keys)
+    while start < n:
+        count = ctypes.c_uint32(n - start)
+        ret = _bpf_map_delete_batch(fd, base + start * key_size, ctypes.byref(count), None)
+        deleted += int(count.value)
+        if ret >= 0:
+            break
+        if ctypes.get_errno() != 2:
+            check(ret, "bpf_map_delete_batch")
+        start += int(count.value) + 1  # skip the key that vanished meanwhile
+    return deleted
+
+
+def map_update_batch(fd: int, keys: ctypes.Array[Any], values: ctypes.Array[Any], n: int) -> None:
+    """Insert or replace n elements packed in keys and values."""
+    count = ctypes.c_uint32(n)
+    check(
+        _bpf_map_update_batch(fd, keys, values, ctypes.byref(count), None),
+        "bpf_map_update_batch",
+    )
+
+
+def map_max_entries(fd: int) -> int:
+    """max_entries of a map (from struct bpf_map_info)."""
+    # struct bpf_map_info starts with type, id, key_size, value_size, max_entries.
+    buf = (ctypes.c_uint32 * 32)()
+    size = ctypes.c_uint32(ctypes.sizeof(buf))
+    check(_bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)), "bpf_obj_get_info_by_fd")
+    return int(buf[4])

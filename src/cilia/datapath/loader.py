@@ -25,7 +25,9 @@ PROGRAMS = ("cilia_from_container", "cilia_to_container")
 class LoadedObject:
     """An opened and loaded BPF object; its maps are pinned under maps_dir."""
 
-    def __init__(self, obj_path: Path, maps_dir: Path) -> None:
+    def __init__(
+        self, obj_path: Path, maps_dir: Path, max_entries: dict[str, int] | None = None
+    ) -> None:
         maps_dir.mkdir(parents=True, exist_ok=True)
         obj = libbpf.bpf_object__open_file(str(obj_path).encode(), None)
         if not obj:
@@ -35,6 +37,11 @@ class LoadedObject:
         try:
             for name in MAP_NAMES:
                 m = self._find_map(name)
+                if max_entries and name in max_entries:
+                    libbpf.check(
+                        libbpf.bpf_map__set_max_entries(m, max_entries[name]),
+                        f"set max entries of {name}",
+                    )
                 # An existing pin of a compatible map is reused, else created.
                 libbpf.check(
                     libbpf.bpf_map__set_pin_path(m, str(maps_dir / name).encode()),

@@ -104,6 +104,7 @@ class Datapath:
         cache_dir: Path,
         source_dir: Path | None = None,
         lifetimes: CtLifetimes | None = None,
+        ct_max_entries: int | None = None,
     ) -> None:
         self.pin_dir = pin_dir
         self.maps_dir = pin_dir / "maps"
@@ -111,6 +112,7 @@ class Datapath:
         self.cache_dir = cache_dir
         self.source_dir = source_dir or compiler.default_source_dir()
         self.lifetimes = lifetimes or CtLifetimes()
+        self.ct_max_entries = ct_max_entries
         self._obj: LoadedObject | None = None
         self._realized_policy: dict[int, dict[PolicyTuple, int]] = defaultdict(dict)
         self._realized_lxc_ip: dict[str, tuple[int, int]] = {}
@@ -124,7 +126,8 @@ class Datapath:
         """Compile (cached), load with pinned maps reused, and read back kernel state."""
         bpffs.ensure_bpffs()
         obj_path = compiler.compile_object(self.source_dir, self.cache_dir)
-        self._obj = LoadedObject(obj_path, self.maps_dir)
+        sizes = {"cilia_ct": self.ct_max_entries} if self.ct_max_entries else None
+        self._obj = LoadedObject(obj_path, self.maps_dir, sizes)
         path = str(self.maps_dir)
         self.endpoints = EndpointMap(f"{path}/cilia_endpoints")
         self.ipcache = IpcacheMap(f"{path}/cilia_ipcache")
@@ -283,6 +286,14 @@ class Datapath:
         for line in report.repaired:
             log.warning("drift repaired: %s", line)
         return report
+
+    def verify_endpoint_policy(self, ep_id: int) -> list[str]:
+        """Restore one endpoint's policy entries missing from the map."""
+        realized = self._realized_policy.get(ep_id, {})
+        missing = [t for t in realized if self.policy.lookup(self.policy.key(t)) is None]
+        for t in missing:
+            self.policy.put(t, realized[t])
+        return [f"policy entry restored: {t}" for t in missing]
 
     def counters(self) -> dict[tuple[int, int], tuple[int, int]]:
         """(reason, direction) -> (packets, bytes) from the per-CPU metrics map."""

@@ -131,16 +131,20 @@ def _write_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def _ensure_route(ipr: Any, dst: str, oif: int, gateway: str | None = None) -> bool:
+def _ensure_route(
+    ipr: Any, dst: str, oif: int, gateway: str | None = None, src: str | None = None
+) -> bool:
     """Ensure a main-table route for *dst* (/32 or 0/0 when ``dst='default'``).
 
     Returns True if it was added. A route to the same prefix through another device
-    is an error (an address clash), never silently taken over.
+    is an error (an address clash), never silently taken over. *src* is the
+    preferred source address of locally originated packets (fixed if it differs).
     """
     dst_len = 0 if dst == "default" else 32
     spec: dict[str, Any] = {"dst": "0.0.0.0" if dst == "default" else dst, "dst_len": dst_len}
     spec |= {"oif": oif, "table": MAIN_TABLE}
     spec |= {"gateway": gateway} if gateway else {"scope": "link"}
+    spec |= {"prefsrc": src} if src else {}
     try:
         ipr.route("add", **spec)
         return True
@@ -151,6 +155,8 @@ def _ensure_route(ipr: Any, dst: str, oif: int, gateway: str | None = None) -> b
     for r in ipr.route("get", dst=probe, flags=RTM_F_FIB_MATCH):
         same = r["dst_len"] == dst_len and r.get("RTA_OIF") == oif
         if same and r.get("RTA_GATEWAY") == gateway:
+            if r.get("RTA_PREFSRC") != src:
+                ipr.route("replace", **spec)
             return False
         if dst == "default" and r.get("RTA_OIF") == oif:
             ipr.route("replace", **spec)  # our own pod's default route, fix it
@@ -239,10 +245,14 @@ def _ensure_pod_side(pod: Any, plink: Any, ipv4: str, host_mac: str, mtu: int) -
 
 
 @_off_loop
-def ensure_pod_network(netns: str, host_ifname: str, ipv4: str, mtu: int = 1500) -> PodNetwork:
+def ensure_pod_network(
+    netns: str, host_ifname: str, ipv4: str, mtu: int = 1500, route_src: str | None = None
+) -> PodNetwork:
     """Create or reuse the pod's namespace, veth pair, addresses, routes and neighbours.
 
-    On failure everything created by this call is removed and the error re-raised.
+    *route_src* (a local address) becomes the source of host processes' packets to
+    the pod. On failure everything created by this call is removed and the error
+    re-raised.
     """
     _validate(host_ifname, ipv4, mtu)
     path = netns_path(netns)
@@ -258,7 +268,7 @@ def ensure_pod_network(netns: str, host_ifname: str, ipv4: str, mtu: int = 1500)
             _ensure_mtu_up(host, hlink, mtu)
             _write_sysctl(f"/proc/sys/net/ipv4/conf/{host_ifname}/forwarding", "1")
             _ensure_pod_side(pod, plink, ipv4, host_mac, mtu)
-            if _ensure_route(host, ipv4, hidx):
+            if _ensure_route(host, ipv4, hidx, src=route_src):
                 undo.append(lambda: _delete_route(ipv4, hidx))
             _ensure_neigh(host, ipv4, pod_mac, hidx)
     except BaseException:

@@ -104,13 +104,12 @@ def peer_selector(peer: NetworkPolicyPeer, namespace: str) -> LabelSelector:
 def port_rules(ports: Sequence[NetworkPolicyPort] | None) -> tuple[PortRule, ...] | None:
     """`toPorts` for NetworkPolicy ports (protocol defaults to TCP).
 
-    None (all ports) when the list is empty or an entry omits the port: the
-    datapath has no per-protocol port wildcard, so "every port of TCP" is
-    widened to every port.
+    None (all ports) when the list is empty; an entry without a port means every
+    port of its protocol (port "0").
     """
-    if not ports or any(p.port is None for p in ports):
+    if not ports:
         return None
-    items = [PortProtocol(port=str(p.port), protocol=p.protocol or "TCP") for p in ports]
+    items = [PortProtocol(port=str(p.port or 0), protocol=p.protocol or "TCP") for p in ports]
     chunks = [items[i : i + MAX_PORTS] for i in range(0, len(items), MAX_PORTS)]
     return tuple(PortRule(ports=tuple(chunk)) for chunk in chunks)
 

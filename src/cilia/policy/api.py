@@ -42,7 +42,11 @@ def is_world_cidr(cidr: str) -> bool:
 
 
 class PortProtocol(ApiModel):
-    """An L4 port: a non-zero 16-bit number (as a string) and TCP, UDP or ANY."""
+    """An L4 port: a non-zero 16-bit number (as a string) and TCP, UDP or ANY.
+
+    Beyond Cilium 1.1, port "0" with protocol TCP or UDP means every port of that
+    protocol (what a NetworkPolicy port with only a protocol says).
+    """
 
     port: str
     protocol: ProtocolName = "ANY"
@@ -56,7 +60,7 @@ class PortProtocol(ApiModel):
             fail("must be a string")
         if not value.isdigit():
             fail(f"unable to parse port {value!r}")
-        if not 1 <= int(value) <= 65535:
+        if not 0 <= int(value) <= 65535:
             fail("port must be between 1 and 65535")
         return str(int(value))
 
@@ -69,9 +73,15 @@ class PortProtocol(ApiModel):
             fail(f"invalid protocol {value!r}, must be {{ tcp | udp | any }}")
         return value.upper()
 
+    @model_validator(mode="after")
+    def _wildcard(self) -> PortProtocol:
+        if self.port == "0" and self.protocol == "ANY":
+            fail("port must be between 1 and 65535", "port")
+        return self
+
     @property
     def number(self) -> int:
-        """The port as an integer."""
+        """The port as an integer (0, with TCP or UDP: every port of that protocol)."""
         return int(self.port)
 
 

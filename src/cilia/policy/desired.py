@@ -86,8 +86,10 @@ class EndpointPolicy:
             return True
         candidates = (
             PolicyEntry(direction, identity, port, protocol),
+            PolicyEntry(direction, identity, ALL_PORTS, protocol),
             PolicyEntry(direction, identity, ALL_PORTS, Protocol.ANY),
             PolicyEntry(direction, ANY_IDENTITY, port, protocol),
+            PolicyEntry(direction, ANY_IDENTITY, ALL_PORTS, protocol),
             PolicyEntry(direction, ANY_IDENTITY, ALL_PORTS, Protocol.ANY),
         )
         return any(c in self.entries for c in candidates)

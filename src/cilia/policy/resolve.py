@@ -8,19 +8,24 @@ Semantics:
   `ingress: [{}]` does and allows nothing by itself.
 - Each ingress/egress member allows its L3 peers on its ports. Peers:
   `fromEndpoints`/`toEndpoints` selectors select identities by label (an empty
-  selector `{}` is any peer, identity 0); entities map to `all` -> 0, `world` -> 2,
-  `host` -> 1, `init` -> 5, `cluster` -> every known identity except world and CIDR
-  identities. A member without an L3 peer allows any peer on its `toPorts`; a
-  member with neither (`{}`, or only requirements) allows nothing.
-- CIDR peers: `0.0.0.0/0` and `::/0` (without `except`) mean `world`; other prefixes
-  resolve to CIDR identities, which arrive with the CIDR work, so they currently add
-  no entries (and never widen a member to "any peer"). `toServices` likewise adds none.
+  selector `{}` is any peer, identity 0); entities map to `all` -> 0, `world` -> 2
+  and every CIDR identity, `host` -> 1, `init` -> 5, `cluster` -> every known
+  identity except world and CIDR identities. A member without an L3 peer allows any
+  peer on its `toPorts`; a member with neither (`{}`, or only requirements) allows
+  nothing.
+- CIDR peers resolve to CIDR identities (see `cilia.policy.cidr`): a prefix allows
+  the identities of itself and of every prefix inside it, minus those of its
+  `except` prefixes; `/0` also allows `world`. `toServices` adds no entries.
 - Ports: no `toPorts` means all ports (port 0, protocol ANY); a port rule without
   `ports` also means all ports; protocol ANY on a port expands into TCP and UDP.
-  L7 rules are kept in the model and treated here as their L4 allowance.
+  L7 rules allow their L4 part and add a `Redirect` for the port (TCP only):
+  every peer with an exact allowance on that port is listed in the redirect,
+  with the union of the L7 rules that apply to it (none: every request).
 - `fromRequires`/`toRequires` of every rule applying to the endpoint are ANDed: any
   allowed peer not matching all of them is removed, and any-peer entries are
   expanded into the identities that match them.
+- With `host_allows_world` (the agent's legacy option) every allowance of `host`
+  also allows `world`.
 """
 
 from __future__ import annotations
@@ -31,19 +36,35 @@ from dataclasses import dataclass
 
 from cilia.identity import HOST, INIT, WORLD
 from cilia.labels import Labels, LabelSelector
-from cilia.policy.api import CIDRRule, EgressRule, IngressRule, PortRule, Rule, is_world_cidr
+from cilia.policy import cidr
+from cilia.policy.api import EgressRule, IngressRule, PortRule, Rule
 from cilia.policy.desired import (
     ALL_PORTS,
     ANY_IDENTITY,
     Direction,
     EndpointPolicy,
+    L7Allow,
+    L7Parser,
     PolicyEntry,
     Protocol,
+    Redirect,
 )
+from cilia.policy.l7 import PortRuleHTTP, PortRuleKafka
 from cilia.policy.selectorcache import SelectorCache, anchors
 
 _PROTOCOLS = {"TCP": (Protocol.TCP,), "UDP": (Protocol.UDP,), "ANY": (Protocol.TCP, Protocol.UDP)}
-_ENTITY_IDS = {"world": WORLD, "host": HOST, "init": INIT}
+_ENTITY_IDS = {"host": HOST, "init": INIT}
+
+
+@dataclass(frozen=True, slots=True)
+class L7Grant:
+    """L7 rules a peer (0: any) must satisfy on a port."""
+
+    identity: int
+    port: int
+    parser: L7Parser
+    http: tuple[PortRuleHTTP, ...] = ()
+    kafka: tuple[PortRuleKafka, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +74,7 @@ class CompiledDirection:
     enforced: bool
     entries: frozenset[PolicyEntry]
     requirements: frozenset[LabelSelector]
+    l7: frozenset[L7Grant] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +96,6 @@ def port_list(to_ports: Sequence[PortRule] | None) -> list[tuple[int, Protocol]]
         for port in rule.ports:
             out.extend((port.number, proto) for proto in _PROTOCOLS[port.protocol])
     return out
-
-
-def _cidr_peers(cidrs: Sequence[str] | None, sets: Sequence[CIDRRule] | None) -> set[int]:
-    peers: set[int] = set()
-    if any(is_world_cidr(c) for c in cidrs or ()):
-        peers.add(WORLD)
-    if any(is_world_cidr(s.cidr) and not s.except_ for s in sets or ()):
-        peers.add(WORLD)
-    return peers
 
 
 def _peers(
@@ -108,8 +121,33 @@ def _peers(
     for entity in entities or ():
         if entity == "all":
             return None
-        peers |= cache.cluster() if entity == "cluster" else {_ENTITY_IDS[entity]}
+        if entity == "cluster":
+            peers |= cache.cluster()
+        elif entity == "world":
+            peers |= cache.select(cidr.WORLD_SELECTOR)
+        else:
+            peers.add(_ENTITY_IDS[entity])
     return frozenset(peers)
+
+
+def member_peers(cache: SelectorCache, member: IngressRule | EgressRule) -> frozenset[int] | None:
+    """The peer identities an ingress or egress member allows; None for any peer."""
+    if isinstance(member, IngressRule):
+        cidrs = cidr.peers(cache, member.fromCIDR, member.fromCIDRSet)
+        has_other = bool(member.fromCIDR or member.fromCIDRSet)
+        return _peers(
+            cache, member.fromEndpoints, member.fromEntities, cidrs, has_other, member.toPorts
+        )
+    cidrs = cidr.peers(cache, member.toCIDR, member.toCIDRSet)
+    has_other = bool(member.toCIDR or member.toCIDRSet or member.toServices)
+    return _peers(cache, member.toEndpoints, member.toEntities, cidrs, has_other, member.toPorts)
+
+
+def member_requirements(member: IngressRule | EgressRule) -> tuple[LabelSelector, ...]:
+    """`fromRequires` or `toRequires` of a member."""
+    if isinstance(member, IngressRule):
+        return member.fromRequires or ()
+    return member.toRequires or ()
 
 
 def _entries(
@@ -131,37 +169,77 @@ def _entries(
     return out
 
 
-def _compile_ingress(
-    cache: SelectorCache, members: Sequence[IngressRule] | None
+def _compile(
+    cache: SelectorCache,
+    direction: Direction,
+    members: Sequence[IngressRule] | Sequence[EgressRule] | None,
 ) -> CompiledDirection:
     entries: set[PolicyEntry] = set()
     requirements: set[LabelSelector] = set()
+    grants: set[L7Grant] = set()
     for m in members or ():
-        requirements.update(m.fromRequires or ())
-        has_cidr = bool(m.fromCIDR or m.fromCIDRSet)
-        cidr = _cidr_peers(m.fromCIDR, m.fromCIDRSet)
-        peers = _peers(cache, m.fromEndpoints, m.fromEntities, cidr, has_cidr, m.toPorts)
-        entries.update(_entries(cache, Direction.INGRESS, peers, port_list(m.toPorts)))
-    return CompiledDirection(bool(members), frozenset(entries), frozenset(requirements))
+        requirements.update(member_requirements(m))
+        ports = port_list(m.toPorts)
+        peers = member_peers(cache, m)
+        entries.update(_entries(cache, direction, peers, ports))
+        grants.update(_l7_grants(peers, m.toPorts))
+    return CompiledDirection(
+        bool(members), frozenset(entries), frozenset(requirements), frozenset(grants)
+    )
 
 
-def _compile_egress(
-    cache: SelectorCache, members: Sequence[EgressRule] | None
-) -> CompiledDirection:
-    entries: set[PolicyEntry] = set()
-    requirements: set[LabelSelector] = set()
-    for m in members or ():
-        requirements.update(m.toRequires or ())
-        has_other = bool(m.toCIDR or m.toCIDRSet or m.toServices)
-        cidr = _cidr_peers(m.toCIDR, m.toCIDRSet)
-        peers = _peers(cache, m.toEndpoints, m.toEntities, cidr, has_other, m.toPorts)
-        entries.update(_entries(cache, Direction.EGRESS, peers, port_list(m.toPorts)))
-    return CompiledDirection(bool(members), frozenset(entries), frozenset(requirements))
+def _l7_grants(peers: frozenset[int] | None, to_ports: Sequence[PortRule] | None) -> list[L7Grant]:
+    """The L7 rules of a member's port rules, per peer and TCP port."""
+    out: list[L7Grant] = []
+    for rule in to_ports or ():
+        kind = rule.rules.kind if rule.rules else None
+        if rule.rules is None or kind is None:
+            continue
+        for port in rule.ports or ():
+            if Protocol.TCP not in _PROTOCOLS[port.protocol] or port.number == ALL_PORTS:
+                continue
+            for ident in (ANY_IDENTITY,) if peers is None else peers:
+                out.append(
+                    L7Grant(ident, port.number, kind, rule.rules.http or (), rule.rules.kafka or ())
+                )
+    return out
+
+
+def _redirects(
+    direction: Direction, grants: Iterable[L7Grant], entries: set[PolicyEntry]
+) -> set[Redirect]:
+    """One redirect per L7 port, listing every peer allowed on it exactly."""
+    by_port: dict[int, list[L7Grant]] = defaultdict(list)
+    for g in grants:
+        by_port[g.port].append(g)
+    out: set[Redirect] = set()
+    for port, port_grants in by_port.items():
+        peers = {
+            e.identity
+            for e in entries
+            if e.direction == direction and e.port == port and e.protocol == Protocol.TCP
+        }
+        allows = []
+        for ident in sorted(peers):
+            mine = [g for g in port_grants if g.identity in (ident, ANY_IDENTITY)]
+            allows.append(
+                L7Allow(
+                    ident,
+                    tuple(dict.fromkeys(r for g in mine for r in g.http)),
+                    tuple(dict.fromkeys(r for g in mine for r in g.kafka)),
+                )
+            )
+        if allows:
+            out.add(Redirect(direction, port, port_grants[0].parser, tuple(allows)))
+    return out
 
 
 def compile_rule(cache: SelectorCache, rule: Rule) -> CompiledRule:
     """Resolve a rule's peers and ports against the identities of `cache`."""
-    return CompiledRule(_compile_ingress(cache, rule.ingress), _compile_egress(cache, rule.egress))
+    return CompiledRule(
+        _compile(cache, Direction.INGRESS, rule.ingress),
+        _compile(cache, Direction.EGRESS, rule.egress),
+    )
 
 
 def _combine(cache: SelectorCache, parts: list[CompiledDirection]) -> tuple[bool, set[PolicyEntry]]:
@@ -192,7 +270,9 @@ class PolicyResolver:
         rules: Sequence[Rule],
         identities: Mapping[int, Labels] | SelectorCache,
         _compiled: Mapping[int, tuple[Rule, CompiledRule]] | None = None,
+        host_allows_world: bool = False,
     ) -> None:
+        self.host_allows_world = host_allows_world
         self.cache = (
             identities if isinstance(identities, SelectorCache) else SelectorCache(identities)
         )
@@ -218,7 +298,23 @@ class PolicyResolver:
 
     def updated(self, rules: Sequence[Rule]) -> PolicyResolver:
         """A resolver for a new rule set, reusing the compilation of unchanged rule objects."""
-        return PolicyResolver(rules, self.cache, self._compiled)
+        return PolicyResolver(rules, self.cache, self._compiled, self.host_allows_world)
+
+    def changed_rules(self, other: PolicyResolver) -> list[Rule]:
+        """Rules present in only one of the two resolvers (compared by object)."""
+        mine, theirs = set(self._compiled), set(other._compiled)
+        return [self._compiled[i][0] for i in mine - theirs] + [
+            other._compiled[i][0] for i in theirs - mine
+        ]
+
+    @staticmethod
+    def affects(changed: Sequence[Rule], labels: Labels) -> bool:
+        """Whether an endpoint with `labels` must be re-resolved after `changed` rules.
+
+        An endpoint's policy depends only on the rules selecting it, so endpoints
+        no changed rule selects keep their policy (when identities are unchanged).
+        """
+        return any(rule.endpointSelector.matches(labels) for rule in changed)
 
     def selected_rules(self, labels: Labels) -> list[CompiledRule]:
         """The compiled rules whose endpoint selector matches `labels`."""
@@ -240,7 +336,17 @@ class PolicyResolver:
         selected = self.selected_rules(labels)
         in_on, in_entries = _combine(self.cache, [c.ingress for c in selected])
         out_on, out_entries = _combine(self.cache, [c.egress for c in selected])
-        return EndpointPolicy(in_on, out_on, frozenset(in_entries | out_entries))
+        redirects = _redirects(
+            Direction.INGRESS, (g for c in selected for g in c.ingress.l7), in_entries
+        ) | _redirects(Direction.EGRESS, (g for c in selected for g in c.egress.l7), out_entries)
+        entries = in_entries | out_entries
+        if self.host_allows_world:
+            entries |= {
+                PolicyEntry(e.direction, WORLD, e.port, e.protocol)
+                for e in entries
+                if e.identity == HOST
+            }
+        return EndpointPolicy(in_on, out_on, frozenset(entries), frozenset(redirects))
 
 
 _last: tuple[tuple[Rule, ...], dict[int, Labels], PolicyResolver] | None = None

@@ -1,0 +1,97 @@
+"""An "outside" for a node: a network namespace routed through the host (the internet).
+
+The namespace gets `outside_ip/30` on `eth0`, a default route via the host side
+(`host_ip/30` on `host_ifname`, with forwarding on), so pods reach it through the
+host and it reaches pods through the host. Optionally its traffic to a range is
+SNATed to the host side address on the way in (as a node masquerading outside
+traffic would), with an iptables rule carrying `comment`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from contextlib import suppress
+from dataclasses import dataclass
+
+from cilia.datapath.netns import create_netns, delete_netns, netns_path
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@dataclass(frozen=True)
+class Outside:
+    """An external namespace joined to the host by a veth pair."""
+
+    netns: str
+    host_ifname: str
+    host_ip: str
+    outside_ip: str
+
+    @property
+    def path(self) -> str:
+        """Path of the namespace (for probes and processes inside it)."""
+        return netns_path(self.netns)
+
+    def create(self) -> None:
+        """Create the namespace, the veth pair, addresses and routes (removed on failure)."""
+        try:
+            create_netns(self.netns)
+            _ip(
+                "link",
+                "add",
+                self.host_ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                self.netns,
+            )
+            _ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_ifname)
+            _ip("link", "set", self.host_ifname, "up")
+            with open(f"/proc/sys/net/ipv4/conf/{self.host_ifname}/forwarding", "w") as f:
+                f.write("1")
+            _ip("-n", self.netns, "addr", "add", f"{self.outside_ip}/30", "dev", "eth0")
+            _ip("-n", self.netns, "link", "set", "eth0", "up")
+            _ip("-n", self.netns, "link", "set", "lo", "up")
+            _ip("-n", self.netns, "route", "add", "default", "via", self.host_ip)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _snat_rule(self, destination: str, comment: str) -> list[str]:
+        return [
+            "POSTROUTING",
+            "-t",
+            "nat",
+            "-s",
+            self.outside_ip,
+            "-d",
+            destination,
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+            "-j",
+            "SNAT",
+            "--to-source",
+            self.host_ip,
+        ]
+
+    def snat(self, destination: str, comment: str, on: bool) -> None:
+        """Add (or remove) the rule SNATing this outside's traffic to `destination`."""
+        rule = self._snat_rule(destination, comment)
+        exists = subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode == 0
+        if on and not exists:
+            subprocess.run(["iptables", "-A", *rule], check=True, capture_output=True)
+        elif not on and exists:
+            subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True)
+
+    def remove(self) -> None:
+        """Remove the veth pair and the namespace (idempotent)."""
+        with suppress(subprocess.CalledProcessError):
+            _ip("link", "del", self.host_ifname)
+        delete_netns(self.netns)

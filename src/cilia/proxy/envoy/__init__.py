@@ -1,0 +1,1 @@
+"""Envoy for HTTP rules: configuration generation (filesystem xDS) and process supervision."""

@@ -1,0 +1,1 @@
+"""Kafka protocol parsing, rule enforcement and the asyncio Kafka proxy."""

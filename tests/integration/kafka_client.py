@@ -1,0 +1,41 @@
+"""Run inside a pod (`cilia exec`): produce one message or create topics, print the outcome.
+
+Usage: kafka_client.py produce BROKER TOPIC CLIENT_ID | create BROKER TOPIC...
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+
+def main(argv: list[str]) -> int:
+    """Print `ok` or the Kafka error's name; exit 0 only for ok."""
+    action, broker, *rest = argv
+    try:
+        if action == "create":
+            admin = KafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=20000)
+            admin.create_topics([NewTopic(t, 1, 1) for t in rest])
+            admin.close()
+        else:
+            topic, client_id = rest
+            producer = KafkaProducer(
+                bootstrap_servers=broker,
+                client_id=client_id,
+                enable_idempotence=False,  # InitProducerId is outside the produce role
+                max_block_ms=10000,
+                retries=0,
+            )
+            producer.send(topic, b"death star plans").get(timeout=10)
+            producer.close()
+    except Exception as exc:
+        print(type(exc).__name__)
+        return 1
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

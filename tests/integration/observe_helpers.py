@@ -1,0 +1,125 @@
+"""Helpers of the monitor, conntrack and metrics tests: a `cilia monitor` client
+running in the background, UDP senders inside pods, condition waits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cilia.datapath.netns import setns
+from tests.integration.harness import Cilia
+
+PODS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: deathstar, namespace: default, labels: {org: empire, class: deathstar}}
+spec:
+  containers:
+    - name: srv
+      ports: [{containerPort: 80}, {containerPort: 81}, {containerPort: 80, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
+spec:
+  containers: [{name: srv, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
+spec:
+  containers: [{name: srv, ports: [{containerPort: 80}]}]
+"""
+
+RULE1 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: rule1, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {org: empire}}]
+      toPorts: [{ports: [{port: "80", protocol: ANY}]}]
+"""
+
+DS, TF, XW = "default/deathstar", "default/tiefighter", "default/xwing"
+
+
+def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll cond() until it returns something truthy; fail after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class MonitorProc:
+    """`cilia monitor -o json ARGS` in the background, its events collected."""
+
+    def __init__(self, cilia: Cilia, *args: str) -> None:
+        self.cilia = cilia
+        before = self._subscribers()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cilia.cli.main", "monitor", "-o", "json", *args],
+            env=cilia.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_until(lambda: self._subscribers() > before, "the monitor to subscribe")
+
+    def _subscribers(self) -> int:
+        return int(self.cilia.client.get("/status")["monitor"]["subscribers"])
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+
+    def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """The first event matching, waiting for it."""
+        return dict(
+            wait_until(lambda: next((e for e in self.events if match(e)), None), what, timeout)
+        )
+
+    def stop(self) -> None:
+        """Terminate the client (by its PID)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+def pod_netns(cilia: Cilia, pod: str) -> str:
+    """Path of a pod's network namespace."""
+    return str(cilia.client.get(f"/pods/{pod}/netns")["netns"])
+
+
+def send_udp(
+    cilia: Cilia, pod: str, dst: str, port: int, *, flows: int = 1, per_flow: int = 1, src: str = ""
+) -> None:
+    """Send `per_flow` UDP datagrams from each of `flows` new source ports of a pod."""
+    with setns(pod_netns(cilia, pod)):
+        for _ in range(flows):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((src, 0))
+                for _ in range(per_flow):
+                    s.sendto(b"x", (dst, port))

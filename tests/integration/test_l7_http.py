@@ -1,0 +1,154 @@
+"""HTTP L7 policy on real pods: transparent redirection to Envoy by the datapath."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from cilia.datapath.netns import socket_in_netns
+from tests.integration.harness import Cilia, running_agent
+
+pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
+
+PODS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: leia, namespace: default, labels: {app: leia}}
+spec:
+  serviceAccountName: leia
+  containers: [{name: web, ports: [{containerPort: 80}, {containerPort: 81}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: luke, namespace: default, labels: {app: luke}}
+spec:
+  serviceAccountName: luke
+  containers: [{name: web, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: han, namespace: default, labels: {app: han}}
+spec:
+  containers: [{name: web, ports: [{containerPort: 80}]}]
+"""
+
+SA_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: k8s-svc-account, namespace: default}
+spec:
+  endpointSelector:
+    matchLabels: {io.cilium.k8s.policy.serviceaccount: leia}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {io.cilium.k8s.policy.serviceaccount: luke}
+    toPorts:
+    - ports: [{port: '80', protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/public$"}
+        - {method: POST, path: "/v1/request-landing", headers: ["X-Has-Force: true"]}
+"""
+
+EGRESS_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: han-out, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: han}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: luke}}]
+    toPorts:
+    - ports: [{port: '80', protocol: TCP}]
+      rules: {http: [{method: GET, path: "/docs/.*"}]}
+"""
+
+
+def http(
+    c: Cilia, src: str, dst: str, requests: list[tuple[str, str, dict[str, str]]], port: int = 80
+) -> list[int | None]:
+    """Send requests on one keep-alive connection from src to dst; status codes (None: no
+    connection)."""
+    netns = c.client.request("GET", f"/pods/{src}/netns")["netns"]
+    ip = c.client.request("GET", f"/endpoint/{dst}")["ipv4"]
+    sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(3)
+    try:
+        sock.connect((ip, port))
+    except OSError:
+        sock.close()
+        return [None] * len(requests)
+    codes: list[int | None] = []
+    with sock, sock.makefile("rb") as f:
+        for method, path, headers in requests:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            head = f"{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 0\r\n"
+            sock.sendall(f"{head}{extra}\r\n".encode())
+            status = f.readline().split()
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = f.read(length)
+            codes.append(int(status[1]))
+            if codes[-1] == 403:
+                assert body == b"Access denied", body
+    return codes
+
+
+@pytest.fixture(scope="module")
+def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
+    with running_agent(tmp_path_factory.mktemp("l7")) as agent:
+        agent.apply(PODS)
+        yield agent
+
+
+def test_service_account_http_policy(cilia: Cilia) -> None:
+    c = cilia
+    c.apply(SA_POLICY)
+    try:
+        codes = http(
+            c,
+            "default/luke",
+            "default/leia",
+            [
+                ("GET", "/public", {}),
+                ("GET", "/public/x", {}),  # the path regex must match the whole path
+                ("GET", "/private", {}),
+                ("PUT", "/public", {}),
+                ("POST", "/v1/request-landing", {"X-Has-Force": "true"}),
+                ("POST", "/v1/request-landing", {}),
+                ("GET", "/public", {}),  # the keep-alive connection is checked per request
+            ],
+        )
+        assert codes == [200, 403, 403, 403, 200, 403, 200]
+        assert http(c, "default/han", "default/leia", [("GET", "/public", {})]) == [None]
+        assert c.probe("default/luke", "default/leia", 81) is False, "port 81 is not allowed"
+        status = c.run("status", "--all-redirects", "-o", "json").json()
+        (redirect,) = status["redirect-list"]
+        assert (redirect["direction"], redirect["port"], redirect["parser"]) == (
+            "ingress",
+            80,
+            "http",
+        )
+    finally:
+        c.delete(SA_POLICY)
+    assert http(c, "default/han", "default/leia", [("DELETE", "/x", {})]) == [200]
+    assert c.run("status", "--all-redirects", "-o", "json").json()["redirect-list"] == []
+
+
+def test_egress_http_policy(cilia: Cilia) -> None:
+    c = cilia
+    c.apply(EGRESS_POLICY)
+    try:
+        assert http(
+            c,
+            "default/han",
+            "default/luke",
+            [("GET", "/docs/index", {}), ("POST", "/docs/index", {}), ("GET", "/admin", {})],
+        ) == [200, 403, 403]
+        assert http(c, "default/han", "default/leia", [("GET", "/docs/x", {})]) == [None]
+    finally:
+        c.delete(EGRESS_POLICY)

@@ -1,0 +1,86 @@
+"""The monitor hub: filters, bounded per-subscriber queues, loss reporting, decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from cilia.agent.monitor import Filter, Monitor
+from cilia.cli.observe import format_event
+from cilia.datapath.events import EVENT_SIZE, BootClock, decode
+
+
+def test_filter_types_endpoint_and_identities() -> None:
+    ev = {"type": "drop", "endpoint": 3, "src-identity": 258, "dst-identity": 256}
+    assert Filter().matches(ev)
+    assert not Filter(frozenset({"trace"})).matches(ev)
+    assert Filter(related_to=3).matches(ev) and not Filter(related_to=4).matches(ev)
+    assert Filter(from_identity=258, to_identity=256).matches(ev)
+    assert not Filter(to_identity=258).matches(ev)
+
+
+def test_full_queue_counts_losses_and_reports_them() -> None:
+    async def run() -> list[dict[str, object]]:
+        mon = Monitor(queue_size=3)
+        sub = mon.subscribe(Filter(frozenset({"agent"})), asyncio.get_running_loop())
+        for i in range(5):
+            mon.agent_event("test", f"event {i}")
+        mon.publish({"type": "drop", "endpoint": 1})  # filtered out: not lost
+        batch = await sub.next_batch(1.0)
+        assert mon.status()["queue-lost"] == 2
+        mon.unsubscribe(sub)
+        assert mon.status()["queue-lost"] == 2 and mon.status()["subscribers"] == 0
+        return batch
+
+    batch = asyncio.run(run())
+    assert [e.get("message") for e in batch[:3]] == ["event 0", "event 1", "event 2"]
+    assert batch[3]["type"] == "lost" and batch[3]["count"] == 2
+
+
+def test_waiting_subscriber_is_woken_from_another_thread() -> None:
+    async def run() -> list[dict[str, object]]:
+        mon = Monitor()
+        sub = mon.subscribe(Filter(), asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, lambda: loop.run_in_executor(None, mon.agent_event, "x", "woken"))
+        return await sub.next_batch(10.0)
+
+    batch = asyncio.run(run())
+    assert batch and batch[0]["message"] == "woken"
+
+
+def test_decode_drop_event() -> None:
+    raw = struct.pack(
+        "=QBBBBHBBIIIIHHIII",
+        5_000_000_000,
+        1,
+        133,
+        0,
+        6,
+        7,
+        0x02,
+        4,
+        258,
+        256,
+        struct.unpack("=I", socket.inet_aton("10.0.0.2"))[0],
+        struct.unpack("=I", socket.inet_aton("10.0.0.3"))[0],
+        socket.htons(40000),
+        socket.htons(80),
+        74,
+        12,
+        0,
+    )
+    assert len(raw) == EVENT_SIZE
+    ev = decode(raw, BootClock())
+    assert ev["type"] == "drop" and ev["reason-name"] == "Policy denied (L3)"
+    assert (ev["src-ip"], ev["src-port"], ev["dst-ip"], ev["dst-port"]) == (
+        "10.0.0.2",
+        40000,
+        "10.0.0.3",
+        80,
+    )
+    assert ev["tcp-flags"] == "SYN" and ev["direction"] == "ingress"
+    line = format_event(ev)
+    assert line.startswith("xx drop (Policy denied (L3)) ingress endpoint 7")
+    assert "identity 258->256" in line and "10.0.0.2:40000 -> 10.0.0.3:80 [SYN]" in line
