@@ -186,9 +186,11 @@ def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
 
 
 @contextmanager
-def running_agent(tmp: Path) -> Iterator[Cilia]:
-    """A started agent; on exit `cilia down` must leave nothing behind."""
+def running_agent(tmp: Path, **env: str) -> Iterator[Cilia]:
+    """A started agent (extra CILIA_* settings in env); on exit `cilia down` must leave
+    nothing behind."""
     agent = Cilia(tmp)
+    agent.env.update(env)
     try:
         agent.start()
         yield agent

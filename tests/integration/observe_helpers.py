@@ -14,28 +14,12 @@ from typing import Any
 
 from cilia.datapath.netns import setns
 from tests.integration.harness import Cilia
+from tests.integration.test_enforcement import DS as DS
+from tests.integration.test_enforcement import STARWARS
+from tests.integration.test_enforcement import TF as TF
+from tests.integration.test_enforcement import XW as XW
 
-PODS = """
-apiVersion: v1
-kind: Pod
-metadata: {name: deathstar, namespace: default, labels: {org: empire, class: deathstar}}
-spec:
-  containers:
-    - name: srv
-      ports: [{containerPort: 80}, {containerPort: 81}, {containerPort: 80, protocol: UDP}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
-spec:
-  containers: [{name: srv, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
-spec:
-  containers: [{name: srv, ports: [{containerPort: 80}]}]
-"""
+PODS = STARWARS
 
 RULE1 = """
 apiVersion: cilium.io/v2
@@ -47,8 +31,6 @@ spec:
     - fromEndpoints: [{matchLabels: {org: empire}}]
       toPorts: [{ports: [{port: "80", protocol: ANY}]}]
 """
-
-DS, TF, XW = "default/deathstar", "default/tiefighter", "default/xwing"
 
 
 def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

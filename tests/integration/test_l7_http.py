@@ -9,6 +9,7 @@ import pytest
 
 from cilia.datapath.netns import socket_in_netns
 from tests.integration.harness import Cilia, running_agent
+from tests.integration.observe_helpers import MonitorProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -108,6 +109,7 @@ def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
 def test_service_account_http_policy(cilia: Cilia) -> None:
     c = cilia
     c.apply(SA_POLICY)
+    monitor = MonitorProc(c, "-t", "l7")
     try:
         codes = http(
             c,
@@ -124,6 +126,23 @@ def test_service_account_http_policy(cilia: Cilia) -> None:
             ],
         )
         assert codes == [200, 403, 403, 403, 200, 403, 200]
+        denied = monitor.wait_for(
+            lambda e: e.get("verdict") == "denied" and e.get("path") == "/private", "an L7 event"
+        )
+        leia = c.client.request("GET", "/endpoint/default/leia")
+        luke = c.client.request("GET", "/endpoint/default/luke")
+        assert (denied["src-identity"], denied["dst-identity"]) == (
+            luke["identity"],
+            leia["identity"],
+        )
+        assert denied["endpoint"] == leia["id"] and denied["method"] == "GET"
+        samples = {
+            s["name"]: s["value"]
+            for s in c.client.request("GET", "/metrics")
+            if s["name"].startswith("cilia_policy_l7_")
+        }
+        assert samples["cilia_policy_l7_denied_total"] >= 4
+        assert samples["cilia_policy_l7_forwarded_total"] >= 3
         assert http(c, "default/han", "default/leia", [("GET", "/public", {})]) == [None]
         assert c.probe("default/luke", "default/leia", 81) is False, "port 81 is not allowed"
         status = c.run("status", "--all-redirects", "-o", "json").json()
@@ -134,6 +153,7 @@ def test_service_account_http_policy(cilia: Cilia) -> None:
             "http",
         )
     finally:
+        monitor.stop()
         c.delete(SA_POLICY)
     assert http(c, "default/han", "default/leia", [("DELETE", "/x", {})]) == [200]
     assert c.run("status", "--all-redirects", "-o", "json").json()["redirect-list"] == []

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import Cilia
+from tests.integration.harness import Cilia, running_agent
 from tests.integration.observe_helpers import DS, PODS, RULE1, TF, XW, send_udp, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
@@ -35,15 +35,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
-    agent = Cilia(tmp_path_factory.mktemp("metrics"))
-    agent.env["CILIA_PROMETHEUS_SERVE_ADDR"] = f"127.0.0.1:{free_port()}"
-    try:
-        agent.start()
+    with running_agent(
+        tmp_path_factory.mktemp("metrics"), CILIA_PROMETHEUS_SERVE_ADDR=f"127.0.0.1:{free_port()}"
+    ) as agent:
         agent.apply(PODS)
         yield agent
-    finally:
-        left = agent.stop()
-        assert left == [], f"cilia down left: {left}"
 
 
 @pytest.fixture(scope="module")

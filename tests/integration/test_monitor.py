@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Cilia
+from tests.integration.harness import Cilia, running_agent
 from tests.integration.observe_helpers import (
     DS,
     PODS,
@@ -39,14 +39,9 @@ specs:
 
 @pytest.fixture(scope="module")
 def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
-    agent = Cilia(tmp_path_factory.mktemp("monitor"))
-    try:
-        agent.start()
+    with running_agent(tmp_path_factory.mktemp("monitor")) as agent:
         agent.apply(PODS)
         yield agent
-    finally:
-        left = agent.stop()
-        assert left == [], f"cilia down left: {left}"
 
 
 def ep(c: Cilia, pod: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The `ct-gc` controller: connection-tracking garbage collection with reporting.
 
-Every run deletes expired entries. When the table is half full, non-TCP
+Every run deletes expired entries. When the table is a quarter full, non-TCP
 entries idle for `ct_gc_non_tcp_idle` seconds go too (workloads making many
 DNS lookups would otherwise fill it with 60-second UDP entries), and the next
 run comes sooner. A full table (fill above 90 %, or insertions the datapath
@@ -23,7 +23,7 @@ from cilia.datapath.manager import Datapath, boottime
 log = logging.getLogger("cilia.ctgc")
 
 DROP_CT_CREATE_FAILED = 155
-PRESSURE = 0.5
+PRESSURE = 0.25
 FULL = 0.9
 MIN_INTERVAL = 1.0
 

@@ -19,7 +19,7 @@ from cilia.agent.config import AgentConfig
 from cilia.cli.client import ApiError, Client
 from cilia.cli.observe import register as register_observe
 from cilia.cli.observe import status_lines
-from cilia.cli.output import emit, output_option, table
+from cilia.cli.output import F, emit, output_option, table
 from cilia.cli.policy_trace import make_labels_command, make_trace_command
 
 
@@ -75,26 +75,56 @@ def main() -> None:
 # -- agent life cycle ---------------------------------------------------------
 
 
+_AGENT_FLAGS = {
+    # flag -> AgentConfig field; each may also come from CILIA_<FIELD>.
+    "--pod-cidr": "pod_cidr",
+    "--prometheus-serve-addr": "prometheus_serve_addr",
+    "--legacy-host-allows-world": "legacy_host_allows_world",
+}
+
+
+def agent_options(fn: F) -> F:
+    """Options shared by `agent` and `up` (which hands them to the agent it starts)."""
+    fn = click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")(fn)
+    fn = click.option(
+        "--prometheus-serve-addr",
+        help="Serve Prometheus metrics on HOST:PORT (off unless given).",
+    )(fn)
+    fn = click.option(
+        "--legacy-host-allows-world",
+        type=click.Choice(["true", "false"]),
+        help="Policies allowing host also allow world (the 1.0 behaviour).",
+    )(fn)
+    return fn
+
+
+def _overrides(values: dict[str, str | None]) -> dict[str, str]:
+    return {field: v for field in _AGENT_FLAGS.values() if (v := values.get(field)) is not None}
+
+
 @main.command()
-@click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")
+@agent_options
 @click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def agent(pod_cidr: str | None, log_level: str) -> None:
+def agent(log_level: str, **flags: str | None) -> None:
     """Run the agent in the foreground."""
     from cilia.agent.server import run_agent
 
-    overrides = {"pod_cidr": pod_cidr} if pod_cidr else {}
-    run_agent(AgentConfig(**overrides), log_level)  # type: ignore[arg-type]
+    try:
+        config = AgentConfig(**_overrides(flags))  # type: ignore[arg-type]
+    except ValueError as exc:
+        fail(f"invalid agent configuration: {exc}")
+    run_agent(config, log_level)
 
 
 @main.command()
-@click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")
+@agent_options
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for health.")
-def up(pod_cidr: str | None, timeout: float) -> None:
+def up(timeout: float, **flags: str | None) -> None:
     """Start the agent in the background and wait until it is healthy."""
     from cilia.agent.cleanup import read_pid
 
@@ -105,8 +135,9 @@ def up(pod_cidr: str | None, timeout: float) -> None:
         return
     cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [sys.executable, "-m", "cilia.cli.main", "agent"]
-    if pod_cidr:
-        argv += ["--pod-cidr", pod_cidr]
+    for flag, field in _AGENT_FLAGS.items():
+        if flags.get(field) is not None:
+            argv += [flag, str(flags[field])]
     with open(cfg.log_file, "ab") as logf:
         proc = subprocess.Popen(
             argv,
