@@ -164,7 +164,7 @@ def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
         left += [
             f"netns {n.name}"
             for n in netns.iterdir()
-            if n.name.startswith(config.name_prefix + "-")
+            if n.name.startswith((config.name_prefix + "-", config.name_prefix + "_"))
         ]
     if config.bpf_dir.exists():
         left.append(f"pins {config.bpf_dir}")

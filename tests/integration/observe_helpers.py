@@ -15,22 +15,15 @@ from typing import Any
 from cilia.datapath.netns import setns
 from tests.integration.harness import Cilia
 from tests.integration.test_enforcement import DS as DS
+from tests.integration.test_enforcement import RULE1 as STARWARS_RULE1
 from tests.integration.test_enforcement import STARWARS
 from tests.integration.test_enforcement import TF as TF
 from tests.integration.test_enforcement import XW as XW
 
 PODS = STARWARS
 
-RULE1 = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: rule1, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {org: empire}}]
-      toPorts: [{ports: [{port: "80", protocol: ANY}]}]
-"""
+# rule1 of the Star Wars demo, on 80/TCP and 80/UDP.
+RULE1 = STARWARS_RULE1.replace("protocol: TCP", "protocol: ANY")
 
 
 def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +177,24 @@ def test_egress_http_policy(cilia: Cilia) -> None:
         assert http(c, "default/han", "default/leia", [("GET", "/docs/x", {})]) == [None]
     finally:
         c.delete(EGRESS_POLICY)
+
+
+def test_stopping_the_agent_stops_envoy(cilia: Cilia) -> None:
+    c = cilia
+    c.apply(SA_POLICY)
+    envoy = subprocess.run(
+        ["pgrep", "-f", f"{c.config.state_dir}/proxy/envoy"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(envoy) == 1
+    agent = int(c.config.pid_file.read_text())
+    os.kill(agent, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{envoy[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (
+        not Path(f"/proc/{envoy[0]}/cmdline").exists()
+        or not Path(f"/proc/{envoy[0]}/cmdline").read_bytes()
+    ), "SIGTERM stops the agent's Envoy"
+    c.start()  # the restarted agent brings the redirect (and Envoy) back
+    assert http(c, "default/luke", "default/leia", [("GET", "/public", {})]) == [200]
+    c.delete(SA_POLICY)

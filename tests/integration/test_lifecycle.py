@@ -117,7 +117,7 @@ def test_failed_pod_leaves_nothing_behind(cilia: Cilia) -> None:
     assert res.code == 1 and "broken" in res.stderr
     assert cilia.run("get", "pods", "-o", "json").json() == []
     assert cilia.client.request("GET", "/endpoint") == []
-    netns = f"{cilia.config.name_prefix}-default-broken"
+    netns = f"{cilia.config.name_prefix}_default_broken"
     assert not Path(f"/run/netns/{netns}").exists()
     from cilia.agent.endpoint import host_ifname
 

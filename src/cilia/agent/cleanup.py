@@ -83,7 +83,7 @@ def remove_everything(config: AgentConfig) -> list[str]:
         destroy_pod(ep["netns"], ep["ifname"], ep["ipv4"], procs)
         removed.append(f"pod {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
     for name in list_netns():
-        if name.startswith(f"{config.name_prefix}-"):
+        if name.startswith(f"{config.name_prefix}_"):
             kill_netns_processes(name)
             delete_netns(name)
             removed.append(f"netns {name}")

@@ -20,7 +20,7 @@ from cilia.agent.cidr import CidrIdentities
 from cilia.agent.config import AgentConfig
 from cilia.agent.controllers import ControllerManager
 from cilia.agent.ctgc import CtGc
-from cilia.agent.endpoint import Endpoint, EndpointState, host_ifname
+from cilia.agent.endpoint import Endpoint, EndpointState, host_ifname, pod_netns_name
 from cilia.agent.ipam import Ipam
 from cilia.agent.l7 import L7Gateway
 from cilia.agent.metrics import AgentMetrics
@@ -376,7 +376,7 @@ class Agent:
             id=self._next_endpoint_id(),
             namespace=pod.namespace,
             pod=pod.name,
-            netns=f"{self.config.name_prefix}-{pod.namespace}-{pod.name}",
+            netns=pod_netns_name(self.config.name_prefix, pod.namespace, pod.name),
             ifname=host_ifname(self.config.name_prefix, pod.namespace, pod.name),
             ipv4=self.ipam.allocate(),
             labels=labels,

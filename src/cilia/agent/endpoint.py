@@ -29,6 +29,12 @@ class EndpointState(StrEnum):
     DISCONNECTED = "disconnected"
 
 
+def pod_netns_name(name_prefix: str, namespace: str, pod: str) -> str:
+    """Network namespace of a pod. '_' cannot occur in a prefix or a Kubernetes name, so
+    one agent's names never match another's prefix (`cilia_` vs `cilia-test-1_`)."""
+    return f"{name_prefix}_{namespace}_{pod}"
+
+
 def host_ifname(name_prefix: str, namespace: str, pod: str) -> str:
     """Host-side veth name: 'lxc' + 11 hex digits (device names end at 15 chars)."""
     digest = hashlib.sha1(f"{name_prefix}/{namespace}/{pod}".encode()).hexdigest()

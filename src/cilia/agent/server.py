@@ -23,8 +23,12 @@ def run_agent(config: AgentConfig, log_level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Envoy admin call
     if os.geteuid() != 0:
         raise SystemExit("cilia agent must run as root (it programs the kernel)")
+    # Every process the agent starts (containers, Envoy) inherits this, which is how
+    # `cilia down` finds them even after a crash.
+    os.environ["CILIA_NAME_PREFIX"] = config.name_prefix
     agent = Agent(config)
     agent.start()
     sock = config.socket_path
@@ -38,10 +42,12 @@ def run_agent(config: AgentConfig, log_level: str = "info") -> None:
         )
     )
     os.umask(0o077)  # the socket is root-only: it controls the node's network policy
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
+    # handler that would end the process before the agent stops its proxies.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     finally:
         agent.stop()
         sock.unlink(missing_ok=True)
         log.info("agent stopped; pods and enforcement stay in place")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)

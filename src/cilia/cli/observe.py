@@ -290,8 +290,13 @@ def status_lines(data: dict[str, Any]) -> list[str]:
     lines = []
     if ct:
         full = ", FULL" if ct["full"] else ""
+        counted = (
+            f"{ct['entries']}/{ct['max-entries']} entries{full}"
+            if ct["last-gc"]
+            else "not scanned yet"
+        )
         lines.append(
-            f"Conntrack:          {ct['entries']}/{ct['max-entries']} entries{full}, "
+            f"Conntrack:          {counted}, "
             f"GC every {ct['interval-seconds']:g}s, {ct['deleted-total']} collected"
         )
     if mon:
