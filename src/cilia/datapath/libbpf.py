@@ -73,16 +73,6 @@ _bpf_map_update_elem = _sig("bpf_map_update_elem", _int, _int, _vp, _vp, ctypes.
 _bpf_map_lookup_elem = _sig("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 _bpf_map_delete_elem = _sig("bpf_map_delete_elem", _int, _int, _vp)
 _bpf_map_get_next_key = _sig("bpf_map_get_next_key", _int, _int, _vp, _vp)
-_bpf_prog_query = _sig(
-    "bpf_prog_query",
-    _int,
-    _int,
-    ctypes.c_int,
-    ctypes.c_uint32,
-    ctypes.POINTER(ctypes.c_uint32),
-    ctypes.POINTER(ctypes.c_uint32),
-    ctypes.POINTER(ctypes.c_uint32),
-)
 _libbpf_num_possible_cpus = _sig("libbpf_num_possible_cpus", _int)
 
 # libbpf's log callback receives a va_list; on x86-64 that is a pointer which
@@ -170,18 +160,6 @@ def map_next_key(fd: int, key: ctypes._CData | None, next_key: ctypes._CData) ->
         return False
     check(ret, "bpf_map_get_next_key")
     return True
-
-
-def prog_query(ifindex: int, attach_type: int) -> list[int]:
-    """IDs of the programs attached to a device for one (tcx) attach type."""
-    ids = (ctypes.c_uint32 * 64)()
-    count = ctypes.c_uint32(64)
-    flags = ctypes.c_uint32(0)
-    check(
-        _bpf_prog_query(ifindex, attach_type, 0, ctypes.byref(flags), ids, ctypes.byref(count)),
-        "bpf_prog_query",
-    )
-    return list(ids[: count.value])
 
 
 def possible_cpus() -> int:

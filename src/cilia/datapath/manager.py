@@ -167,11 +167,6 @@ class Datapath:
             self._obj.close()
             self._obj = None
 
-    def teardown(self) -> None:
-        """Remove every pin: programs detach, maps are freed."""
-        self.close()
-        bpffs.remove_pins(self.pin_dir)
-
     # -- endpoints --------------------------------------------------------
 
     def attach(self, ifname: str, ifindex: int) -> None:

@@ -86,10 +86,6 @@ class IdentityAllocator:
         with self._lock:
             return sorted([*RESERVED_LABELS.items(), *self._by_id.items()], key=lambda i: i[0])
 
-    def as_mapping(self) -> dict[int, Labels]:
-        """`items()` as a dict, the form policy resolution takes."""
-        return dict(self.items())
-
     def __len__(self) -> int:
         return len(self._by_id)
 

@@ -102,12 +102,6 @@ class LabelSelector:
         """True for `{}`, which selects everything."""
         return not self.requirements
 
-    def has_key(self, key: str, source: str | None = None) -> bool:
-        """Whether some requirement is on `key` (optionally only with explicit `source`)."""
-        return any(
-            r.key == key and (source is None or r.source == source) for r in self.requirements
-        )
-
     def has_source(self, source: str) -> bool:
         """Whether some requirement names `source` explicitly (e.g. `reserved`)."""
         return any(r.source == source for r in self.requirements)
