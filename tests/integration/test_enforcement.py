@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cilia.datapath.maps import PolicyMap
 from cilia.datapath.netns import socket_in_netns
 from tests.integration.harness import Cilia, running_agent
 
@@ -275,3 +276,30 @@ def test_matrix_of_nine_pods_finishes_in_seconds(cilia: Cilia) -> None:
         assert "9 probes" in out and "2 denied" in out
     finally:
         c.reset()
+
+
+def test_controllers_repair_policy_map_drift(starwars: Cilia) -> None:
+    c = starwars
+    c.apply(RULE1)
+    before = c.client.request("GET", "/bpf/policy")
+    ds = c.client.request("GET", f"/endpoint/{DS}")
+    xw = c.client.request("GET", f"/endpoint/{XW}")
+    tf = c.client.request("GET", f"/endpoint/{TF}")
+    entry = next(
+        e
+        for e in before
+        if e["endpoint"] == ds["id"] and e["port"] == 80 and e["identity"] == tf["identity"]
+    )
+    policy = PolicyMap(f"{c.config.bpf_dir}/maps/cilia_policy")
+    try:
+        # Someone else removes an allowance and adds one for the alliance.
+        policy.remove((ds["id"], 0, entry["identity"], 80, entry["protocol"]))
+        policy.put((ds["id"], 0, xw["identity"], 0, 0))
+        assert c.probe(XW, DS) and not c.probe(TF, DS)
+        deadline = time.monotonic() + 30
+        while c.client.request("GET", "/bpf/policy") != before:
+            assert time.monotonic() < deadline, "drift was not repaired"
+            time.sleep(0.2)
+    finally:
+        policy.close()
+    assert c.probe(TF, DS) and not c.probe(XW, DS)

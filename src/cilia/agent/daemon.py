@@ -33,6 +33,7 @@ from cilia.agent.objects import (
 )
 from cilia.agent.observe import StateWatcher
 from cilia.agent.state import load_state, save_state
+from cilia.datapath import conntrack
 from cilia.datapath.host_address import ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
@@ -428,7 +429,7 @@ class Agent:
         self.datapath.detach(ep.ifname)
         if ep.network is not None:
             self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
-        self.datapath.ct_forget_endpoint(ep.id)
+        conntrack.flush(self.datapath.ct, ep.id)
         pods.destroy_pod(ep.netns, ep.ifname, ep.ipv4, ep.processes)
         self.ipam.release(ep.ipv4)
         self.identities.release(ep.identity)

@@ -253,18 +253,17 @@ class Datapath:
     # -- drift, counters, CT ---------------------------------------------
 
     def verify(self) -> DriftReport:
-        """Compare the maps with what was written and repair any difference."""
+        """Compare the maps with what was written and repair any difference.
+
+        Each endpoint's own policy entries are restored by its sync-policymap
+        controller (`verify_endpoint_policy`); here only entries nobody wrote
+        are removed, with the endpoint, ipcache and lxc maps.
+        """
         report = DriftReport()
-        actual_policy = self.policy.dump()
-        wanted_policy = (
-            set().union(*self._realized_policy.values()) if self._realized_policy else set()
-        )
-        for t in wanted_policy - actual_policy:
-            self.policy.put(t)
-            report.repaired.append(f"policy entry restored: {t}")
-        for t in actual_policy - wanted_policy:
-            self.policy.remove(t)
-            report.repaired.append(f"foreign policy entry removed: {t}")
+        for t in self.policy.dump():
+            if t not in self._realized_policy.get(t[0], {}):
+                self.policy.remove(t)
+                report.repaired.append(f"foreign policy entry removed: {t}")
         actual_eps = self.endpoints.dump()
         for ifindex, rec in self._realized_endpoints.items():
             if actual_eps.get(ifindex) != rec:
@@ -275,6 +274,11 @@ class Datapath:
             if actual_ipc.get(prefix) != value:
                 self.ipcache.set(prefix, *value)
                 report.repaired.append(f"ipcache entry restored: {prefix}")
+        actual_lxc = self.lxc_ip.dump()
+        for ip, (ep_id, flags) in self._realized_lxc_ip.items():
+            if actual_lxc.get(ip) != (ep_id, flags):
+                self.lxc_ip.set(ip, ep_id, flags)
+                report.repaired.append(f"local endpoint address restored: {ip}")
         for prefix in set(actual_ipc) - set(self._realized_ipcache):
             self.ipcache.remove(prefix)
             report.repaired.append(f"foreign ipcache entry removed: {prefix}")
@@ -283,28 +287,16 @@ class Datapath:
         return report
 
     def verify_endpoint_policy(self, ep_id: int) -> list[str]:
-        """Restore one endpoint's policy entries missing from the map."""
+        """Restore one endpoint's policy entries that are missing or carry another proxy port."""
         realized = self._realized_policy.get(ep_id, {})
-        missing = [t for t in realized if self.policy.lookup(self.policy.key(t)) is None]
-        for t in missing:
-            self.policy.put(t, realized[t])
-        return [f"policy entry restored: {t}" for t in missing]
+        drifted = []
+        for t, proxy_port in realized.items():
+            value = self.policy.lookup(self.policy.key(t))
+            if value is None or value.proxy_port != proxy_port:
+                self.policy.put(t, proxy_port)
+                drifted.append(t)
+        return [f"policy entry restored: {t}" for t in drifted]
 
     def counters(self) -> dict[tuple[int, int], tuple[int, int]]:
         """(reason, direction) -> (packets, bytes) from the per-CPU metrics map."""
         return self.metrics.totals()
-
-    def ct_gc(self) -> int:
-        """Delete expired connection-tracking entries; returns how many."""
-        now = boottime()
-        expired = [k for k, v in self.ct.items() if v.expires < now]
-        for k in expired:
-            self.ct.delete(k)
-        return len(expired)
-
-    def ct_forget_endpoint(self, ep_id: int) -> int:
-        """Delete every CT entry of one endpoint."""
-        keys = [k for k in self.ct.iter_keys() if k.ep_id == ep_id]
-        for k in keys:
-            self.ct.delete(k)
-        return len(keys)
