@@ -179,6 +179,42 @@ def test_egress_http_policy(cilia: Cilia) -> None:
         c.delete(EGRESS_POLICY)
 
 
+LUKE_INGRESS = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: luke-in, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: luke}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: han}}]
+    toPorts:
+    - ports: [{port: '80', protocol: TCP}]
+      rules: {http: [{path: "/docs/public.*"}, {method: DELETE}]}
+"""
+
+
+def test_egress_and_destination_ingress_rules_both_apply(cilia: Cilia) -> None:
+    """han's egress proxy also enforces luke's ingress rules (one proxy sees the flow)."""
+    c = cilia
+    c.apply(EGRESS_POLICY)
+    c.apply(LUKE_INGRESS)
+    try:
+        requests = [
+            ("GET", "/docs/public/a", {}),  # both allow
+            ("GET", "/docs/secret", {}),  # han's egress allows, luke's ingress refuses
+            ("DELETE", "/x", {}),  # luke's ingress allows, han's egress refuses
+        ]
+        assert http(c, "default/han", "default/luke", requests) == [200, 403, 403]
+        c.delete(EGRESS_POLICY)  # luke's own proxy now judges alone
+        assert http(c, "default/han", "default/luke", requests) == [200, 403, 200]
+        c.apply(EGRESS_POLICY)
+        c.delete(LUKE_INGRESS)  # and back: han's egress rules alone
+        assert http(c, "default/han", "default/luke", requests) == [200, 200, 403]
+    finally:
+        c.delete(EGRESS_POLICY)
+        c.delete(LUKE_INGRESS)
+
+
 def test_stopping_the_agent_stops_envoy(cilia: Cilia) -> None:
     c = cilia
     c.apply(SA_POLICY)

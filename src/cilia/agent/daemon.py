@@ -9,6 +9,8 @@ periodically and repair drift.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -42,6 +44,7 @@ from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
 from cilia.labels import Label, Labels
 from cilia.policy import PolicyRepository, PolicyResolver, Rule
+from cilia.policy.chain import chain_local_ingress, has_egress_redirects
 from cilia.policy.cidr import rule_prefixes
 from cilia.runtime.processes import process_alive, stop_process
 
@@ -212,6 +215,8 @@ class Agent:
         if ipcache != self._ipcache:
             self._ipcache = ipcache
             self.l7.refresh()
+        local = {ep.identity: ep.labels for ep in self.endpoints.values() if ep.network}
+        ingress_of = functools.cache(lambda identity: resolver.resolve(local[identity]).redirects)
         for ep in self.endpoints.values():
             if ep.network is None or ep.state is EndpointState.NOT_READY:
                 continue
@@ -219,11 +224,16 @@ class Agent:
                 changed is not None
                 and ep.state is EndpointState.READY
                 and not PolicyResolver.affects(changed, ep.labels)
+                and not has_egress_redirects(ep.policy)  # they follow local peers' rules
             ):
                 ep.policy_revision = self.repo.revision
                 continue
             ep.set_state(EndpointState.REGENERATING, reason)
-            ep.policy = resolver.resolve(ep.labels)
+            policy = resolver.resolve(ep.labels)
+            ep.policy = dataclasses.replace(
+                policy,
+                redirects=chain_local_ingress(policy.redirects, ep.identity, local, ingress_of),
+            )
             try:
                 proxy_ports = self.l7.update(ep.id, ep.policy.redirects)
                 added, removed = self.datapath.program_endpoint(

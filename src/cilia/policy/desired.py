@@ -54,6 +54,9 @@ class L7Allow:
     identity: int
     http: tuple[PortRuleHTTP, ...] = ()
     kafka: tuple[PortRuleKafka, ...] = ()
+    also: L7Allow | None = None
+    """On an egress redirect: the local destination's own ingress rules for this
+    source, which a request must satisfy as well (see `cilia.policy.chain`)."""
 
 
 @dataclass(frozen=True)

@@ -91,14 +91,27 @@ def _address_set(
     return terms[0] if len(terms) == 1 else {many: {items: terms}}
 
 
+def _excluding(dest: Json, identities: Iterable[int], nets: Mapping[int, list[Net]]) -> Json:
+    """`dest` minus the addresses of `identities` (they have policies of their own)."""
+    sets = [_address_set(i, nets, "destination_ip", rule_style=True) for i in identities]
+    known = [s for s in sets if s is not None]
+    if not known:
+        return dest
+    return {"and_rules": {"rules": [dest, {"not_rule": {"or_rules": {"rules": known}}}]}}
+
+
 def rbac_policies(
     direction: Direction, allows: Iterable[L7Allow], ipcache: Mapping[str, int]
 ) -> Json:
     """RBAC `policies` for one redirect: one policy per allowed peer identity."""
     nets = prefixes_by_identity(ipcache)
+    allows = sorted(allows, key=lambda a: a.identity)
+    chained = [a.identity for a in allows if a.also is not None]
     policies: Json = {}
-    for allow in sorted(allows, key=lambda a: a.identity):
+    for allow in allows:
         perm = rules_permission(allow.http)
+        if allow.also is not None:  # the local destination's own ingress rules as well
+            perm = {"and_rules": {"rules": [perm, rules_permission(allow.also.http)]}}
         if direction is Direction.INGRESS:
             principal = _address_set(allow.identity, nets, "direct_remote_ip", rule_style=False)
             if principal is None:
@@ -108,6 +121,8 @@ def rbac_policies(
             dest = _address_set(allow.identity, nets, "destination_ip", rule_style=True)
             if dest is None:
                 continue
+            if allow.identity == ANY_IDENTITY and chained:
+                dest = _excluding(dest, chained, nets)
             policy = {
                 "permissions": [{"and_rules": {"rules": [dest, perm]}}],
                 "principals": [{"any": True}],

@@ -40,7 +40,11 @@ class KafkaPolicy:
 
     def __init__(self, allows: Iterable[L7Allow] = ()) -> None:
         self._rules: dict[int, list[PortRuleKafka] | None] = {}
+        self._also: dict[int, list[PortRuleKafka]] = {}
         for allow in allows:
+            if allow.also is not None and allow.also.kafka:
+                # A local destination's own ingress rules, which requests must meet as well.
+                self._also[allow.identity] = list(allow.also.kafka)
             known = self._rules.setdefault(allow.identity, [])
             if not allow.kafka:
                 self._rules[allow.identity] = None
@@ -54,6 +58,9 @@ class KafkaPolicy:
 
     def allows(self, identity: int, req: KafkaRequest) -> bool:
         """The verdict for a request from (ingress) or to (egress) `identity`."""
+        also = self._also.get(identity)
+        if also is not None and not rules_allow(also, req):
+            return False
         combined: list[PortRuleKafka] = []
         for key in {identity, ANY_IDENTITY}:
             if key in self._rules:
