@@ -5,6 +5,7 @@
  *   tcx ingress of the host veth = packets leaving the pod  (pod egress)
  *   tcx egress  of the host veth = packets entering the pod (pod ingress)
  */
+#include <linux/if_packet.h>
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -41,6 +42,18 @@ static __always_inline int local_ingress_verdict(const struct verdict_ctx *c, __
 	if (!dst || !(dst->flags & EP_F_INGRESS_ENFORCED))
 		return 0;
 	return policy_verdict(c->src_identity, 0, dst->ep_id, &c->f, DIR_INGRESS, proxy_port);
+}
+
+/* 0 and the proxy device's ifindex, or DROP_PROXY_BYPASS when there is none. */
+static __always_inline int via_proxy_device(__u32 *ifindex)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&cilia_config, &zero);
+
+	if (!cfg || !cfg->proxy_ifindex)
+		return DROP_PROXY_BYPASS;
+	*ifindex = cfg->proxy_ifindex;
+	return 0;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
@@ -98,11 +111,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	if (proxied && peer == 0)
 		enforced = 0;
 	__u16 proxy_port = 0;
+	__u32 proxy_ifindex = 0;
 
 	if (enforced) {
 		ret = policy_verdict(peer, peer_flags, c.ep_id, &c.f, direction, &proxy_port);
+		/* On an L7 port only the proxy may deliver. Local pods were sent to
+		 * it at their own veth; anything else (the node's own processes,
+		 * routed traffic) goes round through the proxy device. */
 		if (!ret && proxy_port && direction == DIR_INGRESS && !proxied)
-			ret = DROP_PROXY_BYPASS; /* only the proxy may deliver on an L7 port */
+			ret = via_proxy_device(&proxy_ifindex);
 		if (ret) {
 			ct_forget(&c.f, c.ep_id, direction);
 			return drop(skb, &c, ret);
@@ -111,6 +128,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	ret = ct_track(&c.f, c.ep_id, direction, skb->len);
 	if (ret)
 		return drop(skb, &c, ret);
+	if (proxy_ifindex) {
+		forward(skb, &c);
+		return bpf_redirect(proxy_ifindex, BPF_F_INGRESS);
+	}
 	if (direction == DIR_EGRESS) {
 		__u16 ingress_proxy = 0;
 		int denied = local_ingress_verdict(&c, &ingress_proxy);
@@ -140,6 +161,41 @@ SEC("tc")
 int cilia_to_container(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* tc ingress of the proxy device: packets cilia_to_container bounced here
+ * (to a local endpoint's L7 port, not from a local pod) are assigned to the
+ * proxy listener of the destination's ingress redirect, then routed locally
+ * like those assigned at a pod's veth. Counted once, in cilia_to_container. */
+SEC("tc")
+int cilia_from_host(struct __sk_buff *skb)
+{
+	struct verdict_ctx c = { .direction = DIR_INGRESS, .ifindex = skb->ifindex, .l3 = 4 };
+	struct lxc_ip_info *dst;
+	__u32 peer_flags = 0;
+	__u16 proxy_port = 0;
+	int ret;
+
+	if (skb->protocol != ETH_P_IP_BE)
+		return TC_ACT_SHOT; /* only bounced IPv4 packets come here */
+	ret = parse_ipv4(skb, &c.f);
+	if (ret != PARSE_OK)
+		return drop(skb, &c, ret);
+	dst = bpf_map_lookup_elem(&cilia_lxc_ip, &c.f.daddr);
+	if (!dst)
+		return drop(skb, &c, DROP_UNKNOWN_TARGET);
+	c.ep_id = dst->ep_id;
+	c.src_identity = identity_of(c.f.saddr, &peer_flags);
+	ret = policy_verdict(c.src_identity, peer_flags, c.ep_id, &c.f, DIR_INGRESS, &proxy_port);
+	if (!ret && !proxy_port)
+		ret = DROP_PROXY_BYPASS; /* the redirect went away meanwhile */
+	if (!ret)
+		ret = redirect_to_proxy(skb, &c.f, proxy_port);
+	if (ret)
+		return drop(skb, &c, ret);
+	/* Addressed to the pod's MAC: make the stack take it as ours. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
 }
 
 char __license[] SEC("license") = "GPL";

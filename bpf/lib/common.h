@@ -122,7 +122,7 @@ struct datapath_config {
 	__u32 ct_lifetime_tcp_closing;
 	__u32 ct_lifetime_nontcp;
 	__u32 trace_all; /* trace events for every endpoint */
-	__u32 pad;
+	__u32 proxy_ifindex; /* device whose tc ingress hands host traffic to proxies (0: none) */
 };
 
 struct metrics_key {

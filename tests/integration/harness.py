@@ -20,6 +20,7 @@ from typing import Any
 
 from cilia.agent.config import AgentConfig
 from cilia.cli.client import Client
+from cilia.datapath.proxy_device import proxy_device_name
 
 
 @dataclass
@@ -158,6 +159,7 @@ class Cilia:
 
 def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
     """Kernel objects and processes named after this agent's prefix."""
+    devices = devices | {proxy_device_name(config.name_prefix)}
     left = [f"device {d}" for d in devices if Path(f"/sys/class/net/{d}").exists()]
     netns = Path("/run/netns")
     if netns.exists():

@@ -75,11 +75,14 @@ spec:
 def http(
     c: Cilia, src: str, dst: str, requests: list[tuple[str, str, dict[str, str]]], port: int = 80
 ) -> list[int | None]:
-    """Send requests on one keep-alive connection from src to dst; status codes (None: no
-    connection)."""
-    netns = c.client.request("GET", f"/pods/{src}/netns")["netns"]
+    """Send requests on one keep-alive connection from src (a pod, or "" for the node) to
+    dst; status codes (None: no connection)."""
     ip = c.client.request("GET", f"/endpoint/{dst}")["ipv4"]
-    sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+    if src:
+        netns = c.client.request("GET", f"/pods/{src}/netns")["netns"]
+        sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(3)
     try:
         sock.connect((ip, port))
@@ -213,6 +216,41 @@ def test_egress_and_destination_ingress_rules_both_apply(cilia: Cilia) -> None:
     finally:
         c.delete(EGRESS_POLICY)
         c.delete(LUKE_INGRESS)
+
+
+HOST_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: host-in, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: leia}}
+  ingress:
+  - fromEntities: [host]
+    toPorts:
+    - ports: [{port: '80', protocol: TCP}]
+      rules: {http: [{method: GET, path: "/healthz"}]}
+"""
+
+
+def test_node_traffic_to_an_l7_port_goes_through_the_proxy(cilia: Cilia) -> None:
+    """The node's own processes never cross a pod's tc ingress: their packets go round
+    through the proxy device and meet the same rules."""
+    c = cilia
+    c.apply(HOST_POLICY)
+    monitor = MonitorProc(c, "-t", "l7")
+    try:
+        requests: list[tuple[str, str, dict[str, str]]] = [
+            ("GET", "/healthz", {}),
+            ("GET", "/secret", {}),
+            ("GET", "/healthz", {}),
+        ]
+        assert http(c, "", "default/leia", requests) == [200, 403, 200]
+        denied = monitor.wait_for(lambda e: e.get("path") == "/secret", "the L7 event")
+        assert denied["src-identity"] == 1 and denied["verdict"] == "denied"
+        assert http(c, "default/luke", "default/leia", requests) == [None] * 3, "L3 still applies"
+    finally:
+        monitor.stop()
+        c.delete(HOST_POLICY)
 
 
 def test_stopping_the_agent_stops_envoy(cilia: Cilia) -> None:

@@ -20,6 +20,7 @@ from cilia.agent.state import load_state
 from cilia.datapath import bpffs
 from cilia.datapath.host_address import remove_host_address
 from cilia.datapath.netns import delete_netns, list_netns
+from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.processes import ProcessRecord
 
@@ -94,6 +95,8 @@ def remove_everything(config: AgentConfig) -> list[str]:
     if (config.state_dir / "proxy").exists():
         remove_proxy_routing()
         removed.append("proxy routing rule")
+    if remove_proxy_device(proxy_device_name(config.name_prefix)):
+        removed.append(f"device {proxy_device_name(config.name_prefix)}")
     if remove_host_address(config.host_router_ip):
         removed.append(f"router address {config.host_router_ip}")
     if config.bpf_dir.exists():

@@ -40,6 +40,7 @@ from cilia.datapath.host_address import ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
 from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
+from cilia.datapath.proxy_device import proxy_device_name
 from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
 from cilia.labels import Label, Labels
@@ -122,6 +123,7 @@ class Agent:
         maps = self.datapath.maps_dir
         self.monitor.start_reader(f"{maps}/cilia_events", f"{maps}/cilia_events_lost")
         ensure_host_address(self.config.host_router_ip)
+        self.datapath.attach_proxy_device(proxy_device_name(self.config.name_prefix))
         with self.lock:
             self._restore()
             self._regenerate("agent start")

@@ -12,11 +12,15 @@ from pathlib import Path
 
 from cilia.datapath import libbpf
 
-HOOKS = {
-    # host-side veth hook -> (program, attach type)
+Hooks = dict[str, tuple[str, int]]
+"""Device hook -> (program, attach type)."""
+
+HOOKS: Hooks = {
+    # host-side veth of an endpoint
     "ingress": ("cilia_from_container", libbpf.BPF_TCX_INGRESS),
     "egress": ("cilia_to_container", libbpf.BPF_TCX_EGRESS),
 }
+PROXY_DEVICE_HOOKS: Hooks = {"ingress": ("cilia_from_host", libbpf.BPF_TCX_INGRESS)}
 
 
 def link_pin(links_dir: Path, ifname: str, hook: str) -> Path:
@@ -24,12 +28,14 @@ def link_pin(links_dir: Path, ifname: str, hook: str) -> Path:
     return links_dir / f"{ifname}_{hook}"  # bpffs refuses dots in names
 
 
-def attach_device(links_dir: Path, ifname: str, ifindex: int, prog_fds: dict[str, int]) -> None:
-    """Attach both programs to a device, reusing (and updating) pinned links."""
+def attach_device(
+    links_dir: Path, ifname: str, ifindex: int, prog_fds: dict[str, int], hooks: Hooks = HOOKS
+) -> None:
+    """Attach the programs of `hooks` to a device, reusing (and updating) pinned links."""
     links_dir.mkdir(parents=True, exist_ok=True)
     created: list[Path] = []
     try:
-        for hook, (prog, attach_type) in HOOKS.items():
+        for hook, (prog, attach_type) in hooks.items():
             pin = link_pin(links_dir, ifname, hook)
             if pin.exists() and _update_pinned(pin, ifindex, prog_fds[prog]):
                 continue
@@ -60,9 +66,9 @@ def _update_pinned(pin: Path, ifindex: int, prog_fd: int) -> bool:
         os.close(fd)
 
 
-def is_attached(links_dir: Path, ifname: str, ifindex: int) -> bool:
-    """Are both hooks of the device served by live pinned links?"""
-    for hook in HOOKS:
+def is_attached(links_dir: Path, ifname: str, ifindex: int, hooks: Hooks = HOOKS) -> bool:
+    """Are all `hooks` of the device served by live pinned links?"""
+    for hook in hooks:
         pin = link_pin(links_dir, ifname, hook)
         if not pin.exists():
             return False
@@ -75,8 +81,8 @@ def is_attached(links_dir: Path, ifname: str, ifindex: int) -> bool:
     return True
 
 
-def detach_device(links_dir: Path, ifname: str) -> None:
+def detach_device(links_dir: Path, ifname: str, hooks: Hooks = HOOKS) -> None:
     """Remove the device's link pins; the programs detach when the last fd closes."""
-    for hook in HOOKS:
+    for hook in hooks:
         with suppress(FileNotFoundError):
             link_pin(links_dir, ifname, hook).unlink()

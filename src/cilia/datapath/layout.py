@@ -93,7 +93,7 @@ class DatapathConfig(ctypes.Structure):
         ("ct_lifetime_tcp_closing", ctypes.c_uint32),
         ("ct_lifetime_nontcp", ctypes.c_uint32),
         ("trace_all", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("proxy_ifindex", ctypes.c_uint32),
     ]
 
 

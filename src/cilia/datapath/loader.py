@@ -19,7 +19,7 @@ MAP_NAMES = (
     "cilia_events",
     "cilia_events_lost",
 )
-PROGRAMS = ("cilia_from_container", "cilia_to_container")
+PROGRAMS = ("cilia_from_container", "cilia_to_container", "cilia_from_host")
 
 
 class LoadedObject:

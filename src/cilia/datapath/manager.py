@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cilia.datapath import attach, bpffs, compiler
+from cilia.datapath import attach, bpffs, compiler, proxy_device
 from cilia.datapath.layout import (
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
@@ -119,6 +119,7 @@ class Datapath:
         self._realized_endpoints: dict[int, EndpointRecord] = {}
         self._realized_ipcache: dict[str, tuple[int, int]] = {}
         self.trace_all = False
+        self.proxy_ifindex = 0
 
     # -- life cycle -------------------------------------------------------
 
@@ -149,7 +150,14 @@ class Datapath:
         lt = self.lifetimes
         cfg_map.update(
             ctypes.c_uint32(0),
-            DatapathConfig(lt.tcp, lt.tcp_syn, lt.tcp_closing, lt.non_tcp, int(self.trace_all)),
+            DatapathConfig(
+                lt.tcp,
+                lt.tcp_syn,
+                lt.tcp_closing,
+                lt.non_tcp,
+                int(self.trace_all),
+                self.proxy_ifindex,
+            ),
         )
         cfg_map.close()
 
@@ -157,6 +165,18 @@ class Datapath:
         """Switch trace events on or off for every endpoint of the node."""
         self.trace_all = enabled
         self._write_config()
+
+    def attach_proxy_device(self, ifname: str) -> int:
+        """Create (or reuse) the proxy device, attach its program and tell the endpoint
+        programs its ifindex (host traffic to L7 ports goes round through it)."""
+        assert self._obj is not None, "datapath not started"
+        ifindex = proxy_device.ensure_proxy_device(ifname)
+        attach.attach_device(
+            self.links_dir, ifname, ifindex, self._obj.prog_fds, attach.PROXY_DEVICE_HOOKS
+        )
+        self.proxy_ifindex = ifindex
+        self._write_config()
+        return ifindex
 
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
