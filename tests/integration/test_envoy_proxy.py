@@ -17,6 +17,7 @@ import pytest
 
 from cilia.policy.desired import Direction, L7Allow, Redirect
 from cilia.policy.l7 import PortRuleHTTP
+from cilia.proxy.envoy.config import ORIGINAL_DST_HEADER
 from cilia.proxy.envoy.process import envoy_binary
 from cilia.proxy.envoy.proxy import EnvoyConfigError
 from cilia.proxy.manager import ProxyManager
@@ -141,6 +142,7 @@ def test_allowed_request_reaches_server_unchanged_and_denied_gets_403(env: Env) 
             "ship=xwing",
         )
         assert seen["headers"]["x-custom"] == "yes"
+        assert ORIGINAL_DST_HEADER not in seen["headers"], "the routing header stays in Envoy"
         status, body = request(c, "PUT", "/v1/exhaust-port", "boom")
         assert (status, body) == (403, b"Access denied")
     finally:

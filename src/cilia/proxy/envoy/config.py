@@ -131,6 +131,26 @@ def listener(s: Settings, lst: HttpListener) -> Json:
                 "typed_config": {
                     "@type": _T + "extensions.filters.http.router.v3.Router",
                     "suppress_envoy_headers": True,
+                    # After the host is chosen: the server never sees our header.
+                    "upstream_http_filters": [
+                        {
+                            "name": "envoy.filters.http.header_mutation",
+                            "typed_config": {
+                                "@type": _T
+                                + "extensions.filters.http.header_mutation.v3.HeaderMutation",
+                                "mutations": {
+                                    "request_mutations": [{"remove": ORIGINAL_DST_HEADER}]
+                                },
+                            },
+                        },
+                        {
+                            "name": "envoy.filters.http.upstream_codec",
+                            "typed_config": {
+                                "@type": _T
+                                + "extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                            },
+                        },
+                    ],
                 },
             },
         ],
