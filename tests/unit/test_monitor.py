@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
+import pytest
+
+from cilia.agent import monitor as monitor_module
 from cilia.agent.monitor import Filter, Monitor
 from cilia.cli.observe import format_event
 from cilia.datapath.events import EVENT_SIZE, BootClock, decode
@@ -84,3 +88,50 @@ def test_decode_drop_event() -> None:
     line = format_event(ev)
     assert line.startswith("xx drop (Policy denied (L3)) ingress endpoint 7")
     assert "identity 258->256" in line and "10.0.0.2:40000 -> 10.0.0.3:80 [SYN]" in line
+
+
+class _Lost:
+    def __init__(self, _pin: str) -> None:
+        pass
+
+    def read(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def close(self) -> None:
+        pass
+
+
+class _Ring(_Lost):
+    """A ring buffer whose first reader fails at once; later ones just wait."""
+
+    opened = 0
+
+    def __init__(self, pin: str) -> None:
+        _Ring.opened += 1
+        self.broken = _Ring.opened == 1
+
+    def wait(self, timeout: float) -> None:
+        if self.broken:
+            raise OSError("ring buffer gone")
+        time.sleep(timeout)
+
+    def drain(self) -> list[bytes]:
+        return []
+
+
+def test_reader_that_dies_is_restarted_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_module, "RingBuffer", _Ring)
+    monkeypatch.setattr(monitor_module, "LostCounter", _Lost)
+    mon = Monitor()
+    mon.start_reader("events", "lost")
+    try:
+        deadline = time.monotonic() + 5
+        while mon._thread is not None and mon._thread.is_alive():
+            assert time.monotonic() < deadline, "the broken reader should have stopped"
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match="restarted"):
+            mon.supervise_reader()
+        assert mon.reader_restarts == 1 and _Ring.opened == 2
+        assert mon.supervise_reader().startswith("reading")
+    finally:
+        mon.stop()

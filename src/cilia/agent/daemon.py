@@ -133,6 +133,7 @@ class Agent:
             "ct-gc", self.config.ct_gc_interval, self.ct_gc.run
         )
         self.controllers.add("metrics-sync", self.config.sync_interval, self.metrics.sync)
+        self.controllers.add("monitor-reader", 5.0, self.monitor.supervise_reader)
         if self.config.prometheus_serve_addr:
             bound = self.metrics.serve(self.config.prometheus_serve_addr)
             log.info("serving Prometheus metrics on http://%s/metrics", bound)

@@ -122,6 +122,8 @@ class Monitor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pins = ("", "")
+        self.reader_restarts = 0
         self.datapath_events = 0
         self._gone_delivered = 0
         self._gone_lost = 0
@@ -180,6 +182,7 @@ class Monitor:
 
     def start_reader(self, events_pin: str, lost_pin: str) -> None:
         """Start the thread that drains the datapath's ring buffer."""
+        self._pins = (events_pin, lost_pin)
         ring = RingBuffer(events_pin)
         lost = LostCounter(lost_pin)
         self.datapath_lost = lost.read()
@@ -187,6 +190,14 @@ class Monitor:
             target=self._read_loop, args=(ring, lost), name="monitor-reader", daemon=True
         )
         self._thread.start()
+
+    def supervise_reader(self) -> str:
+        """Controller: restart the ring-buffer reader if it died (and fail this run)."""
+        if self._thread is None or self._thread.is_alive() or self._stop.is_set():
+            return f"reading: {self.datapath_events} datapath events"
+        self.reader_restarts += 1
+        self.start_reader(*self._pins)
+        raise RuntimeError(f"monitor reader had died (restart {self.reader_restarts}); restarted")
 
     def stop(self) -> None:
         """Stop the reader thread."""
@@ -209,8 +220,7 @@ class Monitor:
                     next_lost_check = now + 0.25
                     self._check_lost(lost)
         except Exception:
-            log.exception("monitor reader failed")
-            raise
+            log.exception("monitor reader failed")  # the monitor-reader controller restarts it
         finally:
             ring.close()
             lost.close()
