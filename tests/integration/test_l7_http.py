@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cilia.datapath.netns import socket_in_netns
+from cilia.datapath.proxy_device import proxy_device_name
 from tests.integration.harness import Cilia, running_agent
 from tests.integration.observe_helpers import MonitorProc
 
@@ -248,6 +249,13 @@ def test_node_traffic_to_an_l7_port_goes_through_the_proxy(cilia: Cilia) -> None
         denied = monitor.wait_for(lambda e: e.get("path") == "/secret", "the L7 event")
         assert denied["src-identity"] == 1 and denied["verdict"] == "denied"
         assert http(c, "default/luke", "default/leia", requests) == [None] * 3, "L3 still applies"
+        # The proxy device is kernel state like any other: a controller repairs it.
+        device = proxy_device_name(c.config.name_prefix)
+        subprocess.run(["ip", "link", "del", device], check=True)
+        deadline = time.monotonic() + 30
+        while http(c, "", "default/leia", requests[:1]) != [200]:
+            assert time.monotonic() < deadline, f"{device} was not re-created"
+            time.sleep(0.5)
     finally:
         monitor.stop()
         c.delete(HOST_POLICY)

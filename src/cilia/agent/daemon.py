@@ -603,6 +603,8 @@ class Agent:
                 if ep.network and not self.datapath.is_attached(ep.ifname, ep.network.host_ifindex):
                     self.datapath.attach(ep.ifname, ep.network.host_ifindex)
                     report.repaired.append(f"programs re-attached to {ep.ifname}")
+            if self.datapath.ensure_proxy_device():
+                report.repaired.append("proxy device re-created")
             return f"{len(report.repaired)} repairs"
 
     def _process_controller(self) -> str:

@@ -119,6 +119,7 @@ class Datapath:
         self._realized_endpoints: dict[int, EndpointRecord] = {}
         self._realized_ipcache: dict[str, tuple[int, int]] = {}
         self.trace_all = False
+        self.proxy_ifname = ""
         self.proxy_ifindex = 0
 
     # -- life cycle -------------------------------------------------------
@@ -174,9 +175,19 @@ class Datapath:
         attach.attach_device(
             self.links_dir, ifname, ifindex, self._obj.prog_fds, attach.PROXY_DEVICE_HOOKS
         )
-        self.proxy_ifindex = ifindex
+        self.proxy_ifname, self.proxy_ifindex = ifname, ifindex
         self._write_config()
         return ifindex
+
+    def ensure_proxy_device(self) -> bool:
+        """Re-create the proxy device if it vanished or lost its program; True if it had."""
+        ifname = self.proxy_ifname
+        if not ifname or attach.is_attached(
+            self.links_dir, ifname, self.proxy_ifindex, attach.PROXY_DEVICE_HOOKS
+        ):
+            return False
+        self.attach_proxy_device(ifname)
+        return True
 
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
