@@ -105,8 +105,13 @@ def test_case(world: World, path: Path) -> None:
 
 
 def reset(c: Cilia) -> None:
-    """Remove the case's policies and restore the base labels (pods stay)."""
-    for item in c.client.request("GET", "/objects/policies"):
+    """Remove the case's policies and services and restore the base labels (pods stay)."""
+    services = c.client.request("GET", "/objects/services")
+    backends = [
+        {"object": {"apiVersion": "v1", "kind": "Endpoints", "metadata": s["object"]["metadata"]}}
+        for s in services
+    ]
+    for item in c.client.request("GET", "/objects/policies") + services + backends:
         c.client.request(
             "POST",
             "/objects/delete",

@@ -14,6 +14,7 @@ from cilia.k8s import (
     rules_from_cnp,
     rules_from_network_policy,
 )
+from cilia.k8s.manifests import Endpoints, Service
 
 GOOD = """
 apiVersion: v1
@@ -267,3 +268,46 @@ def test_nothing_returned_when_any_document_is_bad() -> None:
         parse_manifests(text, "all.yaml")
     assert info.value.document == 5
     assert info.value.path == "spec.containers[0].ports[0].containerPort"
+
+
+def test_service_and_endpoints() -> None:
+    svc, ep = parse_manifests(
+        """
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: prod, labels: {tier: data}}
+spec: {ports: [{port: 5432, targetPort: 5432}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: db, namespace: prod}
+subsets:
+- addresses: [{ip: 198.51.100.7}, {ip: 198.51.100.8}, {ip: 198.51.100.7}]
+  ports: [{port: 5432}]
+""",
+        "svc.yaml",
+    )
+    assert isinstance(svc, Service) and svc.spec.selector is None
+    assert isinstance(ep, Endpoints) and ep.addresses == ["198.51.100.7", "198.51.100.8"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: e}\n"
+            "subsets: [{addresses: [{ip: 300.1.1.1}]}]\n",
+            "subsets[0].addresses[0].ip: invalid IP address '300.1.1.1'",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {ports: [{port: 0}]}\n",
+            "spec.ports[0].port: must be between 1 and 65535",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {clusterIPs: []}\n",
+            "spec.clusterIPs",
+        ),
+    ],
+)
+def test_service_errors(text: str, message: str) -> None:
+    assert message in error(text)

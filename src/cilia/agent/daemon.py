@@ -47,6 +47,7 @@ from cilia.labels import Label, Labels
 from cilia.policy import PolicyRepository, PolicyResolver, Rule
 from cilia.policy.chain import chain_local_ingress, has_egress_redirects
 from cilia.policy.cidr import rule_prefixes
+from cilia.policy.services import ServiceTranslator
 from cilia.runtime.processes import process_alive, stop_process
 
 log = logging.getLogger("cilia.agent")
@@ -90,6 +91,7 @@ class Agent:
         self.endpoints: dict[int, Endpoint] = {}
         self.ipam = Ipam(config.pod_cidr, {config.host_router_ip})
         self.cidr = CidrIdentities()
+        self._translate_services = ServiceTranslator()
         self.resolver: PolicyResolver | None = None
         """The resolver the datapath state was computed with (policy trace uses it)."""
         self.policy_updated: dict[str, tuple[int, float, str]] = {}
@@ -199,15 +201,16 @@ class Agent:
         When only rules changed (same identities), endpoints that no added or
         removed rule selects keep their policy and are not reprogrammed.
         """
-        self.cidr.sync(self.identities, rule_prefixes(self.repo.rules))
+        rules = self._policy_rules()
+        self.cidr.sync(self.identities, rule_prefixes(rules))
         identities = {**RESERVED_LABELS, **dict(self.identities.items())}
         old = self.resolver
         if not full and old is not None and old.cache.identities == identities:
-            resolver = old.updated(self.repo.rules)
+            resolver = old.updated(rules)
             changed: list[Rule] | None = old.changed_rules(resolver)
         else:
             resolver = PolicyResolver(
-                self.repo.rules,
+                rules,
                 identities,
                 host_allows_world=self.config.legacy_host_allows_world,
             )
@@ -260,6 +263,10 @@ class Agent:
             )
         self.realized_revision = self.repo.revision
         self.watcher.after_regenerate(self, reason)
+
+    def _policy_rules(self) -> list[Rule]:
+        """The repository's rules with `toServices` resolved against Services/Endpoints."""
+        return self._translate_services(self.repo.rules, self.objects.services())
 
     def _ipcache_desired(self) -> dict[str, int]:
         """Endpoints, CIDR prefixes and the router address (host); other node addresses
@@ -409,7 +416,7 @@ class Agent:
                 ep.ipv4,
                 ep.identity,
                 PolicyResolver(
-                    self.repo.rules,
+                    self._policy_rules(),
                     dict(self.identities.items()),
                     host_allows_world=self.config.legacy_host_allows_world,
                 ).resolve(labels),

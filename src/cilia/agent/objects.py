@@ -1,4 +1,4 @@
-"""The agent's store of applied objects (Namespaces, Pods, policies)."""
+"""The agent's store of applied objects (Namespaces, Pods, policies, Services, Endpoints)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,28 @@ from typing import Any, Literal
 from cilia.agent.pods import ContainerSpec, responder_argv
 from cilia.k8s.manifests import (
     CiliumNetworkPolicy,
+    Endpoints,
     Manifest,
     Namespace,
     NetworkPolicy,
     Pod,
+    Service,
     parse_manifest,
 )
+from cilia.policy.services import ServiceBackends
 
 Action = Literal["created", "configured", "unchanged"]
 
 # Namespaces first (pods need their labels), policies before pods (a new pod
 # is born under the policy applied with it), pods last.
-_APPLY_ORDER = {"Namespace": 0, "NetworkPolicy": 1, "CiliumNetworkPolicy": 1, "Pod": 2}
+_APPLY_ORDER = {
+    "Namespace": 0,
+    "NetworkPolicy": 1,
+    "CiliumNetworkPolicy": 1,
+    "Service": 1,
+    "Endpoints": 1,
+    "Pod": 2,
+}
 
 
 class ObjectConflict(ValueError):
@@ -146,4 +156,35 @@ class ObjectStore:
                 for o in self.of_kind("NetworkPolicy", "CiliumNetworkPolicy")
                 if isinstance(o, NetworkPolicy | CiliumNetworkPolicy)
             ]
-        raise ValueError(f"unknown kind {kind!r}: pods, namespaces or policies")
+        if kind == "services":
+            return [
+                {
+                    "namespace": o.namespace,
+                    "name": o.name,
+                    "selector": o.spec.selector,
+                    "backends": self.backends(o),
+                    "object": dump(o),
+                }
+                for o in self.of_kind("Service")
+                if isinstance(o, Service)
+            ]
+        raise ValueError(f"unknown kind {kind!r}: pods, namespaces, policies or services")
+
+    def backends(self, service: Service) -> list[str]:
+        """The addresses of the Endpoints object named like `service`."""
+        ep = self._objects.get(f"Endpoints/{service.namespace}/{service.name}")
+        return ep.addresses if isinstance(ep, Endpoints) else []
+
+    def services(self) -> list[ServiceBackends]:
+        """Every Service with its labels, whether it selects pods, and its backends."""
+        return [
+            ServiceBackends(
+                o.namespace,
+                o.name,
+                dict(o.metadata.labels),
+                o.spec.selector is not None,
+                tuple(self.backends(o)),
+            )
+            for o in self.of_kind("Service")
+            if isinstance(o, Service)
+        ]

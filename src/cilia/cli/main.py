@@ -282,21 +282,33 @@ def delete_pod(ref: str) -> None:
 @click.argument(
     "kind",
     type=click.Choice(
-        ["pods", "namespaces", "policies", "pod", "ns", "networkpolicies", "cnp", "netpol"]
+        [
+            "pods",
+            "namespaces",
+            "policies",
+            "services",
+            "pod",
+            "ns",
+            "networkpolicies",
+            "cnp",
+            "netpol",
+            "svc",
+        ]
     ),
 )
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Only this namespace.")
 @output_option()
 def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
-    """List pods, namespaces or policies; with NAME, -o json|yaml prints the object itself
-    (a CiliumNetworkPolicy with its per-node status)."""
+    """List pods, namespaces, policies or services; with NAME, -o json|yaml prints the
+    object itself (a CiliumNetworkPolicy with its per-node status)."""
     canonical = {
         "pod": "pods",
         "ns": "namespaces",
         "networkpolicies": "policies",
         "cnp": "policies",
         "netpol": "policies",
+        "svc": "services",
     }.get(kind, kind)
     items = call("GET", f"/objects/{canonical}")
     if namespace:
@@ -328,6 +340,19 @@ def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
         table(
             [(i["name"], ",".join(f"{k}={v}" for k, v in i["labels"].items())) for i in items],
             ["NAME", "LABELS"],
+        )
+    elif canonical == "services":
+        table(
+            [
+                (
+                    i["namespace"],
+                    i["name"],
+                    ",".join(f"{k}={v}" for k, v in (i["selector"] or {}).items()) or "<none>",
+                    ",".join(i["backends"]),
+                )
+                for i in items
+            ],
+            ["NAMESPACE", "NAME", "SELECTOR", "BACKENDS"],
         )
     else:
         table(

@@ -1,4 +1,5 @@
-"""Kubernetes-style manifests: Namespace, Pod, NetworkPolicy, CiliumNetworkPolicy.
+"""Kubernetes-style manifests: Namespace, Pod, NetworkPolicy, CiliumNetworkPolicy,
+Service and Endpoints.
 
 `parse_manifests` validates every document before returning anything, so a bad
 file is refused whole.
@@ -6,12 +7,13 @@ file is refused whole.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cilia.labels import Labels, LabelSelector, pod_labels, policy_labels
 from cilia.labels.syntax import dns_label_error, dns_subdomain_error, key_error, value_error
@@ -127,7 +129,13 @@ class Namespace(_Object):
         return ""
 
 
-Port = Annotated[int, Field(strict=True)]
+def _port_in_range(value: int) -> int:
+    if not 1 <= value <= 65535:
+        fail("must be between 1 and 65535")
+    return value
+
+
+Port = Annotated[int, Field(strict=True), AfterValidator(_port_in_range)]
 
 
 class ContainerPort(_Model):
@@ -136,13 +144,6 @@ class ContainerPort(_Model):
     containerPort: Port
     protocol: Literal["TCP", "UDP"] = "TCP"
     name: str | None = None
-
-    @field_validator("containerPort")
-    @classmethod
-    def _port(cls, value: int) -> int:
-        if not 1 <= value <= 65535:
-            fail("must be between 1 and 65535")
-        return value
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -329,13 +330,84 @@ class CiliumNetworkPolicy(_PolicyObject):
         return rules_from_cnp(self)
 
 
-Manifest = Namespace | Pod | NetworkPolicy | CiliumNetworkPolicy
+class ServicePort(_Model):
+    """A port of a Service (kept for `cilia get`; policy does not use it)."""
 
-KINDS: dict[str, tuple[str, type[Namespace | Pod | NetworkPolicy | CiliumNetworkPolicy]]] = {
+    name: str | None = None
+    port: Port
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    targetPort: int | str | None = None
+
+
+class ServiceSpec(_Model):
+    selector: dict[str, str] | None = None
+    ports: list[ServicePort] = Field(default_factory=list)
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
+    clusterIP: str | None = None
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else _check_labels(value)
+
+
+class Service(_Object):
+    """A Service. One without `selector` names backends of its own (an Endpoints object
+    of the same name): what CiliumNetworkPolicy `toServices` allows."""
+
+    apiVersion: Literal["v1"]
+    kind: Literal["Service"]
+    spec: ServiceSpec = Field(default_factory=ServiceSpec)
+
+
+class EndpointAddress(_Model):
+    ip: str
+    hostname: str | None = None
+    nodeName: str | None = None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            fail(f"invalid IP address {value!r}")
+        return value
+
+
+class EndpointPort(_Model):
+    name: str | None = None
+    port: Port
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class EndpointSubset(_Model):
+    addresses: list[EndpointAddress] = Field(default_factory=list)
+    ports: list[EndpointPort] = Field(default_factory=list)
+
+
+class Endpoints(_Object):
+    """The backend addresses of the Service with the same name."""
+
+    apiVersion: Literal["v1"]
+    kind: Literal["Endpoints"]
+    subsets: list[EndpointSubset] = Field(default_factory=list)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every backend address, in order, without repeats."""
+        return list(dict.fromkeys(a.ip for s in self.subsets for a in s.addresses))
+
+
+Manifest = Namespace | Pod | NetworkPolicy | CiliumNetworkPolicy | Service | Endpoints
+
+KINDS: dict[str, tuple[str, type[Manifest]]] = {
     "Namespace": ("v1", Namespace),
     "Pod": ("v1", Pod),
     "NetworkPolicy": ("networking.k8s.io/v1", NetworkPolicy),
     "CiliumNetworkPolicy": ("cilium.io/v2", CiliumNetworkPolicy),
+    "Service": ("v1", Service),
+    "Endpoints": ("v1", Endpoints),
 }
 
 

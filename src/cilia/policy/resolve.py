@@ -15,7 +15,8 @@ Semantics:
   nothing.
 - CIDR peers resolve to CIDR identities (see `cilia.policy.cidr`): a prefix allows
   the identities of itself and of every prefix inside it, minus those of its
-  `except` prefixes; `/0` also allows `world`. `toServices` adds no entries.
+  `except` prefixes; `/0` also allows `world`. `toServices` members arrive with the
+  backends of their services as `toCIDRSet` (see `cilia.policy.services`).
 - Ports: no `toPorts` means all ports (port 0, protocol ANY); a port rule without
   `ports` also means all ports; protocol ANY on a port expands into TCP and UDP.
   L7 rules allow their L4 part and add a `Redirect` for the port (TCP only):
