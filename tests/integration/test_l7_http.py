@@ -251,6 +251,7 @@ def test_node_traffic_to_an_l7_port_goes_through_the_proxy(cilia: Cilia) -> None
         assert http(c, "default/luke", "default/leia", requests) == [None] * 3, "L3 still applies"
         # The proxy device is kernel state like any other: a controller repairs it.
         device = proxy_device_name(c.config.name_prefix)
+        assert c.run("status", "-o", "json").json()["datapath"]["proxy-device"] == device
         subprocess.run(["ip", "link", "del", device], check=True)
         deadline = time.monotonic() + 30
         while http(c, "", "default/leia", requests[:1]) != [200]:

@@ -570,6 +570,7 @@ class Agent:
                         if ep.network
                         and self.datapath.is_attached(ep.ifname, ep.network.host_ifindex)
                     ),
+                    "proxy-device": self.datapath.proxy_ifname,
                     "pin-dir": str(self.config.bpf_dir),
                 },
                 "endpoints": len(self.endpoints),

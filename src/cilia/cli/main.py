@@ -193,7 +193,7 @@ def status(fmt: str, all_controllers: bool, all_redirects: bool, verbose: bool) 
     click.echo(f"Node:               {data['node']}")
     click.echo(
         f"Datapath:           {dp['mode']}, programs on {dp['programs-attached']} "
-        f"devices, pins in {dp['pin-dir']}"
+        f"devices (+ proxy device {dp['proxy-device'] or 'missing'}), pins in {dp['pin-dir']}"
     )
     click.echo(f"Endpoints:          {data['endpoints-ready']}/{data['endpoints']} ready")
     click.echo(f"Identities:         {data['identities']}")
