@@ -314,3 +314,24 @@ def test_validation_wording_and_nothing_applied(clean: Edge, tmp_path: Path) -> 
     assert "Combining FromEndpoints and FromCIDRSet is not supported yet" in res.stderr
     assert c.run("policy", "import", str(bad), check=False).code == 1
     assert c.run("policy", "get").json()["rules"] == []
+
+
+def test_allow_localhost_always(tmp_path: Path) -> None:
+    """`--allow-localhost=always` (CILIA_ALLOW_LOCALHOST): the node reaches pods whatever
+    the policy; other peers still need an allowance."""
+    for e in _edge(tmp_path, {"CILIA_ALLOW_LOCALHOST": "always"}):
+        e.cilia.apply(cnp("world-only", "[{fromEntities: [world]}]"))
+        assert e.reach("host") and e.reach("outside")
+        e.cilia.apply(cnp("world-only", "[{fromEndpoints: [{matchLabels: {app: none}}]}]"))
+        assert e.reach("host") and not e.reach("outside")
+        out = e.cilia.run(
+            "policy",
+            "trace",
+            "-s",
+            "reserved:host",
+            "--dst-k8s-pod",
+            "default:web",
+            "--dport",
+            "80",
+        ).stdout
+        assert "allow-localhost=always" in out and "Final verdict: ALLOWED" in out

@@ -238,3 +238,19 @@ def test_matching_expression_selectors_on_endpoint() -> None:
     )
     assert p.ingress_enforced
     assert PolicyEntry(IN, 0) not in p.entries
+
+
+def test_allow_localhost_adds_host_to_enforced_ingress_only() -> None:
+    rules = parse_rules(
+        [
+            {
+                "endpointSelector": WEB_SEL,
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}],
+            }
+        ]
+    )
+    on = PolicyResolver(rules, IDS, allow_localhost=True)
+    assert (IN, 1, 0, ANY) in entries(on.resolve(WEB))
+    assert (IN, 1, 0, ANY) not in entries(PolicyResolver(rules, IDS).resolve(WEB))
+    assert not on.resolve(CLIENT).entries, "not enforced: nothing to add"
+    assert (IN, 1, 0, ANY) in entries(on.updated(rules).resolve(WEB)), "kept by updated()"

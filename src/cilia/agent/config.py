@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,9 @@ class AgentConfig(BaseSettings):
     mtu: int = 1500
     legacy_host_allows_world: bool = Field(
         False, description="policies allowing host also allow world; node addresses are host"
+    )
+    allow_localhost: Literal["policy", "always"] = Field(
+        "policy", description="'always': the node may reach every local pod, whatever the policy"
     )
 
     @field_validator("pod_cidr")

@@ -213,6 +213,7 @@ class Agent:
                 rules,
                 identities,
                 host_allows_world=self.config.legacy_host_allows_world,
+                allow_localhost=self.config.allow_localhost == "always",
             )
             changed = None
         self.resolver = resolver
@@ -419,6 +420,7 @@ class Agent:
                     self._policy_rules(),
                     dict(self.identities.items()),
                     host_allows_world=self.config.legacy_host_allows_world,
+                    allow_localhost=self.config.allow_localhost == "always",
                 ).resolve(labels),
             )
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)

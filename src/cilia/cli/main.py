@@ -80,6 +80,7 @@ _AGENT_FLAGS = {
     "--pod-cidr": "pod_cidr",
     "--prometheus-serve-addr": "prometheus_serve_addr",
     "--legacy-host-allows-world": "legacy_host_allows_world",
+    "--allow-localhost": "allow_localhost",
 }
 
 
@@ -94,6 +95,12 @@ def agent_options(fn: F) -> F:
         "--legacy-host-allows-world",
         type=click.Choice(["true", "false"]),
         help="Policies allowing host also allow world (the 1.0 behaviour).",
+    )(fn)
+    fn = click.option(
+        "--allow-localhost",
+        type=click.Choice(["policy", "always"]),
+        help="'always': the node reaches every local pod whatever the policy (like"
+        " Cilium's --allow-localhost=always, for kubelet-style health checks); default policy.",
     )(fn)
     return fn
 

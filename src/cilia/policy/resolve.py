@@ -27,6 +27,8 @@ Semantics:
   expanded into the identities that match them.
 - With `host_allows_world` (the agent's legacy option) every allowance of `host`
   also allows `world`.
+- With `allow_localhost` (the agent's `allow-localhost=always`) `host` may reach
+  every port of an ingress-enforced endpoint, whatever the rules say.
 """
 
 from __future__ import annotations
@@ -272,8 +274,10 @@ class PolicyResolver:
         identities: Mapping[int, Labels] | SelectorCache,
         _compiled: Mapping[int, tuple[Rule, CompiledRule]] | None = None,
         host_allows_world: bool = False,
+        allow_localhost: bool = False,
     ) -> None:
         self.host_allows_world = host_allows_world
+        self.allow_localhost = allow_localhost
         self.cache = (
             identities if isinstance(identities, SelectorCache) else SelectorCache(identities)
         )
@@ -299,7 +303,9 @@ class PolicyResolver:
 
     def updated(self, rules: Sequence[Rule]) -> PolicyResolver:
         """A resolver for a new rule set, reusing the compilation of unchanged rule objects."""
-        return PolicyResolver(rules, self.cache, self._compiled, self.host_allows_world)
+        return PolicyResolver(
+            rules, self.cache, self._compiled, self.host_allows_world, self.allow_localhost
+        )
 
     def changed_rules(self, other: PolicyResolver) -> list[Rule]:
         """Rules present in only one of the two resolvers (compared by object)."""
@@ -347,6 +353,8 @@ class PolicyResolver:
                 for e in entries
                 if e.identity == HOST
             }
+        if self.allow_localhost and in_on:
+            entries.add(PolicyEntry(Direction.INGRESS, HOST))
         return EndpointPolicy(in_on, out_on, frozenset(entries), frozenset(redirects))
 
 

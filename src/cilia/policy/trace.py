@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cilia.identity import HOST
 from cilia.labels import Labels, LabelSelector
 from cilia.policy.api import EgressRule, IngressRule, Rule
 from cilia.policy.desired import ALL_PORTS, Direction, EndpointPolicy, Protocol
@@ -161,6 +162,9 @@ def trace(
             f"{word} policy of {subject.name}: {'enforced' if enforced else 'not enforced'}"
         )
         lines += _explain_direction(resolver, direction, subject, peer, port, proto, verbose)
+        localhost = resolver.allow_localhost and peer.identity == HOST
+        if direction is Direction.INGRESS and enforced and localhost:
+            lines.append("  allow-localhost=always: the node may reach every local endpoint")
         ok = state.allows(direction, peer.identity, lookup_port, lookup_proto)
         if direction is Direction.EGRESS:
             result.egress_allowed = ok
