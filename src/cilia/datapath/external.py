@@ -14,6 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from cilia.datapath.netns import create_netns, delete_netns, netns_path
+from cilia.datapath.pod_network import set_interface_sysctl
 
 
 def _ip(*args: str) -> None:
@@ -52,8 +53,7 @@ class Outside:
             )
             _ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_ifname)
             _ip("link", "set", self.host_ifname, "up")
-            with open(f"/proc/sys/net/ipv4/conf/{self.host_ifname}/forwarding", "w") as f:
-                f.write("1")
+            set_interface_sysctl(self.host_ifname, "forwarding", "1")
             _ip("-n", self.netns, "addr", "add", f"{self.outside_ip}/30", "dev", "eth0")
             _ip("-n", self.netns, "link", "set", "eth0", "up")
             _ip("-n", self.netns, "link", "set", "lo", "up")

@@ -123,7 +123,9 @@ def _validate(host_ifname: str, ipv4: str, mtu: int) -> None:
         raise ValueError(f"invalid MTU {mtu}")
 
 
-def _write_sysctl(path: str, value: str) -> None:
+def set_interface_sysctl(ifname: str, key: str, value: str) -> None:
+    """Set net.ipv4.conf.<ifname>.<key> (written only when it differs)."""
+    path = f"/proc/sys/net/ipv4/conf/{ifname}/{key}"
     with open(path) as f:
         if f.read().strip() == value:
             return
@@ -266,7 +268,7 @@ def ensure_pod_network(
             hidx = hlink["index"]
             host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
             _ensure_mtu_up(host, hlink, mtu)
-            _write_sysctl(f"/proc/sys/net/ipv4/conf/{host_ifname}/forwarding", "1")
+            set_interface_sysctl(host_ifname, "forwarding", "1")
             _ensure_pod_side(pod, plink, ipv4, host_mac, mtu)
             if _ensure_route(host, ipv4, hidx, src=route_src):
                 undo.append(lambda: _delete_route(ipv4, hidx))

@@ -16,15 +16,12 @@ import hashlib
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cilia.datapath.pod_network import set_interface_sysctl
+
 
 def proxy_device_name(name_prefix: str) -> str:
     """The device of the agent with `name_prefix`: 'cpx' + 12 hex digits (15 chars)."""
     return "cpx" + hashlib.sha1(name_prefix.encode()).hexdigest()[:12]
-
-
-def _write_sysctl(ifname: str, key: str, value: str) -> None:
-    with open(f"/proc/sys/net/ipv4/conf/{ifname}/{key}", "w") as f:
-        f.write(value)
 
 
 def ensure_proxy_device(ifname: str) -> int:
@@ -36,8 +33,8 @@ def ensure_proxy_device(ifname: str) -> int:
         for name in (peer, ifname):
             ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
         index = int(ipr.link_lookup(ifname=ifname)[0])
-    _write_sysctl(ifname, "accept_local", "1")
-    _write_sysctl(ifname, "rp_filter", "0")
+    set_interface_sysctl(ifname, "accept_local", "1")
+    set_interface_sysctl(ifname, "rp_filter", "0")
     return index
 
 
