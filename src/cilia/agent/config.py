@@ -7,8 +7,12 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+KVSTORE_OPTIONS = {"etcd.address"}
+"""Keys `--kvstore-opt` accepts."""
 
 
 class AgentConfig(BaseSettings):
@@ -41,6 +45,25 @@ class AgentConfig(BaseSettings):
     allow_localhost: Literal["policy", "always"] = Field(
         "policy", description="'always': the node may reach every local pod, whatever the policy"
     )
+    kvstore: Literal["", "etcd"] = Field(
+        "", description="'etcd': cluster mode, state shared through etcd; empty: one node alone"
+    )
+    kvstore_opt: dict[str, str] = Field(
+        default_factory=dict, description="kvstore options, e.g. etcd.address=URL[,URL...]"
+    )
+    underlay_device: str = Field(
+        "", description="device whose IPv4 address is this node's tunnel endpoint"
+    )
+    cluster_pod_cidr: str = Field(
+        "10.208.0.0/12", description="cluster range the nodes' pod ranges are carved from"
+    )
+    node_pod_cidr_prefix: int = Field(24, ge=8, le=28, description="size of each node's range")
+    lease_ttl: int = Field(900, ge=2, description="seconds the node's etcd lease lives")
+    lease_keepalive: float = Field(300.0, gt=0, description="seconds between lease refreshes")
+    identity_gc_interval: float = Field(
+        600.0, gt=0, description="seconds between collections of unused cluster identities"
+    )
+    vxlan_port: int = Field(8472, ge=1, le=65535, description="UDP port of the VXLAN overlay")
 
     @field_validator("pod_cidr")
     @classmethod
@@ -49,6 +72,38 @@ class AgentConfig(BaseSettings):
         if net.prefixlen > 28:
             raise ValueError("pod range must hold at least 16 addresses (/28 or wider)")
         return str(net)
+
+    @field_validator("cluster_pod_cidr")
+    @classmethod
+    def _valid_cluster_cidr(cls, value: str) -> str:
+        return str(ipaddress.IPv4Network(value, strict=True))
+
+    @field_validator("kvstore_opt")
+    @classmethod
+    def _valid_kvstore_opt(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - KVSTORE_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown kvstore option(s) {sorted(unknown)}: use {KVSTORE_OPTIONS}")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_endpoints(self) -> AgentConfig:
+        if self.kvstore == "etcd" and not self.etcd_endpoints:
+            raise ValueError("--kvstore etcd needs --kvstore-opt etcd.address=URL[,URL...]")
+        if self.kvstore == "etcd" and self.lease_keepalive >= self.lease_ttl:
+            raise ValueError("lease_keepalive must be shorter than lease_ttl")
+        return self
+
+    @property
+    def cluster_mode(self) -> bool:
+        """True when the agent shares state with other nodes through a kvstore."""
+        return self.kvstore == "etcd"
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        """The etcd client URLs of `etcd.address` (comma-separated)."""
+        raw = self.kvstore_opt.get("etcd.address", "")
+        return [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
 
     @field_validator("name_prefix")
     @classmethod

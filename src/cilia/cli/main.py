@@ -81,6 +81,14 @@ _AGENT_FLAGS = {
     "--prometheus-serve-addr": "prometheus_serve_addr",
     "--legacy-host-allows-world": "legacy_host_allows_world",
     "--allow-localhost": "allow_localhost",
+    "--kvstore": "kvstore",
+    "--node-name": "node_name",
+    "--underlay-device": "underlay_device",
+    "--cluster-pod-cidr": "cluster_pod_cidr",
+    "--lease-ttl": "lease_ttl",
+    "--lease-keepalive": "lease_keepalive",
+    "--identity-gc-interval": "identity_gc_interval",
+    "--mtu": "mtu",
 }
 
 
@@ -102,11 +110,54 @@ def agent_options(fn: F) -> F:
         help="'always': the node reaches every local pod whatever the policy (like"
         " Cilium's --allow-localhost=always, for kubelet-style health checks); default policy.",
     )(fn)
+    fn = click.option(
+        "--kvstore",
+        type=click.Choice(["etcd"]),
+        help="Cluster mode: share identities, nodes, ipcache and objects through etcd.",
+    )(fn)
+    fn = click.option(
+        "--kvstore-opt",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="kvstore option (repeatable): etcd.address=URL[,URL...].",
+    )(fn)
+    fn = click.option("--node-name", help="This node's name in the cluster (default: hostname).")(
+        fn
+    )
+    fn = click.option(
+        "--underlay-device", help="Device whose IPv4 address is this node's tunnel endpoint."
+    )(fn)
+    fn = click.option(
+        "--cluster-pod-cidr", help="Range the nodes' pod ranges are carved from (cluster mode)."
+    )(fn)
+    fn = click.option("--lease-ttl", help="Seconds the node's etcd lease lives (default 900).")(fn)
+    fn = click.option("--lease-keepalive", help="Seconds between lease refreshes (default 300).")(
+        fn
+    )
+    fn = click.option(
+        "--identity-gc-interval", help="Seconds between unused-identity collections (default 600)."
+    )(fn)
+    fn = click.option("--mtu", help="MTU of pod devices (default 1500).")(fn)
     return fn
 
 
-def _overrides(values: dict[str, str | None]) -> dict[str, str]:
-    return {field: v for field in _AGENT_FLAGS.values() if (v := values.get(field)) is not None}
+def _overrides(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        field: v for field in _AGENT_FLAGS.values() if (v := values.get(field)) is not None
+    }
+    if values.get("kvstore_opt"):
+        out["kvstore_opt"] = _kvstore_opts(values["kvstore_opt"])
+    return out
+
+
+def _kvstore_opts(pairs: tuple[str, ...]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--kvstore-opt")
+        opts[key.strip()] = value.strip()
+    return opts
 
 
 @main.command()
@@ -117,12 +168,12 @@ def _overrides(values: dict[str, str | None]) -> dict[str, str]:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def agent(log_level: str, **flags: str | None) -> None:
+def agent(log_level: str, **flags: Any) -> None:
     """Run the agent in the foreground."""
     from cilia.agent.server import run_agent
 
     try:
-        config = AgentConfig(**_overrides(flags))  # type: ignore[arg-type]
+        config = AgentConfig(**_overrides(flags))
     except ValueError as exc:
         fail(f"invalid agent configuration: {exc}")
     run_agent(config, log_level)
@@ -131,7 +182,7 @@ def agent(log_level: str, **flags: str | None) -> None:
 @main.command()
 @agent_options
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for health.")
-def up(timeout: float, **flags: str | None) -> None:
+def up(timeout: float, **flags: Any) -> None:
     """Start the agent in the background and wait until it is healthy."""
     from cilia.agent.cleanup import read_pid
 
@@ -145,6 +196,8 @@ def up(timeout: float, **flags: str | None) -> None:
     for flag, field in _AGENT_FLAGS.items():
         if flags.get(field) is not None:
             argv += [flag, str(flags[field])]
+    for opt in flags.get("kvstore_opt") or ():
+        argv += ["--kvstore-opt", opt]
     with open(cfg.log_file, "ab") as logf:
         proc = subprocess.Popen(
             argv,

@@ -1,0 +1,151 @@
+"""An etcd server (Debian's `etcd-server`) with a private data directory, stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ETCD_BINARY = "etcd"
+
+
+class EtcdError(RuntimeError):
+    """etcd could not be started or did not become healthy."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class EtcdServer:
+    """One single-member etcd: client URLs on the given hosts, data under `directory`.
+
+    `start()` is idempotent (a running server from the pid file is kept), `stop()` stops
+    it by pid and keeps the data (so a restart finds it), `remove()` also deletes it.
+    """
+
+    directory: Path
+    client_port: int
+    peer_port: int
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    name: str = "cilia-etcd"
+    extra_args: tuple[str, ...] = ()
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "etcd.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "etcd.log"
+
+    @property
+    def client_urls(self) -> list[str]:
+        """One URL per listening host, the first being the one to prefer."""
+        return [f"http://{h}:{self.client_port}" for h in self.hosts]
+
+    @property
+    def url(self) -> str:
+        return self.client_urls[0]
+
+    def pid(self) -> int | None:
+        """PID of the running server (from the pid file), or None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start (unless already running) and wait until healthy; returns the first URL."""
+        if shutil.which(ETCD_BINARY) is None:
+            raise EtcdError("etcd is not installed (apt-get install etcd-server)")
+        if self.pid() is None:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            peer = f"http://127.0.0.1:{self.peer_port}"
+            argv = [
+                ETCD_BINARY,
+                "--name",
+                self.name,
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                ",".join(self.client_urls),
+                "--advertise-client-urls",
+                ",".join(self.client_urls),
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"{self.name}={peer}",
+                "--log-level",
+                "warn",
+                *self.extra_args,
+            ]
+            with open(self.log_file, "ab") as log:
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            self.pid_file.write_text(f"{self._proc.pid}\n")
+        self.wait_healthy(timeout)
+        return self.url
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Wait for /health to answer true."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise EtcdError(f"etcd exited with {self._proc.returncode}; see {self.log_file}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).json().get("health") == "true":
+                    return
+            except (httpx.HTTPError, ValueError) as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise EtcdError(f"etcd at {self.url} not healthy after {timeout:.0f}s ({last})")
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the server by pid (TERM, then KILL); True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            if self._proc is not None:
+                self._proc.poll()
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait(timeout=timeout)
+            self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def remove(self) -> None:
+        """Stop and delete the data directory, pid file and log."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
