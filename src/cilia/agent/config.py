@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
 
