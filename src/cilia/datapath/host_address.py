@@ -34,3 +34,14 @@ def remove_host_address(ipv4: str) -> bool:
                 return False
             raise
     return True
+
+
+def device_ipv4(ifname: str) -> str:
+    """The first IPv4 address of a device (the node's tunnel endpoint on its underlay)."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)
+        if not index:
+            raise ValueError(f"underlay device {ifname!r} does not exist")
+        for addr in ipr.get_addr(family=2, index=index[0]):
+            return str(addr.get_attr("IFA_ADDRESS"))
+    raise ValueError(f"underlay device {ifname!r} has no IPv4 address")

@@ -176,6 +176,9 @@ class PodSpec(_Model):
 
     containers: list[Container] = Field(min_length=1)
     serviceAccountName: str | None = None
+    nodeName: str | None = Field(
+        None, description="the node the pod runs on (cluster mode); unset: the scheduler picks"
+    )
 
     @field_validator("containers")
     @classmethod
