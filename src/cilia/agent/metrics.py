@@ -78,6 +78,12 @@ class AgentMetrics:
             "Errors of datapath operations (map writes, attach, event reading)",
             registry=self.registry,
         )
+        self.kvstore_operations = Counter(
+            "cilia_kvstore_operations_total",
+            "Operations on the kvstore by action and outcome (success, fail, unavailable)",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
         self.l7 = L7Counters(self.registry)
         self.registry.register(_AgentCollector(agent, self))
         self._server: WSGIServer | None = None
@@ -97,6 +103,10 @@ class AgentMetrics:
         fwd = sum(p for (r, _), (p, _) in counters.items() if r == 0)
         self.totals = {"forwarded": fwd, "dropped": sum(p for p, _ in counters.values()) - fwd}
         return f"{fwd} packets forwarded, {self.totals['dropped']} dropped"
+
+    def kvstore_operation(self, action: str, outcome: str) -> None:
+        """Count one kvstore operation (the etcd client reports each)."""
+        self.kvstore_operations.labels(action=action, outcome=outcome).inc()
 
     def serve(self, address: str) -> str:
         """Serve /metrics on HOST:PORT (port 0 picks a free one); returns the bound address."""

@@ -100,6 +100,10 @@ class ObjectStore:
         """An object by key."""
         return self._objects.get(key)
 
+    def keys(self) -> set[str]:
+        """Keys of every stored object."""
+        return set(self._objects)
+
     def pod(self, namespace: str, name: str) -> Pod | None:
         """A pod by namespace and name."""
         obj = self._objects.get(f"Pod/{namespace}/{name}")
