@@ -1,0 +1,40 @@
+"""Cluster state shared through etcd: the client, the node's lease, and what the nodes
+publish (identities, nodes, ipcache, objects)."""
+
+from cilia.kvstore.client import (
+    Compare,
+    Count,
+    Delete,
+    Etcd,
+    Get,
+    KeyValue,
+    KvstoreError,
+    KvstoreUnavailable,
+    LeaseNotFound,
+    Put,
+    Reflector,
+    TxnResult,
+    Watch,
+    WatchEvent,
+    prefix_end,
+)
+from cilia.kvstore.session import NodeSession
+
+__all__ = [
+    "Compare",
+    "Count",
+    "Delete",
+    "Etcd",
+    "Get",
+    "KeyValue",
+    "KvstoreError",
+    "KvstoreUnavailable",
+    "LeaseNotFound",
+    "NodeSession",
+    "Put",
+    "Reflector",
+    "TxnResult",
+    "Watch",
+    "WatchEvent",
+    "prefix_end",
+]
