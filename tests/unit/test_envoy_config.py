@@ -54,3 +54,20 @@ def test_listener_does_not_depend_on_rules(tmp_path: Path) -> None:
     assert cfg.route(a, {}) != cfg.route(b, {"1.2.3.4/32": 301})
     assert cfg.listener(s, a)["transparent"] is True
     assert [c["name"] for c in cfg.clusters(s, [a])] == [cfg.ORIGINAL_DST_CLUSTER]
+
+
+def test_egress_upstreams_carry_the_source_identity(tmp_path: Path) -> None:
+    s = cfg.Settings(tmp_path, upstream_mark=0xB00)
+    egress = cfg.HttpListener("e", 1000, Direction.EGRESS, (L7Allow(0),), source_identity=300)
+    ingress = cfg.HttpListener("i", 1001, Direction.INGRESS, (L7Allow(0),))
+    clusters = {c["name"]: c for c in cfg.clusters(s, [egress, ingress])}
+    assert set(clusters) == {cfg.ORIGINAL_DST_CLUSTER, f"{cfg.ORIGINAL_DST_CLUSTER}-300"}
+
+    def mark(name: str) -> int:
+        options = clusters[name]["upstream_bind_config"]["socket_options"]
+        return int(options[0]["int_value"])
+
+    assert mark(f"{cfg.ORIGINAL_DST_CLUSTER}-300") == 0xB00 | (300 << 16)
+    assert mark(cfg.ORIGINAL_DST_CLUSTER) == 0xB00  # ingress: authorized at the source
+    route = cfg.route(egress, {})["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["cluster"] == f"{cfg.ORIGINAL_DST_CLUSTER}-300"

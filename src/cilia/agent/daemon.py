@@ -242,7 +242,7 @@ class Agent:
                 redirects=chain_local_ingress(policy.redirects, ep.identity, local, ingress_of),
             )
             try:
-                proxy_ports = self.l7.update(ep.id, ep.policy.redirects)
+                proxy_ports = self.l7.update(ep.id, ep.policy.redirects, ep.identity)
                 added, removed = self.datapath.program_endpoint(
                     ep.network.host_ifindex,
                     ep.id,

@@ -41,8 +41,11 @@ class L7Gateway:
         self.manager: ProxyManager | None = None
         self._with_redirects: set[int] = set()
 
-    def update(self, endpoint_id: int, redirects: frozenset[Redirect]) -> dict[Redirect, int]:
-        """Make the proxies serve exactly `redirects` for an endpoint; their proxy ports."""
+    def update(
+        self, endpoint_id: int, redirects: frozenset[Redirect], identity: int = 0
+    ) -> dict[Redirect, int]:
+        """Make the proxies serve exactly `redirects` for an endpoint (whose identity egress
+        upstreams carry); their proxy ports."""
         if not redirects and endpoint_id not in self._with_redirects:
             return {}
         if self.manager is None:
@@ -50,12 +53,13 @@ class L7Gateway:
             self.manager = ProxyManager(
                 self.directory,
                 self.ipcache,
-                # Identity 0 in the mark: the datapath already authorized the flow.
-                upstream_mark=lambda _identity: MARK_MAGIC_FROM_PROXY,
+                # Identity 0 in the mark: the datapath already authorized the flow
+                # (ingress); egress upstreams carry the source endpoint's identity.
+                upstream_mark=lambda identity: MARK_MAGIC_FROM_PROXY | (identity << 16),
                 on_request=self._on_request,
             )
             self.manager.start()
-        ports = self.manager.update(endpoint_id, redirects)
+        ports = self.manager.update(endpoint_id, redirects, identity)
         if redirects:
             self._with_redirects.add(endpoint_id)
         else:

@@ -107,6 +107,8 @@ class ProxyManager:
         self._redirects: dict[Key, tuple[Redirect, int]] = {}
         self._kafka: dict[Key, KafkaProxy] = {}
         self._removed_http: set[Key] = set()
+        self._identities: dict[int, int] = {}
+        """Endpoint id -> its identity (the source identity of its egress upstreams)."""
         self._envoy_started = False
         self._next_port = port_range[0]
 
@@ -130,14 +132,24 @@ class ProxyManager:
                 self._envoy_started = False
             self._redirects.clear()
 
-    def update(self, endpoint_id: int, redirects: Iterable[Redirect]) -> dict[Redirect, int]:
+    def update(
+        self, endpoint_id: int, redirects: Iterable[Redirect], identity: int = 0
+    ) -> dict[Redirect, int]:
         """Make the endpoint's redirects exactly `redirects`; returns each one's proxy port.
+
+        `identity` is the endpoint's: egress proxies put it in their upstream mark, so
+        a destination on another node sees who really asked (tunnel VNI).
 
         Raises EnvoyConfigError if Envoy refuses the HTTP part (the previous
         HTTP configuration keeps serving; Kafka changes are applied).
         """
         wanted = {(endpoint_id, r.direction, r.port): r for r in redirects}
         with self._lock:
+            identity_changed = self._identities.get(endpoint_id, 0) != identity
+            if wanted:
+                self._identities[endpoint_id] = identity
+            else:
+                self._identities.pop(endpoint_id, None)
             for key in [k for k in self._redirects if k[0] == endpoint_id and k not in wanted]:
                 self._drop(key)
             result: dict[Redirect, int] = {}
@@ -149,8 +161,12 @@ class ProxyManager:
                     old = None
                 port = old[1] if old is not None else self._allocate()
                 if redirect.parser == "kafka":
+                    if identity_changed and key in self._kafka:
+                        self._loop.call(self._kafka.pop(key).stop())
                     self._kafka_update(key, redirect, port)
-                http_changed |= redirect.parser == "http" and (old is None or old[0] != redirect)
+                http_changed |= redirect.parser == "http" and (
+                    old is None or old[0] != redirect or identity_changed
+                )
                 self._redirects[key] = (redirect, port)
                 result[redirect] = port
             http_changed |= bool(self._removed_http)
@@ -210,11 +226,25 @@ class ProxyManager:
             direction=key[1],
             upstream=self.upstream(key[0], redirect) if self.upstream else None,
             on_request=self.on_request,
-            upstream_mark=self.upstream_mark,
+            upstream_mark=self._mark_of(key),
             keepalive=self.keepalive,
         )
         self._loop.call(proxy.start())
         self._kafka[key] = proxy
+
+    def _mark_of(self, key: Key) -> Callable[[int], int] | None:
+        """The upstream mark of a proxy: egress carries the endpoint's identity, ingress
+        the peer's (Kafka) or none (0: the datapath authorized the flow at its source)."""
+        if self.upstream_mark is None:
+            return None
+        mark = self.upstream_mark
+        if key[1] is Direction.EGRESS:
+            identity = self._identities.get(key[0], 0)
+            return lambda _peer: mark(identity)
+        return lambda _peer: mark(0)
+
+    def _source_identity(self, key: Key) -> int:
+        return self._identities.get(key[0], 0) if key[1] is Direction.EGRESS else 0
 
     def _apply_http(self) -> None:
         listeners = [
@@ -224,6 +254,7 @@ class ProxyManager:
                 d,
                 r.allows,
                 self.upstream(ep, r) if self.upstream else None,
+                self._source_identity((ep, d, port)),
             )
             for (ep, d, port), (r, proxy_port) in sorted(self._redirects.items())
             if r.parser == "http"

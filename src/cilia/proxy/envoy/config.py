@@ -40,6 +40,8 @@ class HttpListener:
     allows: tuple[L7Allow, ...]
     upstream: tuple[str, int] | None = None
     """None: the original destination (transparent mode); else a fixed upstream (plain mode)."""
+    source_identity: int = 0
+    """Egress: the endpoint's identity, carried in the upstream mark (0: none)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class Settings:
     keepalive: KeepAlive = field(default_factory=KeepAlive)
     connect_timeout_s: int = 5
     upstream_mark: int = 0
-    """SO_MARK of upstream connections (0: none): tells the datapath the proxy relays."""
+    """SO_MARK of upstream connections (0: none): tells the datapath the proxy relays.
+    A listener's source identity goes in bits 16-31 (its own original-dst cluster)."""
 
     @property
     def admin_socket(self) -> Path:
@@ -95,7 +98,11 @@ def _keepalive_options(ka: KeepAlive) -> list[Json]:
 
 
 def _upstream_cluster(lst: HttpListener) -> str:
-    return ORIGINAL_DST_CLUSTER if lst.upstream is None else f"{lst.name}-upstream"
+    if lst.upstream is not None:
+        return f"{lst.name}-upstream"
+    if lst.source_identity:
+        return f"{ORIGINAL_DST_CLUSTER}-{lst.source_identity}"
+    return ORIGINAL_DST_CLUSTER
 
 
 def listener(s: Settings, lst: HttpListener) -> Json:
@@ -252,25 +259,32 @@ def clusters(s: Settings, listeners: Iterable[HttpListener]) -> list[Json]:
         "connect_timeout": f"{s.connect_timeout_s}s",
         "upstream_connection_options": tcp_keepalive,
     }
-    original_dst: Json = {
-        **common,
-        "name": ORIGINAL_DST_CLUSTER,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "original_dst_lb_config": {
-            "use_http_header": True,
-            "http_header_name": ORIGINAL_DST_HEADER,
-        },
-    }
-    if s.upstream_mark:
-        original_dst["upstream_bind_config"] = {
-            "source_address": {"address": "0.0.0.0", "port_value": 0},
-            "socket_options": [
-                {"level": 1, "name": 36, "int_value": s.upstream_mark, "state": "STATE_PREBIND"}
-            ],  # SOL_SOCKET, SO_MARK
+
+    def original_dst(identity: int) -> Json:
+        cluster: Json = {
+            **common,
+            "name": f"{ORIGINAL_DST_CLUSTER}-{identity}" if identity else ORIGINAL_DST_CLUSTER,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "original_dst_lb_config": {
+                "use_http_header": True,
+                "http_header_name": ORIGINAL_DST_HEADER,
+            },
         }
-    out: list[Json] = [original_dst]
-    for lst in listeners:
+        if s.upstream_mark:
+            mark = s.upstream_mark | (identity << 16)
+            cluster["upstream_bind_config"] = {
+                "source_address": {"address": "0.0.0.0", "port_value": 0},
+                "socket_options": [
+                    {"level": 1, "name": 36, "int_value": mark, "state": "STATE_PREBIND"}
+                ],  # SOL_SOCKET, SO_MARK
+            }
+        return cluster
+
+    lsts = list(listeners)
+    identities = sorted({lst.source_identity for lst in lsts if lst.upstream is None} - {0})
+    out: list[Json] = [original_dst(0), *(original_dst(i) for i in identities)]
+    for lst in lsts:
         if lst.upstream is None:
             continue
         host, port = lst.upstream
