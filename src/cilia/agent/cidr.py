@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cilia.identity import IdentityAllocator
-from cilia.labels import SOURCE_CIDR
+from cilia.identity import IdentitySource
+from cilia.labels import SOURCE_CIDR, Labels
 from cilia.policy.cidr import cidr_labels, is_cidr_identity
 
 
@@ -15,10 +15,10 @@ class CidrIdentities:
     def __init__(self) -> None:
         self.by_prefix: dict[str, int] = {}
 
-    def restore(self, allocator: IdentityAllocator) -> None:
-        """Take over the CIDR identities of a restored allocator."""
+    def restore(self, held: Iterable[tuple[int, Labels]]) -> None:
+        """Take over the CIDR identities among those this node held before a restart."""
         self.by_prefix = {}
-        for ident, labels in allocator.items():
+        for ident, labels in held:
             if is_cidr_identity(labels):
                 longest = max(
                     (lb.key for lb in labels if lb.source == SOURCE_CIDR),
@@ -26,7 +26,7 @@ class CidrIdentities:
                 )
                 self.by_prefix[longest] = ident
 
-    def sync(self, allocator: IdentityAllocator, prefixes: Iterable[str]) -> bool:
+    def sync(self, allocator: IdentitySource, prefixes: Iterable[str]) -> bool:
         """Allocate identities of new prefixes, release gone ones; True when any changed."""
         wanted = set(prefixes)
         new = wanted - self.by_prefix.keys()

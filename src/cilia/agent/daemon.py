@@ -41,7 +41,7 @@ from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
 from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
 from cilia.datapath.proxy_device import proxy_device_name
-from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator
+from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator, IdentitySource
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
 from cilia.labels import Label, Labels
 from cilia.policy import PolicyRepository, PolicyResolver, Rule
@@ -85,7 +85,7 @@ class Agent:
             ct_max_entries=config.ct_max_entries,
         )
         self.datapath.trace_all = config.trace_notification
-        self.identities = IdentityAllocator()
+        self.identities: IdentitySource = IdentityAllocator()
         self.repo = PolicyRepository()
         self.objects = ObjectStore()
         self.endpoints: dict[int, Endpoint] = {}
@@ -164,7 +164,7 @@ class Agent:
         if state.get("version") != STATE_VERSION:
             raise AgentError(f"state file {self.config.state_file} has an unknown version")
         self.identities = IdentityAllocator.restore(state["identities"])
-        self.cidr.restore(self.identities)
+        self.cidr.restore(self.identities.items())
         self.repo = PolicyRepository.from_json(state["policy"])
         self.objects = ObjectStore.from_state(state["objects"])
         for raw in state["endpoints"]:

@@ -15,6 +15,7 @@ from cilia.identity.reserved import (
     is_reserved,
     reserved_identity,
 )
+from cilia.identity.source import IdentitySource
 
 __all__ = [
     "CLUSTER",
@@ -29,6 +30,7 @@ __all__ = [
     "WORLD",
     "IdentityAllocator",
     "IdentityExhaustedError",
+    "IdentitySource",
     "is_reserved",
     "reserved_identity",
 ]
