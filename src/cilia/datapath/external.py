@@ -4,16 +4,20 @@ The namespace gets `outside_ip/30` on `eth0`, a default route via the host side
 (`host_ip/30` on `host_ifname`, with forwarding on), so pods reach it through the
 host and it reaches pods through the host. Optionally its traffic to a range is
 SNATed to the host side address on the way in (as a node masquerading outside
-traffic would), with an iptables rule carrying `comment`.
+traffic would), with an iptables rule carrying `comment`. With `router_netns` the
+host side lives in that namespace (a node of a cluster on one machine) instead of
+the caller's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 
-from cilia.datapath.netns import create_netns, delete_netns, netns_path
+from cilia.datapath.netns import create_netns, delete_netns, netns_path, setns
 from cilia.datapath.pod_network import set_interface_sysctl
 
 
@@ -29,31 +33,47 @@ class Outside:
     host_ifname: str
     host_ip: str
     outside_ip: str
+    router_netns: str | None = None
 
     @property
     def path(self) -> str:
         """Path of the namespace (for probes and processes inside it)."""
         return netns_path(self.netns)
 
+    def _host(self, *args: str) -> list[str]:
+        """An `ip` command line for the host side's namespace."""
+        return ["-n", self.router_netns, *args] if self.router_netns else list(args)
+
+    @contextlib.contextmanager
+    def _in_router(self) -> Iterator[None]:
+        if self.router_netns is None:
+            yield
+            return
+        with setns(netns_path(self.router_netns)):
+            yield
+
     def create(self) -> None:
         """Create the namespace, the veth pair, addresses and routes (removed on failure)."""
         try:
             create_netns(self.netns)
             _ip(
-                "link",
-                "add",
-                self.host_ifname,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                self.netns,
+                *self._host(
+                    "link",
+                    "add",
+                    self.host_ifname,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    self.netns,
+                )
             )
-            _ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_ifname)
-            _ip("link", "set", self.host_ifname, "up")
-            set_interface_sysctl(self.host_ifname, "forwarding", "1")
+            _ip(*self._host("addr", "add", f"{self.host_ip}/30", "dev", self.host_ifname))
+            _ip(*self._host("link", "set", self.host_ifname, "up"))
+            with self._in_router():
+                set_interface_sysctl(self.host_ifname, "forwarding", "1")
             _ip("-n", self.netns, "addr", "add", f"{self.outside_ip}/30", "dev", "eth0")
             _ip("-n", self.netns, "link", "set", "eth0", "up")
             _ip("-n", self.netns, "link", "set", "lo", "up")
@@ -84,14 +104,16 @@ class Outside:
     def snat(self, destination: str, comment: str, on: bool) -> None:
         """Add (or remove) the rule SNATing this outside's traffic to `destination`."""
         rule = self._snat_rule(destination, comment)
-        exists = subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode == 0
+        iptables = ["ip", "netns", "exec", self.router_netns] if self.router_netns else []
+        iptables.append("iptables")
+        exists = subprocess.run([*iptables, "-C", *rule], capture_output=True).returncode == 0
         if on and not exists:
-            subprocess.run(["iptables", "-A", *rule], check=True, capture_output=True)
+            subprocess.run([*iptables, "-A", *rule], check=True, capture_output=True)
         elif not on and exists:
-            subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True)
+            subprocess.run([*iptables, "-D", *rule], check=True, capture_output=True)
 
     def remove(self) -> None:
         """Remove the veth pair and the namespace (idempotent)."""
         with suppress(subprocess.CalledProcessError):
-            _ip("link", "del", self.host_ifname)
+            _ip(*self._host("link", "del", self.host_ifname))
         delete_netns(self.netns)
