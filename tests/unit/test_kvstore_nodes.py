@@ -1,0 +1,55 @@
+"""Node records: their JSON, keys and health."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cilia.kvstore.nodes import NodeInfo, node_key, pod_cidr_key
+
+
+def test_node_record_json_round_trips_with_reference_like_names() -> None:
+    node = NodeInfo(name="n1", underlay_ip="198.18.0.1", pod_cidr="10.208.3.0/24", heartbeat=100.0)
+    assert json.loads(node.to_json()) == {
+        "Name": "n1",
+        "Cluster": "default",
+        "UnderlayIP": "198.18.0.1",
+        "IPv4AllocCIDR": "10.208.3.0/24",
+        "Heartbeat": 100.0,
+        "HeartbeatInterval": 10.0,
+    }
+    assert NodeInfo.from_json(node.to_json()) == node
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b'{"Name": "n1"}',
+        b'{"Name": "n1", "UnderlayIP": "x", "IPv4AllocCIDR": "10.0.0.0/24"}',
+        b'{"Name": "n1", "UnderlayIP": "10.0.0.1", "IPv4AllocCIDR": "10.0.0.1/24"}',
+    ],
+)
+def test_bad_records_are_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        NodeInfo.from_json(raw)
+
+
+def test_health_is_stale_after_three_missed_heartbeats() -> None:
+    node = NodeInfo(
+        name="n1",
+        underlay_ip="198.18.0.1",
+        pod_cidr="10.208.3.0/24",
+        heartbeat=1000.0,
+        heartbeat_interval=5.0,
+    )
+    assert node.health(now=1014.9) == "ok"
+    assert node.health(now=1015.0) == "stale"
+
+
+def test_keys() -> None:
+    assert node_key("n1") == "cilia/state/nodes/v1/default/n1"
+    assert pod_cidr_key("10.208.3.0/24", root="t/") == "t/cilia/state/podcidrs/v1/10.208.3.0-24"
+    with pytest.raises(ValueError):
+        pod_cidr_key("10.208.3.1/24")
