@@ -79,11 +79,13 @@ def ip_key(ip: str, root: str = "") -> str:
 class IpcachePublisher:
     """Makes this node's ipcache keys exactly what `publish` was last given.
 
-    Only differences are written. A key is deleted only while it still holds what this
-    node wrote (same mod_revision), so another node's mapping of a reused IP survives. The
-    first sync adopts keys this node left in the store before a restart; a new lease
-    re-publishes everything. When etcd is unreachable, `publish` and `sync` return False
-    and the next `sync` catches up.
+    Only differences are written, in transactions of at most MAX_TXN_OPS puts. A key is
+    deleted only while it still holds what this node wrote (same mod_revision), so another
+    node's mapping of a reused IP survives. The first sync, and the first under a new
+    lease, adopts the keys this node left in the store (before a restart, or under a lost
+    lease) and moves the wanted ones to the current lease. When etcd is unreachable or no
+    lease is held, `publish` and `sync` return False; the next `sync`, or the new-lease
+    callback, catches up.
     """
 
     def __init__(

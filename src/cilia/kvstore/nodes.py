@@ -12,10 +12,11 @@ Layout (every key under the node's lease, so a node that dies disappears with it
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,13 +79,13 @@ class NodeInfo(BaseModel):
             raise ValueError(str(exc)) from None
 
     def health(self, now: float | None = None) -> Health:
-        """ "ok" while the heartbeat is recent, else "stale"."""
+        """For display: "ok" while the heartbeat is recent, else "stale"."""
         age = (time.time() if now is None else now) - self.heartbeat
         return "ok" if age < STALE_AFTER_INTERVALS * self.heartbeat_interval else "stale"
 
 
 class PodCidrError(RuntimeError):
-    """No pod range can be claimed (range exhausted, or ours was taken while we were away)."""
+    """Every pod range of the cluster range is taken."""
 
 
 def node_key(name: str, root: str = "") -> str:
@@ -104,13 +105,6 @@ def _cidr_of_key(key: str, prefix: str) -> ipaddress.IPv4Network | None:
         return ipaddress.IPv4Network(f"{address}/{length}", strict=True)
     except ValueError:
         return None
-
-
-def _candidates(
-    cluster: ipaddress.IPv4Network, prefix_len: int, first: list[ipaddress.IPv4Network]
-) -> Iterator[ipaddress.IPv4Network]:
-    yield from first
-    yield from cluster.subnets(new_prefix=prefix_len)
 
 
 def _take(etcd: Etcd, key: str, node: str, lease: int) -> bool:
@@ -149,12 +143,10 @@ def claim_pod_cidr(
         net = _cidr_of_key(kv.key, prefix)
         if net is not None and net.overlaps(cluster):
             owners[net] = kv.value.decode(errors="replace")
-    first = sorted(net for net, owner in owners.items() if owner == node)
-    if preferred is not None:
-        wanted = ipaddress.IPv4Network(preferred, strict=True)
-        if wanted.prefixlen == prefix_len and wanted.subnet_of(cluster):
-            first.insert(0, wanted)
-    for net in _candidates(cluster, prefix_len, first):
+    first = [ipaddress.IPv4Network(preferred, strict=True)] if preferred else []
+    first += sorted(net for net, owner in owners.items() if owner == node)
+    fitting = [n for n in first if n.prefixlen == prefix_len and n.subnet_of(cluster)]
+    for net in itertools.chain(fitting, cluster.subnets(new_prefix=prefix_len)):
         if any(owner != node and net.overlaps(other) for other, owner in owners.items()):
             continue
         if _take(etcd, pod_cidr_key(str(net), root), node, lease):

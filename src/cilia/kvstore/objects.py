@@ -19,7 +19,16 @@ from typing import Literal
 from cilia.agent.objects import ObjectConflict as StoreConflict
 from cilia.agent.objects import dump
 from cilia.k8s.manifests import Manifest, parse_manifest
-from cilia.kvstore.client import Compare, Delete, Etcd, Get, KeyValue, Put, Reflector
+from cilia.kvstore.client import (
+    Compare,
+    Delete,
+    Etcd,
+    Get,
+    KeyValue,
+    Put,
+    Reflector,
+    TxnResponse,
+)
 from cilia.policy.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -123,7 +132,7 @@ class ClusterObjects:
         keys = [m.key for m in manifests]
         current = self._read(keys, expected or {})
         actions: dict[str, ApplyAction] = {}
-        puts: list[Put] = []
+        writes: dict[str, bytes | None] = {}
         for m in manifests:
             stored, _ = current[m.key]
             value = encode(m)
@@ -131,8 +140,8 @@ class ClusterObjects:
                 actions[m.key] = "unchanged"
                 continue
             actions[m.key] = "created" if stored is None else "configured"
-            puts.append(Put(object_key(m.key, self._root), value))
-        revision = self._commit(current, puts)
+            writes[m.key] = value
+        revision = self._commit(current, writes)
         versions = {
             key: current[key][1] if action == "unchanged" else revision
             for key, action in actions.items()
@@ -147,9 +156,7 @@ class ClusterObjects:
         actions: dict[str, DeleteAction] = {
             key: "not found" if current[key][0] is None else "deleted" for key in keys
         }
-        deletes = [
-            Delete(object_key(key, self._root)) for key, a in actions.items() if a == "deleted"
-        ]
+        deletes: dict[str, bytes | None] = {k: None for k, a in actions.items() if a == "deleted"}
         return DeleteResult(self._commit(current, deletes), actions)
 
     def _read(
@@ -176,7 +183,7 @@ class ClusterObjects:
         return current
 
     def _versions(
-        self, keys: Sequence[str], responses: Sequence[object]
+        self, keys: Sequence[str], responses: Sequence[TxnResponse]
     ) -> dict[str, tuple[bytes | None, int]]:
         out: dict[str, tuple[bytes | None, int]] = {}
         for key, found in zip(keys, responses, strict=True):
@@ -185,19 +192,29 @@ class ClusterObjects:
         return out
 
     def _commit(
-        self, read: Mapping[str, tuple[bytes | None, int]], writes: Sequence[Put | Delete]
+        self, read: Mapping[str, tuple[bytes | None, int]], writes: Mapping[str, bytes | None]
     ) -> int:
-        """Run `writes` if no object of the batch changed since `read`; the revision."""
+        """Write (bytes) or delete (None) `writes` if no object of the batch changed since
+        `read`; returns the store revision."""
         keys = list(read)
         guards = [
             Compare(object_key(key, self._root), "mod", "==", version)
             for key, (_, version) in read.items()
         ]
+        ops = [
+            Delete(object_key(key, self._root))
+            if value is None
+            else Put(object_key(key, self._root), value)
+            for key, value in writes.items()
+        ]
         recheck = [Get(object_key(key, self._root)) for key in keys]
-        result = self._etcd.txn(guards, writes, recheck)
+        result = self._etcd.txn(guards, ops, recheck)
         if result.succeeded:
             return result.revision
         now = self._versions(keys, result.responses)
+        if writes and all(now[key][0] == value for key, value in writes.items()):
+            # our own write, applied once already before the client retried it
+            return max(now[key][1] for key in writes) if any(writes.values()) else result.revision
         changed = [_name(key) for key in keys if now[key][1] != read[key][1]]
         verb = "was" if len(changed) == 1 else "were"
         raise ObjectConflict(
