@@ -18,9 +18,11 @@ from cilia.kvstore.client import (
     WatchEvent,
     prefix_end,
 )
+from cilia.kvstore.identities import ClusterIdentityAllocator
 from cilia.kvstore.session import NodeSession
 
 __all__ = [
+    "ClusterIdentityAllocator",
     "Compare",
     "Count",
     "Delete",

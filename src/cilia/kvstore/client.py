@@ -397,6 +397,10 @@ class Etcd:
             responses=[_op_response(op, r) for op, r in zip(ops, raw, strict=True)],
         )
 
+    def compact(self, revision: int) -> None:
+        """Drop the history before `revision` (watches from older revisions then fail)."""
+        self._post("compact", "kv/compaction", {"revision": str(revision), "physical": True})
+
     # -- leases ------------------------------------------------------------
 
     def grant(self, ttl: int) -> int:

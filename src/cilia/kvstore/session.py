@@ -61,11 +61,12 @@ class NodeSession:
         self._thread = threading.Thread(target=self._run, name="etcd lease", daemon=True)
         self._thread.start()
 
-    def wait_for_lease(self, timeout: float) -> int:
-        """The current lease, waiting up to `timeout` for one; 0 if there is none."""
+    def wait_for_lease(self, timeout: float, replacing: int = 0) -> int:
+        """The current lease (other than `replacing`), waiting up to `timeout` for one;
+        0 if there is none."""
         with self._cond:
-            self._cond.wait_for(lambda: self._lease != 0, timeout)
-            return self._lease
+            self._cond.wait_for(lambda: self._lease not in (0, replacing), timeout)
+            return self._lease if self._lease != replacing else 0
 
     def lease_lost(self, lease: int) -> None:
         """A write found `lease` gone: check and replace it now rather than at the next
