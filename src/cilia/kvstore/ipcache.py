@@ -196,20 +196,24 @@ class IpMirror:
 
     def update(self, upserts: Mapping[str, KeyValue], deletes: set[str], revision: int) -> bool:
         """Apply a watch batch (deletes at `revision`); True when the remote map changed."""
-        before = self.remote()
+        changed = False
         for key in deletes:
-            self._record(self._ip(key), revision, None)
+            changed |= self._record(self._ip(key), revision, None)
         for kv in upserts.values():
-            self._record(self._ip(kv.key), kv.mod_revision, self._decode(kv))
-        return self.remote() != before
+            changed |= self._record(self._ip(kv.key), kv.mod_revision, self._decode(kv))
+        return changed
 
     def _ip(self, key: str) -> str:
         return key.removeprefix(self._prefix)
 
-    def _record(self, ip: str, revision: int, entry: RemoteIp | None) -> None:
+    def _record(self, ip: str, revision: int, entry: RemoteIp | None) -> bool:
+        """Keep `entry` as the IP's state at `revision` unless a newer one is held; True
+        when the remote entry changed."""
         held = self._entries.get(ip)
-        if revision > self._floor and (held is None or held[0] <= revision):
-            self._entries[ip] = (revision, entry)
+        if revision <= self._floor or (held is not None and held[0] > revision):
+            return False
+        self._entries[ip] = (revision, entry)
+        return (held[1] if held else None) != entry
 
     def _decode(self, kv: KeyValue) -> RemoteIp | None:
         try:
