@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-import httpx
 import pytest
 
 from cilia.cluster.etcd import EtcdServer
@@ -281,9 +280,9 @@ def test_watcher_sees_creates_updates_deletes_and_waits_for_a_revision(
 class CompactingEtcd(Etcd):
     """Before its first watch: writes objects, then compacts the history the watch needs."""
 
-    def __init__(self, endpoints: list[str], url: str, late: Callable[[], int]) -> None:
+    def __init__(self, endpoints: list[str], late: Callable[[], int]) -> None:
         super().__init__(endpoints)
-        self.url, self.late = url, late
+        self.late = late
         self.compacted = False
 
     def watch_prefix(
@@ -295,10 +294,7 @@ class CompactingEtcd(Etcd):
     ) -> Watch:
         if not self.compacted:
             self.compacted = True
-            revision = self.late()
-            httpx.post(
-                f"{self.url}/v3/kv/compaction", json={"revision": str(revision)}, timeout=5.0
-            ).raise_for_status()
+            self.compact(self.late())
         return super().watch_prefix(prefix, start_revision, on_event, on_lost)
 
 
@@ -315,7 +311,7 @@ def test_watcher_resyncs_when_the_history_it_needs_was_compacted(
 
     seen = Recorder()
     watcher = ObjectWatcher(
-        CompactingEtcd([etcd_server.url], etcd_server.url, late_changes),
+        CompactingEtcd([etcd_server.url], late_changes),
         seen.on_sync,
         seen.on_change,
         root=prefix,
