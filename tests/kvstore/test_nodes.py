@@ -160,7 +160,10 @@ def test_an_exhausted_cluster_range_is_a_clear_error(make_node: Callable[..., No
 def test_lease_expiry_removes_node_range_and_ipcache_keys_everywhere(
     make_node: Callable[..., Node],
 ) -> None:
-    survivor, doomed = make_node("n1", "198.18.0.1"), make_node("n2", "198.18.0.2", ttl=2)
+    survivor, doomed = (
+        make_node("n1", "198.18.0.1"),
+        make_node("n2", "198.18.0.2", ttl=3, keepalive=0.5),
+    )
     watched: list[dict[str, RemoteIp]] = []
     ips = IpcacheWatcher(survivor.etcd, "n1", watched.append, root=survivor.root)
     ips.start()
