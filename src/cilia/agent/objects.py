@@ -11,11 +11,16 @@ from cilia.k8s.manifests import (
     Manifest,
     Namespace,
     NetworkPolicy,
+    ObjectConflict,
     Pod,
     Service,
+    display,
+    dump,
     parse_manifest,
 )
 from cilia.policy.services import ServiceBackends
+
+__all__ = ["ObjectConflict", "ObjectStore", "container_specs", "display", "dump"]
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -29,22 +34,6 @@ _APPLY_ORDER = {
     "Endpoints": 1,
     "Pod": 2,
 }
-
-
-class ObjectConflict(ValueError):
-    """An update the object store refuses (for example a pod's containers changing)."""
-
-
-def display(obj: Manifest) -> str:
-    """kubectl-style name: `pod/default/web`, `namespace/prod`."""
-    if isinstance(obj, Namespace):
-        return f"namespace/{obj.name}"
-    return f"{obj.kind.lower()}/{obj.namespace}/{obj.name}"
-
-
-def dump(obj: Manifest) -> dict[str, Any]:
-    """The object as a plain dict (what `cilia get -o yaml` shows)."""
-    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def container_specs(pod: Pod) -> list[ContainerSpec]:

@@ -404,6 +404,24 @@ class Endpoints(_Object):
 
 Manifest = Namespace | Pod | NetworkPolicy | CiliumNetworkPolicy | Service | Endpoints
 
+
+class ObjectConflict(ValueError):
+    """An update a store of objects refuses (a pod's containers changing, a concurrent
+    change of the same object in the cluster store)."""
+
+
+def display(obj: Manifest) -> str:
+    """kubectl-style name: `pod/default/web`, `namespace/prod`."""
+    if isinstance(obj, Namespace):
+        return f"namespace/{obj.name}"
+    return f"{obj.kind.lower()}/{obj.namespace}/{obj.name}"
+
+
+def dump(obj: Manifest) -> dict[str, Any]:
+    """The object as a plain dict (what `cilia get -o yaml` shows)."""
+    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 KINDS: dict[str, tuple[str, type[Manifest]]] = {
     "Namespace": ("v1", Namespace),
     "Pod": ("v1", Pod),

@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from cilia.agent.objects import ObjectConflict as StoreConflict
-from cilia.agent.objects import dump
-from cilia.k8s.manifests import Manifest, parse_manifest
+from cilia.k8s.manifests import Manifest, dump, parse_manifest
+from cilia.k8s.manifests import ObjectConflict as StoreConflict
 from cilia.kvstore.client import (
     Compare,
     Delete,
