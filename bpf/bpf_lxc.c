@@ -1,9 +1,11 @@
-/* Cilia endpoint datapath, attached with tcx to the host side of each pod's
- * veth. One object serves every endpoint: the per-endpoint configuration is
- * looked up by the device's ifindex.
+/* Cilia datapath, attached with tcx to the host side of each pod's veth, to
+ * the proxy device and to the VXLAN device. One object serves every
+ * endpoint: the per-endpoint configuration is looked up by the device's ifindex.
  *
  *   tcx ingress of the host veth = packets leaving the pod  (pod egress)
  *   tcx egress  of the host veth = packets entering the pod (pod ingress)
+ *   tcx ingress of the VXLAN device = packets from other nodes
+ *   tcx egress  of the VXLAN device = packets to other nodes
  */
 #include <linux/if_packet.h>
 #include "lib/common.h"
@@ -14,6 +16,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/proxy.h"
+#include "lib/overlay.h"
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
@@ -21,12 +24,11 @@
 
 static __always_inline __u8 tracing(const struct endpoint_info *ep)
 {
-	__u32 zero = 0;
 	struct datapath_config *cfg;
 
 	if (ep->flags & EP_F_TRACE)
 		return 1;
-	cfg = bpf_map_lookup_elem(&cilia_config, &zero);
+	cfg = config_get();
 	return cfg && cfg->trace_all;
 }
 
@@ -47,13 +49,36 @@ static __always_inline int local_ingress_verdict(const struct verdict_ctx *c, __
 /* 0 and the proxy device's ifindex, or DROP_PROXY_BYPASS when there is none. */
 static __always_inline int via_proxy_device(__u32 *ifindex)
 {
-	__u32 zero = 0;
-	struct datapath_config *cfg = bpf_map_lookup_elem(&cilia_config, &zero);
+	struct datapath_config *cfg = config_get();
 
 	if (!cfg || !cfg->proxy_ifindex)
 		return DROP_PROXY_BYPASS;
 	*ifindex = cfg->proxy_ifindex;
 	return 0;
+}
+
+/* Where an allowed packet leaving a pod goes: to another node's pod through
+ * the tunnel (VNI = the pod's identity), anywhere else through the stack. */
+static __always_inline int to_network(struct __sk_buff *skb, const struct verdict_ctx *c,
+				      const struct ipcache_value *dst)
+{
+	struct datapath_config *cfg = config_get();
+	__u32 remote = 0;
+	int ret;
+
+	if (!cfg || !cfg->vxlan_ifindex)
+		return forward(skb, c);
+	ret = tunnel_endpoint_of(cfg, c->f.daddr, dst, &remote);
+	if (!ret && remote)
+		ret = set_tunnel(skb, remote, c->src_identity);
+	if (ret) {
+		ct_forget(&c->f, c->ep_id, DIR_EGRESS);
+		return drop(skb, c, ret);
+	}
+	if (!remote)
+		return forward(skb, c);
+	forward(skb, c);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
@@ -88,12 +113,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	if (direction == DIR_INGRESS && c.f.daddr != ep->ipv4)
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
 
-	__u32 peer_flags = 0;
-	__u32 peer = identity_of(direction == DIR_INGRESS ? c.f.saddr : c.f.daddr, &peer_flags);
-	__u8 proxied = direction == DIR_INGRESS && from_proxy(skb, &peer);
+	struct ipcache_value peer_info;
+	__u32 peer = identity_of(direction == DIR_INGRESS ? c.f.saddr : c.f.daddr, &peer_info);
+	/* From another node the source identity is the one its VNI carried. */
+	__u8 tunnelled = direction == DIR_INGRESS && from_overlay(skb, &peer);
+	__u8 proxied = direction == DIR_INGRESS && !tunnelled && from_proxy(skb, &peer);
 
-	if (proxied)
-		peer_flags = 0;
+	if (tunnelled || proxied)
+		peer_info.flags = 0;
 
 	if (direction == DIR_INGRESS)
 		c.src_identity = peer;
@@ -101,7 +128,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 		c.dst_identity = peer;
 
 	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len))
-		return forward(skb, &c);
+		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
 						 : (ep->flags & EP_F_EGRESS_ENFORCED);
@@ -114,7 +141,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	__u32 proxy_ifindex = 0;
 
 	if (enforced) {
-		ret = policy_verdict(peer, peer_flags, c.ep_id, &c.f, direction, &proxy_port);
+		ret = policy_verdict(peer, peer_info.flags, c.ep_id, &c.f, direction, &proxy_port);
 		/* On an L7 port only the proxy may deliver. Local pods were sent to
 		 * it at their own veth; anything else (the node's own processes,
 		 * routed traffic) goes round through the proxy device. */
@@ -142,11 +169,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 			return drop(skb, &c, denied);
 		if (!proxy_port && !denied)
 			proxy_port = ingress_proxy;
+		/* To the local proxy even for a remote destination: the proxy's
+		 * upstream then leaves as host traffic (cilia_to_overlay). */
 		if (proxy_port) {
 			ret = redirect_to_proxy(skb, &c.f, proxy_port);
 			if (ret)
 				return drop(skb, &c, ret);
+			return forward(skb, &c);
 		}
+		return to_network(skb, &c, &peer_info);
 	}
 	return forward(skb, &c);
 }
@@ -171,8 +202,8 @@ SEC("tc")
 int cilia_from_host(struct __sk_buff *skb)
 {
 	struct verdict_ctx c = { .direction = DIR_INGRESS, .ifindex = skb->ifindex, .l3 = 4 };
+	struct ipcache_value src_info;
 	struct lxc_ip_info *dst;
-	__u32 peer_flags = 0;
 	__u16 proxy_port = 0;
 	int ret;
 
@@ -185,8 +216,10 @@ int cilia_from_host(struct __sk_buff *skb)
 	if (!dst)
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
 	c.ep_id = dst->ep_id;
-	c.src_identity = identity_of(c.f.saddr, &peer_flags);
-	ret = policy_verdict(c.src_identity, peer_flags, c.ep_id, &c.f, DIR_INGRESS, &proxy_port);
+	c.src_identity = identity_of(c.f.saddr, &src_info);
+	if (from_overlay(skb, &c.src_identity))
+		src_info.flags = 0; /* from another node: the identity of its VNI */
+	ret = policy_verdict(c.src_identity, src_info.flags, c.ep_id, &c.f, DIR_INGRESS, &proxy_port);
 	if (!ret && !proxy_port)
 		ret = DROP_PROXY_BYPASS; /* the redirect went away meanwhile */
 	if (!ret)
@@ -196,6 +229,82 @@ int cilia_from_host(struct __sk_buff *skb)
 	/* Addressed to the pod's MAC: make the stack take it as ours. */
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return TC_ACT_OK;
+}
+
+/* tcx ingress of the VXLAN device: packets from other nodes. The VNI is the
+ * source identity; a packet for a local endpoint takes it along in its mark
+ * to the endpoint's cilia_to_container, which applies the ingress policy
+ * (and counts the verdict). Replies to this node's own address go to the
+ * host; anything else is dropped. */
+SEC("tc")
+int cilia_from_overlay(struct __sk_buff *skb)
+{
+	struct verdict_ctx c = { .direction = DIR_INGRESS, .ifindex = skb->ifindex };
+	struct bpf_tunnel_key key = {};
+	struct ipcache_value dst_info;
+	struct lxc_ip_info *dst;
+	int ret;
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(skb, &c, DROP_NO_TUNNEL_KEY);
+	c.src_identity = overlay_identity(key.tunnel_id);
+	if (skb->protocol != ETH_P_IP_BE)
+		return drop(skb, &c, DROP_UNSUPPORTED_L3);
+	c.l3 = 4;
+	ret = parse_ipv4(skb, &c.f);
+	if (ret != PARSE_OK)
+		return drop(skb, &c, ret);
+	if (c.src_identity > MARK_IDENTITY_MAX)
+		return drop(skb, &c, DROP_INVALID);
+	dst = bpf_map_lookup_elem(&cilia_lxc_ip, &c.f.daddr);
+	if (dst) {
+		c.ep_id = dst->ep_id;
+		skb->mark = MARK_MAGIC_OVERLAY | (c.src_identity << 16);
+	} else if (identity_of(c.f.daddr, &dst_info) == ID_HOST) {
+		c.dst_identity = ID_HOST;
+		forward(skb, &c);
+	} else {
+		return drop(skb, &c, DROP_UNKNOWN_TARGET);
+	}
+	/* Addressed to the sending node's MAC: make the stack take it as ours. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
+}
+
+/* tcx egress of the VXLAN device. Packets a pod's program redirected here
+ * already carry their tunnel key. The node's own packets, routed here by the
+ * agent's routes to other nodes' pod ranges (the L7 proxies' upstream
+ * connections among them), get one: VNI = the source identity a proxy put
+ * in its mark, else host. */
+SEC("tc")
+int cilia_to_overlay(struct __sk_buff *skb)
+{
+	struct verdict_ctx c = { .direction = DIR_EGRESS, .ifindex = skb->ifindex, .l3 = 4 };
+	struct datapath_config *cfg = config_get();
+	struct bpf_tunnel_key key = {};
+	struct ipcache_value dst_info;
+	__u32 remote = 0, proxied = 0;
+	int ret;
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
+		return TC_ACT_OK;
+	if (skb->protocol != ETH_P_IP_BE || !cfg)
+		return TC_ACT_SHOT; /* without a key the device could not send it anyway */
+	ret = parse_ipv4(skb, &c.f);
+	if (ret != PARSE_OK)
+		return drop(skb, &c, ret);
+	c.src_identity = ID_HOST;
+	if (from_proxy(skb, &proxied) && proxied)
+		c.src_identity = proxied;
+	c.dst_identity = identity_of(c.f.daddr, &dst_info);
+	ret = tunnel_endpoint_of(cfg, c.f.daddr, &dst_info, &remote);
+	if (!ret && !remote)
+		ret = DROP_NO_TUNNEL_ENDPOINT; /* routed here, yet no other node owns it */
+	if (!ret)
+		ret = set_tunnel(skb, remote, c.src_identity);
+	if (ret)
+		return drop(skb, &c, ret);
+	return forward(skb, &c);
 }
 
 char __license[] SEC("license") = "GPL";

@@ -16,6 +16,7 @@
 #define ID_UNKNOWN 0
 #define ID_HOST 1
 #define ID_WORLD 2
+#define ID_CLUSTER 3
 
 /* Drop reasons (the reference's codes); 0 means forwarded. */
 #define REASON_FORWARDED 0
@@ -24,10 +25,13 @@
 #define DROP_INVALID 134
 #define DROP_CT_INVALID_HDR 135
 #define DROP_UNSUPPORTED_L3 139
+#define DROP_WRITE_ERROR 141 /* the tunnel key could not be set */
+#define DROP_NO_TUNNEL_KEY 147 /* a packet on the overlay device without tunnel metadata */
 #define DROP_UNKNOWN_TARGET 150
 #define DROP_NO_ENDPOINT 152
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_POLICY_L4 159
+#define DROP_NO_TUNNEL_ENDPOINT 160 /* a cluster address that no node owns */
 #define DROP_POLICY_CIDR 162
 #define DROP_PROXY_LOOKUP_FAILED 180 /* no proxy listens on the redirect port */
 #define DROP_PROXY_BYPASS 181        /* L7-redirected port reached without the proxy */
@@ -35,10 +39,14 @@
 /* Packet marks shared with the agent's routing rule and the proxies.
  * TO_PROXY: a redirected packet, routed to the local proxy socket.
  * FROM_PROXY: a proxy's upstream packet; bits 16-31 carry the identity of
- * the original source so the destination's policy sees who really asked. */
+ * the original source so the destination's policy sees who really asked.
+ * OVERLAY: a packet that came through the tunnel, on its way to a local
+ * endpoint; bits 16-31 carry the source identity its VNI named. */
 #define MARK_MAGIC_MASK 0x0f00
 #define MARK_MAGIC_TO_PROXY 0x0a00
 #define MARK_MAGIC_FROM_PROXY 0x0b00
+#define MARK_MAGIC_OVERLAY 0x0c00
+#define MARK_IDENTITY_MAX 0xffff /* identities fit in the mark's 16 upper bits */
 #define EP_F_INGRESS_ENFORCED (1 << 0)
 #define EP_F_EGRESS_ENFORCED (1 << 1)
 #define EP_F_TRACE (1 << 2) /* emit trace events for forwarded packets */
@@ -70,6 +78,7 @@ struct ipcache_key {
 struct ipcache_value {
 	__u32 identity;
 	__u32 flags;
+	__u32 tunnel_endpoint; /* network order: node owning the address; 0 = local or not tunnelled */
 };
 
 #define IPCACHE_F_CIDR (1 << 0) /* identity derived from a CIDR, not an endpoint */
@@ -123,6 +132,9 @@ struct datapath_config {
 	__u32 ct_lifetime_nontcp;
 	__u32 trace_all; /* trace events for every endpoint */
 	__u32 proxy_ifindex; /* device whose tc ingress hands host traffic to proxies (0: none) */
+	__u32 vxlan_ifindex; /* overlay device towards other nodes (0: single node, no tunnel) */
+	__u32 cluster_ipv4;  /* network order: the cluster's pod range, every node's pods... */
+	__u32 cluster_mask;  /* ...and its netmask; a range address no node owns is dropped (160) */
 };
 
 struct metrics_key {

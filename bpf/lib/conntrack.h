@@ -13,8 +13,7 @@ static __always_inline __u64 now_seconds(void)
 
 static __always_inline __u32 ct_lifetime(const struct flow *f, __u32 flags)
 {
-	__u32 zero = 0;
-	struct datapath_config *cfg = bpf_map_lookup_elem(&cilia_config, &zero);
+	struct datapath_config *cfg = config_get();
 	__u32 tcp = 21600, syn = 60, closing = 10, nontcp = 60;
 
 	if (cfg) {

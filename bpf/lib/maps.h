@@ -14,6 +14,9 @@
 #ifndef CT_MAX
 #define CT_MAX 262144
 #endif
+#ifndef TUNNEL_MAX
+#define TUNNEL_MAX 65536
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -39,6 +42,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_ipcache SEC(".maps");
+
+/* Pod range of another node -> that node's underlay IPv4 (network order). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TUNNEL_MAX);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_tunnel SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -87,5 +100,13 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_events_lost SEC(".maps");
+
+/* The agent's settings (NULL only if the map is broken). */
+static __always_inline struct datapath_config *config_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&cilia_config, &zero);
+}
 
 #endif

@@ -5,17 +5,20 @@
 
 #include "maps.h"
 
-/* Identity of an address (longest prefix match; unknown means world). */
-static __always_inline __u32 identity_of(__u32 ipv4, __u32 *flags)
+/* Identity of an address (longest prefix match; unknown means world), with
+ * the rest of its entry in *info. */
+static __always_inline __u32 identity_of(__u32 ipv4, struct ipcache_value *info)
 {
 	struct ipcache_key k = { .prefixlen = 32, .ipv4 = ipv4 };
 	struct ipcache_value *v = bpf_map_lookup_elem(&cilia_ipcache, &k);
 
 	if (!v) {
-		*flags = 0;
+		info->identity = ID_WORLD;
+		info->flags = 0;
+		info->tunnel_endpoint = 0;
 		return ID_WORLD;
 	}
-	*flags = v->flags;
+	*info = *v;
 	return v->identity;
 }
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cilia import __version__
+from cilia.agent.api_cluster import cluster_router
 from cilia.agent.api_observe import observe_router
 from cilia.agent.daemon import Agent, AgentError
 from cilia.agent.trace import TraceError, TraceRequest, trace_api
@@ -91,6 +92,7 @@ def create_app(agent: Agent) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(observe_router(agent))
+    app.include_router(cluster_router(agent))
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from cilia.agent import pods
@@ -35,14 +36,20 @@ from cilia.agent.objects import (
 )
 from cilia.agent.observe import StateWatcher
 from cilia.agent.state import load_state, save_state
+from cilia.agent.trigger import Trigger
 from cilia.datapath import conntrack
-from cilia.datapath.host_address import ensure_host_address
+from cilia.datapath.host_address import device_ipv4, ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
 from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
+from cilia.datapath.overlay import overlay_device_name
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator, IdentitySource
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
+from cilia.kvstore.client import KvstoreUnavailable
+from cilia.kvstore.identities import held_identities
+from cilia.kvstore.member import ClusterMember, MemberSettings
+from cilia.kvstore.objects import ObjectConflict as StoreConflict
 from cilia.labels import Label, Labels
 from cilia.policy import PolicyRepository, PolicyResolver, Rule
 from cilia.policy.chain import chain_local_ingress, has_egress_redirects
@@ -57,6 +64,8 @@ INIT_ANNOTATION = "cilia.io/init-labels"
 are released (`cilia endpoint labels`, or an apply removing the annotation)."""
 
 STATE_VERSION = 1
+VXLAN_OVERHEAD = 50
+"""Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 bytes."""
 
 
 class AgentError(Exception):
@@ -107,6 +116,10 @@ class Agent:
         self.l7 = L7Gateway(
             config.state_dir / "proxy", lambda: self._ipcache, self.monitor, self._endpoint_of_ip
         )
+        self.cluster: ClusterMember | None = None
+        self._cluster_sync = Trigger("cluster-sync", self._cluster_regenerate)
+        self._waiting_pods: dict[str, str] = {}
+        """Pods of this node waiting for the store (key -> why), retried by a controller."""
         self.ct_gc = CtGc(
             self.datapath,
             self.monitor,
@@ -121,15 +134,38 @@ class Agent:
         """Load the datapath, restore state from a previous run, start controllers."""
         for d in (self.config.run_dir, self.config.state_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = load_state(self.config.state_file)
+        if state is not None and state.get("version") != STATE_VERSION:
+            raise AgentError(f"state file {self.config.state_file} has an unknown version")
+        if self.config.cluster_mode:
+            self._join_cluster(state)
         self.datapath.start()
         maps = self.datapath.maps_dir
         self.monitor.start_reader(f"{maps}/cilia_events", f"{maps}/cilia_events_lost")
         ensure_host_address(self.config.host_router_ip)
         self.datapath.attach_proxy_device(proxy_device_name(self.config.name_prefix))
+        if self.cluster is not None:
+            self.datapath.attach_overlay(
+                overlay_device_name(self.config.name_prefix),
+                self.cluster.settings.underlay_ip,
+                self.config.cluster_pod_cidr,
+                port=self.config.vxlan_port,
+                mtu=self.config.mtu,
+            )
         with self.lock:
-            self._restore()
+            if state is not None:
+                self._restore(state)
             self._regenerate("agent start")
             self._save()
+        if self.cluster is not None:
+            self._cluster_sync.start()
+            self.cluster.watch()
+            self.controllers.add("cluster-pods", 1.0, self._waiting_pods_controller)
+            self.controllers.add(
+                "identity-gc",
+                self.config.identity_gc_interval,
+                lambda: f"{self.cluster.identities.gc() if self.cluster else 0} collected",
+            )
         self.controllers.add("sync-datapath", self.config.sync_interval, self._sync_controller)
         self.ct_gc.controller = self.controllers.add(
             "ct-gc", self.config.ct_gc_interval, self.ct_gc.run
@@ -147,9 +183,36 @@ class Agent:
             self.repo.revision,
         )
 
+    def _join_cluster(self, state: dict[str, Any] | None) -> None:
+        """Join through etcd: lease, pod range (the previous one if free), identities."""
+        cfg = self.config
+        if not cfg.underlay_device:
+            raise AgentError("cluster mode needs --underlay-device (the tunnel endpoint)")
+        self.cluster = ClusterMember(
+            MemberSettings(
+                endpoints=cfg.etcd_endpoints,
+                node_name=cfg.node_name,
+                underlay_ip=device_ipv4(cfg.underlay_device),
+                cluster_pod_cidr=cfg.cluster_pod_cidr,
+                node_prefix_len=cfg.node_pod_cidr_prefix,
+                lease_ttl=cfg.lease_ttl,
+                lease_keepalive=cfg.lease_keepalive,
+                identity_gc_interval=cfg.identity_gc_interval,
+            ),
+            owner=self,
+            on_operation=self.metrics.kvstore_operation,
+        )
+        pod_cidr = self.cluster.join((state or {}).get("pod_cidr"))
+        self.config = cfg.model_copy(update={"pod_cidr": pod_cidr})
+        self.ipam = Ipam(pod_cidr, {self.config.host_router_ip})
+        self.identities = self.cluster.identities
+
     def stop(self) -> None:
         """Stop controllers and close the datapath; pods and enforcement stay in place."""
         self.controllers.stop()
+        if self.cluster is not None:
+            self._cluster_sync.stop()
+            self.cluster.leave(revoke=False)
         self.metrics.stop()
         self.monitor.stop()
         self.l7.stop()
@@ -157,14 +220,14 @@ class Agent:
             self._save()
             self.datapath.close()
 
-    def _restore(self) -> None:
-        state = load_state(self.config.state_file)
-        if state is None:
-            return
-        if state.get("version") != STATE_VERSION:
-            raise AgentError(f"state file {self.config.state_file} has an unknown version")
-        self.identities = IdentityAllocator.restore(state["identities"])
-        self.cidr.restore(self.identities.items())
+    def _restore(self, state: dict[str, Any]) -> None:
+        if self.cluster is not None:
+            held = held_identities(state["identities"])
+            self.cluster.identities.restore(held)
+            self.cidr.restore((ident, labels) for ident, (labels, _) in held.items())
+        else:
+            self.identities = IdentityAllocator.restore(state["identities"])
+            self.cidr.restore(self.identities.items())
         self.repo = PolicyRepository.from_json(state["policy"])
         self.objects = ObjectStore.from_state(state["objects"])
         for raw in state["endpoints"]:
@@ -186,6 +249,7 @@ class Agent:
             self.config.state_file,
             {
                 "version": STATE_VERSION,
+                "pod_cidr": self.config.pod_cidr,
                 "identities": self.identities.snapshot(),
                 "policy": self.repo.to_json(),
                 "objects": self.objects.to_state(),
@@ -218,7 +282,14 @@ class Agent:
             changed = None
         self.resolver = resolver
         ipcache = self._ipcache_desired()
-        self.datapath.sync_ipcache(ipcache, self.cidr.identities())
+        tunnel_endpoints: dict[str, str] = {}
+        if self.cluster is not None:
+            for ip, remote in self.cluster.remote_ips().items():
+                if f"{ip}/32" not in ipcache:  # a local endpoint wins over a stale remote key
+                    ipcache[f"{ip}/32"] = remote.identity
+                    tunnel_endpoints[f"{ip}/32"] = remote.host_ip
+            self.datapath.sync_tunnels(self.cluster.tunnels())
+        self.datapath.sync_ipcache(ipcache, self.cidr.identities(), tunnel_endpoints)
         if ipcache != self._ipcache:
             self._ipcache = ipcache
             self.l7.refresh()
@@ -264,6 +335,21 @@ class Agent:
             )
         self.realized_revision = self.repo.revision
         self.watcher.after_regenerate(self, reason)
+        if self.cluster is not None:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Tell the cluster this node's endpoint addresses and pod status."""
+        assert self.cluster is not None
+        local = [ep for ep in self.endpoints.values() if ep.network is not None]
+        try:
+            self.cluster.publish(
+                {ep.ipv4: ep.identity for ep in local},
+                {ep.name: self._pod_row(ep) for ep in local},
+            )
+        except KvstoreUnavailable as exc:
+            log.warning("cannot publish endpoints now (retried later): %s", exc)
+            self._waiting_pods.setdefault("", "publish endpoints")
 
     def _policy_rules(self) -> list[Rule]:
         """The repository's rules with `toServices` resolved against Services/Endpoints."""
@@ -283,43 +369,153 @@ class Agent:
     # -- objects (manifests) ---------------------------------------------
 
     def apply(self, manifests: list[Manifest]) -> list[dict[str, str]]:
-        """Create or update objects; returns one {object, action} line per manifest."""
+        """Create or update objects; returns one {object, action} line per manifest.
+
+        In cluster mode the objects go to the store in one versioned transaction (pods
+        placed on nodes first) and every agent, this one included, applies them from
+        its watch; the call returns once this node has.
+        """
+        if self.cluster is not None:
+            return self._cluster_apply(manifests)
         with self.lock:
             try:
-                plan = self.objects.plan_apply(manifests)
+                self.objects.plan_apply(manifests)
             except ObjectConflict as exc:
                 raise AgentError(str(exc)) from None
-            results: list[dict[str, str]] = []
-            new_pods: list[tuple[Pod, dict[str, str]]] = []
-            for obj, action in plan:
-                result = {"object": display(obj), "action": action}
-                results.append(result)
-                if action == "unchanged":
-                    continue
-                if isinstance(obj, NetworkPolicy | CiliumNetworkPolicy):
-                    revision = self.repo.replace(obj.owner_labels, obj.rules())
-                    self.policy_updated[obj.key] = (revision, time.time(), "")
-                self.objects.put(obj)
-                if isinstance(obj, Pod) and action == "created":
-                    new_pods.append((obj, result))
-            self._relabel_endpoints()
-            errors: list[str] = []
-            for pod, result in new_pods:
-                try:
-                    self._create_pod(pod)
-                except Exception as exc:
-                    log.error("pod %s failed: %s", display(pod), exc)
-                    self.objects.remove(pod.key)
-                    errors.append(f"{display(pod)}: {exc}")
-                    result["action"] = "failed"
+            results, errors = self._apply_objects(manifests, from_store=False)
             self._regenerate("objects applied")
             self._save()
             if errors:
                 raise AgentError("; ".join(errors), status=500)
             return results
 
+    def _apply_objects(
+        self, manifests: list[Manifest], from_store: bool
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """Store objects locally and start the new pods that run on this node.
+
+        Objects from the cluster store are the truth: a pod whose spec changed there is
+        re-created, and one that fails to start here stays stored (and is reported).
+        """
+        if from_store:
+            for m in manifests:
+                old = self.objects.get(m.key)
+                if isinstance(old, Pod) and isinstance(m, Pod) and old.spec != m.spec:
+                    self._delete_key(m.key)
+        results: list[dict[str, str]] = []
+        new_pods: list[tuple[Pod, dict[str, str]]] = []
+        for obj, action in self.objects.plan_apply(manifests):
+            result = {"object": display(obj), "action": action}
+            results.append(result)
+            if action == "unchanged":
+                continue
+            if isinstance(obj, NetworkPolicy | CiliumNetworkPolicy):
+                revision = self.repo.replace(obj.owner_labels, obj.rules())
+                self.policy_updated[obj.key] = (revision, time.time(), "")
+            self.objects.put(obj)
+            if isinstance(obj, Pod) and action == "created" and self._runs_here(obj):
+                new_pods.append((obj, result))
+        self._relabel_endpoints()
+        errors: list[str] = []
+        for pod, result in new_pods:
+            try:
+                self._create_pod(pod)
+            except KvstoreUnavailable as exc:
+                self._waiting_pods[pod.key] = f"kvstore unreachable: {exc}"
+                result["action"] = "waiting-for-identity"
+            except Exception as exc:
+                log.error("pod %s failed: %s", display(pod), exc)
+                if not from_store:
+                    self.objects.remove(pod.key)
+                errors.append(f"{display(pod)}: {exc}")
+                result["action"] = "failed"
+        return results, errors
+
+    def _runs_here(self, pod: Pod) -> bool:
+        return self.cluster is None or pod.spec.nodeName == self.config.node_name
+
+    def _cluster_apply(self, manifests: list[Manifest]) -> list[dict[str, str]]:
+        assert self.cluster is not None
+        with self.lock:
+            stored = {p.key: p for p in self.objects.of_kind("Pod") if isinstance(p, Pod)}
+            try:
+                placed = {
+                    p.key: p
+                    for p in self.cluster.place([m for m in manifests if isinstance(m, Pod)], stored)
+                }
+            except ValueError as exc:
+                raise AgentError(str(exc)) from None
+            manifests = [placed.get(m.key, m) for m in manifests]
+            try:
+                self.objects.plan_apply(manifests)  # the same refusals as on one node
+            except ObjectConflict as exc:
+                raise AgentError(str(exc)) from None
+        try:
+            return self.cluster.apply(manifests).results
+        except StoreConflict as exc:
+            raise AgentError(str(exc), status=409) from None
+        except KvstoreUnavailable as exc:
+            raise AgentError(f"kvstore unreachable, nothing applied: {exc}", status=503) from None
+
+    def _cluster_delete(self, keys: list[str]) -> list[dict[str, str]]:
+        assert self.cluster is not None
+        try:
+            return self.cluster.delete(keys).results
+        except StoreConflict as exc:
+            raise AgentError(str(exc), status=409) from None
+        except KvstoreUnavailable as exc:
+            raise AgentError(f"kvstore unreachable, nothing deleted: {exc}", status=503) from None
+
+    def cluster_objects(
+        self, upserts: Mapping[str, Manifest], deletes: set[str], snapshot: bool
+    ) -> None:
+        """The store's objects changed (`snapshot`: `upserts` is the whole store)."""
+        with self.lock:
+            if snapshot:
+                deletes = deletes | (self.objects.keys() - set(upserts))
+            for key in deletes:
+                self._waiting_pods.pop(key, None)
+                self._delete_key(key)
+            _, errors = self._apply_objects(list(upserts.values()), from_store=True)
+            for error in errors:
+                log.error("object from the store not applied here: %s", error)
+            self._relabel_endpoints()
+            self._regenerate("objects changed in the store")
+            self._save()
+
+    def cluster_changed(self, reason: str) -> None:
+        """Identities, nodes or remote endpoints changed: regenerate on the sync thread."""
+        self._cluster_sync.fire(reason)
+
+    def _cluster_regenerate(self, reasons: list[str]) -> None:
+        with self.lock:
+            self._regenerate(", ".join(reasons))
+
+    def _waiting_pods_controller(self) -> str:
+        """Create the pods that waited for the store, and publish what could not be."""
+        with self.lock:
+            if not self._waiting_pods:
+                return "none waiting"
+            self._waiting_pods.pop("", None)
+            for key in list(self._waiting_pods):
+                pod = self.objects.get(key)
+                if not isinstance(pod, Pod) or self._endpoint_of(pod.namespace, pod.name):
+                    del self._waiting_pods[key]
+                    continue
+                try:
+                    self._create_pod(pod)
+                    del self._waiting_pods[key]
+                except KvstoreUnavailable as exc:
+                    self._waiting_pods[key] = f"kvstore unreachable: {exc}"
+            self._relabel_endpoints()
+            self._regenerate("pods waiting for the store retried")
+            self._save()
+            return f"{len(self._waiting_pods)} still waiting"
+
     def delete(self, manifests: list[Manifest]) -> list[dict[str, str]]:
         """Delete the objects named by manifests."""
+        if self.cluster is not None:
+            return self._cluster_delete([m.key for m in manifests])
         with self.lock:
             results = [{"object": display(m), "action": self._delete_key(m.key)} for m in manifests]
             self._relabel_endpoints()
@@ -329,8 +525,12 @@ class Agent:
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete one pod by name."""
+        key = f"Pod/{namespace}/{name}"
+        if self.cluster is not None:
+            if self._cluster_delete([key])[0]["action"] == "not found":
+                raise AgentError(f"pod {namespace}/{name} not found", status=404)
+            return
         with self.lock:
-            key = f"Pod/{namespace}/{name}"
             if self._delete_key(key) == "not found":
                 raise AgentError(f"pod {namespace}/{name} not found", status=404)
             self._regenerate("pod deleted")
@@ -358,8 +558,14 @@ class Agent:
             labels = self._security_labels(pod, ep)
             if labels != ep.labels:
                 old = ep.identity
+                try:
+                    ep.identity = self.identities.allocate(labels)
+                except KvstoreUnavailable:
+                    # Keeps its identity and policy until the store answers again.
+                    ep.set_state(EndpointState.WAITING_FOR_IDENTITY, "kvstore unreachable")
+                    self._waiting_pods[""] = "labels changed while the kvstore was unreachable"
+                    continue
                 ep.labels = labels
-                ep.identity = self.identities.allocate(labels)
                 self.identities.release(old)
                 ep.set_state(
                     EndpointState.WAITING_TO_REGENERATE,
@@ -375,8 +581,16 @@ class Agent:
         return labels.union(ep.extra_labels) if ep is not None else labels
 
     def _pod_network(self, ep: Endpoint) -> PodNetwork:
+        # In tunnel mode what a pod sends must fit the VXLAN encapsulation, while its
+        # device keeps the full MTU so that it receives 1500-byte packets unfragmented.
+        tunnel = self.cluster is not None
         return ensure_pod_network(
-            ep.netns, ep.ifname, ep.ipv4, self.config.mtu, route_src=self.config.host_router_ip
+            ep.netns,
+            ep.ifname,
+            ep.ipv4,
+            self.config.mtu,
+            route_src=self.config.host_router_ip,
+            route_mtu=self.config.mtu - VXLAN_OVERHEAD if tunnel else None,
         )
 
     # -- endpoints --------------------------------------------------------
@@ -590,19 +804,34 @@ class Agent:
                 "metrics": {"address": self.metrics.address},
                 "proxy": self.l7.status(),
                 "uptime-seconds": round(time.time() - self.started_at, 1),
+                "kvstore": self.cluster.status() if self.cluster else {"backend": "none"},
             }
 
-    def pod_status(self) -> dict[str, dict[str, Any]]:
-        """Per pod key: address, identity and endpoint state (for `cilia get pods`)."""
+    @staticmethod
+    def _pod_row(ep: Endpoint) -> dict[str, Any]:
         return {
-            f"Pod/{ep.namespace}/{ep.pod}": {
-                "ipv4": ep.ipv4,
-                "identity": ep.identity,
-                "endpoint": ep.id,
-                "state": ep.state.value,
-            }
-            for ep in self.endpoints.values()
+            "ipv4": ep.ipv4,
+            "identity": ep.identity,
+            "endpoint": ep.id,
+            "state": ep.state.value,
         }
+
+    def pod_status(self) -> dict[str, dict[str, Any]]:
+        """Per pod key: node, address, identity and endpoint state (for `cilia get pods`);
+        in cluster mode pods of other nodes as their node published them."""
+        rows: dict[str, dict[str, Any]] = {}
+        if self.cluster is not None:
+            rows = {f"Pod/{ref}": dict(st) for ref, st in self.cluster.pod_status().items()}
+        for key, why in self._waiting_pods.items():
+            if key:
+                rows[key] = {"node": self.config.node_name, "state": "waiting-for-identity",
+                             "detail": why}
+        for ep in self.endpoints.values():
+            rows[f"Pod/{ep.namespace}/{ep.pod}"] = {
+                "node": self.config.node_name,
+                **self._pod_row(ep),
+            }
+        return rows
 
     # -- controllers -------------------------------------------------------
 

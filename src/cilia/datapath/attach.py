@@ -21,6 +21,11 @@ HOOKS: Hooks = {
     "egress": ("cilia_to_container", libbpf.BPF_TCX_EGRESS),
 }
 PROXY_DEVICE_HOOKS: Hooks = {"ingress": ("cilia_from_host", libbpf.BPF_TCX_INGRESS)}
+OVERLAY_HOOKS: Hooks = {
+    # the VXLAN device towards other nodes
+    "ingress": ("cilia_from_overlay", libbpf.BPF_TCX_INGRESS),
+    "egress": ("cilia_to_overlay", libbpf.BPF_TCX_EGRESS),
+}
 
 
 def link_pin(links_dir: Path, ifname: str, hook: str) -> Path:

@@ -11,6 +11,7 @@ IPCACHE_F_CIDR = 1 << 0
 MARK_MAGIC_MASK = 0x0F00
 MARK_MAGIC_TO_PROXY = 0x0A00
 MARK_MAGIC_FROM_PROXY = 0x0B00
+MARK_MAGIC_OVERLAY = 0x0C00
 EVENT_DROP = 1
 EVENT_TRACE = 2
 POLICY_PROTO_MARKER = 255
@@ -41,7 +42,11 @@ class IpcacheKey(ctypes.Structure):
 
 
 class IpcacheValue(ctypes.Structure):
-    _fields_ = [("identity", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+    _fields_ = [
+        ("identity", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("tunnel_endpoint", ctypes.c_uint32),
+    ]
 
 
 class PolicyKey(ctypes.Structure):
@@ -94,6 +99,9 @@ class DatapathConfig(ctypes.Structure):
         ("ct_lifetime_nontcp", ctypes.c_uint32),
         ("trace_all", ctypes.c_uint32),
         ("proxy_ifindex", ctypes.c_uint32),
+        ("vxlan_ifindex", ctypes.c_uint32),
+        ("cluster_ipv4", ctypes.c_uint32),
+        ("cluster_mask", ctypes.c_uint32),
     ]
 
 

@@ -64,6 +64,8 @@ bpf_object__find_program_by_name = _sig(
 bpf_map__set_pin_path = _sig("bpf_map__set_pin_path", _int, _vp, ctypes.c_char_p)
 bpf_map__set_max_entries = _sig("bpf_map__set_max_entries", _int, _vp, ctypes.c_uint32)
 bpf_map__fd = _sig("bpf_map__fd", _int, _vp)
+bpf_map__key_size = _sig("bpf_map__key_size", ctypes.c_uint32, _vp)
+bpf_map__value_size = _sig("bpf_map__value_size", ctypes.c_uint32, _vp)
 bpf_program__fd = _sig("bpf_program__fd", _int, _vp)
 _bpf_link_create = _sig("bpf_link_create", _int, _int, _int, _int, _vp)
 _bpf_link_update = _sig("bpf_link_update", _int, _int, _int, _vp)
@@ -261,10 +263,20 @@ def map_update_batch(fd: int, keys: ctypes.Array[Any], values: ctypes.Array[Any]
     )
 
 
-def map_max_entries(fd: int) -> int:
-    """max_entries of a map (from struct bpf_map_info)."""
+def _map_info(fd: int) -> ctypes.Array[ctypes.c_uint32]:
     # struct bpf_map_info starts with type, id, key_size, value_size, max_entries.
     buf = (ctypes.c_uint32 * 32)()
     size = ctypes.c_uint32(ctypes.sizeof(buf))
     check(_bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)), "bpf_obj_get_info_by_fd")
-    return int(buf[4])
+    return buf
+
+
+def map_max_entries(fd: int) -> int:
+    """max_entries of a map (from struct bpf_map_info)."""
+    return int(_map_info(fd)[4])
+
+
+def map_entry_sizes(fd: int) -> tuple[int, int]:
+    """(key size, value size) of a map."""
+    info = _map_info(fd)
+    return int(info[2]), int(info[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ MAP_NAMES = (
     "cilia_endpoints",
     "cilia_lxc_ip",
     "cilia_ipcache",
+    "cilia_tunnel",
     "cilia_policy",
     "cilia_ct",
     "cilia_metrics",
@@ -19,7 +21,15 @@ MAP_NAMES = (
     "cilia_events",
     "cilia_events_lost",
 )
-PROGRAMS = ("cilia_from_container", "cilia_to_container", "cilia_from_host")
+PROGRAMS = (
+    "cilia_from_container",
+    "cilia_to_container",
+    "cilia_from_host",
+    "cilia_from_overlay",
+    "cilia_to_overlay",
+)
+
+log = logging.getLogger("cilia.datapath")
 
 
 class LoadedObject:
@@ -43,6 +53,7 @@ class LoadedObject:
                         f"set max entries of {name}",
                     )
                 # An existing pin of a compatible map is reused, else created.
+                _unpin_if_layout_changed(m, maps_dir / name)
                 libbpf.check(
                     libbpf.bpf_map__set_pin_path(m, str(maps_dir / name).encode()),
                     f"set pin path of {name}",
@@ -70,3 +81,22 @@ class LoadedObject:
         if self._obj:
             libbpf.bpf_object__close(self._obj)
             self._obj = None
+
+
+def _unpin_if_layout_changed(m: int, pin: Path) -> None:
+    """Drop the pin of a map an older datapath made with other key or value sizes.
+
+    libbpf refuses to reuse it; the new map starts empty and the agent refills
+    it (the old programs keep the old map until their links are updated).
+    """
+    if not pin.exists():
+        return
+    fd = libbpf.obj_get(str(pin))
+    try:
+        pinned = libbpf.map_entry_sizes(fd)
+    finally:
+        os.close(fd)
+    wanted = (int(libbpf.bpf_map__key_size(m)), int(libbpf.bpf_map__value_size(m)))
+    if pinned != wanted:
+        log.warning("map %s changed layout %s -> %s: replacing its pin", pin.name, pinned, wanted)
+        pin.unlink()

@@ -1,14 +1,16 @@
 """The datapath facade: turns desired endpoint state into kernel state.
 
 The agent hands it desired state (endpoint configuration, policy entries,
-IP-to-identity mappings); it writes the difference into the pinned maps and
-remembers what it wrote, and `verify` compares the maps with that record to
-repair drift made by anyone else.
+IP-to-identity mappings, other nodes' pod ranges); it writes the difference into
+the pinned maps and remembers what it wrote, and `verify` compares the maps with
+that record to repair drift made by anyone else.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import ipaddress
 import logging
 import time
 from collections import defaultdict
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cilia.datapath import attach, bpffs, compiler, proxy_device
+from cilia.datapath import attach, bpffs, compiler, overlay, proxy_device
 from cilia.datapath.layout import (
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
@@ -31,11 +33,14 @@ from cilia.datapath.maps import (
     CtMap,
     EndpointMap,
     EndpointRecord,
+    IpcacheEntry,
     IpcacheMap,
     LxcIpMap,
     MetricsMap,
     PolicyMap,
     PolicyTuple,
+    TunnelMap,
+    ip_to_be,
 )
 from cilia.policy.desired import ALL_PORTS, EndpointPolicy, Protocol, Redirect
 
@@ -50,6 +55,24 @@ class CtLifetimes:
     tcp_syn: int = 60
     tcp_closing: int = 10
     non_tcp: int = 60
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The node's VXLAN device as attach_overlay set it up."""
+
+    ifname: str
+    ifindex: int
+    underlay_ip: str
+    cluster_cidr: str
+    port: int
+    mtu: int
+    route_src: str | None
+
+    @property
+    def route_mtu(self) -> int:
+        """MTU of routes into the tunnel (the base MTU less the VXLAN overhead)."""
+        return self.mtu - overlay.VXLAN_OVERHEAD
 
 
 @dataclass
@@ -117,10 +140,12 @@ class Datapath:
         self._realized_policy: dict[int, dict[PolicyTuple, int]] = defaultdict(dict)
         self._realized_lxc_ip: dict[str, tuple[int, int]] = {}
         self._realized_endpoints: dict[int, EndpointRecord] = {}
-        self._realized_ipcache: dict[str, tuple[int, int]] = {}
+        self._realized_ipcache: dict[str, IpcacheEntry] = {}
+        self._realized_tunnels: dict[str, str] = {}
         self.trace_all = False
         self.proxy_ifname = ""
         self.proxy_ifindex = 0
+        self.overlay: Overlay | None = None
 
     # -- life cycle -------------------------------------------------------
 
@@ -137,10 +162,12 @@ class Datapath:
         self.lxc_ip = LxcIpMap(f"{path}/cilia_lxc_ip")
         self.ct = CtMap(f"{path}/cilia_ct")
         self.metrics = MetricsMap(f"{path}/cilia_metrics")
+        self.tunnel = TunnelMap(f"{path}/cilia_tunnel")
         self._write_config()
         # Whatever a previous agent left is the starting point of the diff.
         self._realized_endpoints = self.endpoints.dump()
         self._realized_ipcache = self.ipcache.dump()
+        self._realized_tunnels = self.tunnel.dump()
         self._realized_lxc_ip = self.lxc_ip.dump()
         self._realized_policy = defaultdict(dict)
         for t, proxy_port in self.policy.dump_values().items():
@@ -149,6 +176,8 @@ class Datapath:
     def _write_config(self) -> None:
         cfg_map = BpfMap(f"{self.maps_dir}/cilia_config", ctypes.c_uint32, DatapathConfig)
         lt = self.lifetimes
+        o = self.overlay
+        cluster = ipaddress.IPv4Network(o.cluster_cidr if o else "0.0.0.0/32")
         cfg_map.update(
             ctypes.c_uint32(0),
             DatapathConfig(
@@ -158,6 +187,9 @@ class Datapath:
                 lt.non_tcp,
                 int(self.trace_all),
                 self.proxy_ifindex,
+                o.ifindex if o else 0,
+                ip_to_be(str(cluster.network_address)),
+                ip_to_be(str(cluster.netmask)),
             ),
         )
         cfg_map.close()
@@ -189,9 +221,102 @@ class Datapath:
         self.attach_proxy_device(ifname)
         return True
 
+    # -- overlay (other nodes) -------------------------------------------
+
+    def attach_overlay(
+        self,
+        ifname: str,
+        underlay_ip: str,
+        cluster_cidr: str,
+        port: int = overlay.VXLAN_PORT,
+        mtu: int = 1500,
+        route_src: str | None = None,
+    ) -> int:
+        """Create (or reuse) the node's VXLAN device, attach its programs and turn
+        the tunnel on in the endpoint programs; returns the device's ifindex.
+
+        `underlay_ip` is this node's tunnel endpoint, `cluster_cidr` the range of
+        every node's pods (an address in it that no node owns is dropped, 160),
+        `mtu` the base MTU (routes into the tunnel get `mtu - 50`), `route_src`
+        the source of the node's own packets to other nodes' pods (the router
+        address, so that replies come back through the tunnel).
+        """
+        assert self._obj is not None, "datapath not started"
+        ipaddress.IPv4Address(underlay_ip)  # ValueError before anything changes
+        cluster = str(ipaddress.IPv4Network(cluster_cidr, strict=False))
+        if route_src is not None:
+            ipaddress.IPv4Address(route_src)
+        ifindex = overlay.ensure_overlay_device(ifname, port, mtu)
+        attach.attach_device(
+            self.links_dir, ifname, ifindex, self._obj.prog_fds, attach.OVERLAY_HOOKS
+        )
+        self.overlay = Overlay(ifname, ifindex, underlay_ip, cluster, port, mtu, route_src)
+        self._write_config()
+        self._sync_tunnel_routes()
+        return ifindex
+
+    def ensure_overlay(self) -> list[str]:
+        """Repair the VXLAN device, its programs and its routes; what was repaired."""
+        o = self.overlay
+        if o is None:
+            return []
+        repaired = []
+        ifindex = overlay.ensure_overlay_device(o.ifname, o.port, o.mtu)
+        if ifindex != o.ifindex or not attach.is_attached(
+            self.links_dir, o.ifname, ifindex, attach.OVERLAY_HOOKS
+        ):
+            assert self._obj is not None, "datapath not started"
+            attach.attach_device(
+                self.links_dir, o.ifname, ifindex, self._obj.prog_fds, attach.OVERLAY_HOOKS
+            )
+            self.overlay = dataclasses.replace(o, ifindex=ifindex)
+            self._write_config()
+            repaired.append(f"overlay device {o.ifname} re-attached (ifindex {ifindex})")
+        written, removed = self._sync_tunnel_routes()
+        if written or removed:
+            repaired.append(f"overlay routes: {written} restored, {removed} foreign removed")
+        return repaired
+
+    def _remote_node(self, node_ip: str) -> str:
+        """The node address itself, or "" when it is this node (local, not tunnelled)."""
+        return "" if self.overlay is not None and node_ip == self.overlay.underlay_ip else node_ip
+
+    def sync_tunnels(self, desired: Mapping[str, str]) -> tuple[int, int]:
+        """Make the tunnel map equal `desired` (other nodes' pod range -> node underlay
+        address) and route the node's own traffic to those ranges through the VXLAN
+        device; returns (written, removed) map entries.
+
+        A range naming this node's own underlay address is left out (it is local).
+        Routes follow once attach_overlay has run.
+        """
+        norm = {overlay.normalize_prefix(p): self._remote_node(ip) for p, ip in desired.items()}
+        norm = {p: ip for p, ip in norm.items() if ip}
+        for ip in norm.values():
+            ipaddress.IPv4Address(ip)
+        changed = [p for p, ip in norm.items() if self._realized_tunnels.get(p) != ip]
+        stale = [p for p in self._realized_tunnels if p not in norm]
+        for p in changed:
+            self.tunnel.set(p, norm[p])
+            self._realized_tunnels[p] = norm[p]
+        self._sync_tunnel_routes()
+        for p in stale:
+            self.tunnel.remove(p)
+            del self._realized_tunnels[p]
+        return len(changed), len(stale)
+
+    def _sync_tunnel_routes(self) -> tuple[int, int]:
+        o = self.overlay
+        if o is None:
+            return 0, 0
+        return overlay.sync_routes(o.ifindex, self._realized_tunnels, o.route_mtu, o.route_src)
+
+    def tunnel_entries(self) -> dict[str, str]:
+        """The tunnel map as the kernel has it: pod range -> node underlay address."""
+        return self.tunnel.dump()
+
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
-        for m in ("endpoints", "ipcache", "policy", "lxc_ip", "ct", "metrics"):
+        for m in ("endpoints", "ipcache", "policy", "lxc_ip", "ct", "metrics", "tunnel"):
             if hasattr(self, m):
                 getattr(self, m).close()
         if self._obj is not None:
@@ -260,26 +385,38 @@ class Datapath:
     # -- ipcache ----------------------------------------------------------
 
     def sync_ipcache(
-        self, desired: dict[str, int], cidr_identities: frozenset[int] = frozenset()
+        self,
+        desired: Mapping[str, int],
+        cidr_identities: frozenset[int] = frozenset(),
+        tunnel_endpoints: Mapping[str, str] | None = None,
     ) -> tuple[int, int]:
         """Make the IP-to-identity map equal `desired` (prefix -> identity).
 
         Entries whose identity is in `cidr_identities` are flagged so that a
-        denial names CIDR policy (drop reason 162).
+        denial names CIDR policy (drop reason 162). `tunnel_endpoints` gives
+        the underlay address of the node owning a prefix of `desired` (other
+        nodes' pods): packets to it are tunnelled there. Absent, or this
+        node's own address: local.
         """
-        norm = {
-            p if "/" in p else f"{p}/32": (i, IPCACHE_F_CIDR if i in cidr_identities else 0)
-            for p, i in desired.items()
-        }
+        tunnels = {overlay.normalize_prefix(p): ip for p, ip in (tunnel_endpoints or {}).items()}
+        norm: dict[str, IpcacheEntry] = {}
+        for p, i in desired.items():
+            prefix = overlay.normalize_prefix(p)
+            node = self._remote_node(tunnels.get(prefix, ""))
+            norm[prefix] = IpcacheEntry(i, IPCACHE_F_CIDR if i in cidr_identities else 0, node)
         changed = [p for p, v in norm.items() if self._realized_ipcache.get(p) != v]
         stale = [p for p in self._realized_ipcache if p not in norm]
         for p in changed:
-            self.ipcache.set(p, *norm[p])
+            self.ipcache.put(p, norm[p])
             self._realized_ipcache[p] = norm[p]
         for p in stale:
             self.ipcache.remove(p)
             del self._realized_ipcache[p]
         return len(changed), len(stale)
+
+    def ipcache_entries(self) -> dict[str, IpcacheEntry]:
+        """The ipcache as the kernel has it: prefix -> identity, flags, tunnel endpoint."""
+        return self.ipcache.dump()
 
     # -- drift, counters, CT ---------------------------------------------
 
@@ -288,7 +425,8 @@ class Datapath:
 
         Each endpoint's own policy entries are restored by its sync-policymap
         controller (`verify_endpoint_policy`); here only entries nobody wrote
-        are removed, with the endpoint, ipcache and lxc maps.
+        are removed, with the endpoint, ipcache, lxc and tunnel maps, and the
+        VXLAN device with its programs and routes.
         """
         report = DriftReport()
         for t in self.policy.dump():
@@ -303,7 +441,7 @@ class Datapath:
         actual_ipc = self.ipcache.dump()
         for prefix, value in self._realized_ipcache.items():
             if actual_ipc.get(prefix) != value:
-                self.ipcache.set(prefix, *value)
+                self.ipcache.put(prefix, value)
                 report.repaired.append(f"ipcache entry restored: {prefix}")
         actual_lxc = self.lxc_ip.dump()
         for ip, (ep_id, flags) in self._realized_lxc_ip.items():
@@ -313,6 +451,15 @@ class Datapath:
         for prefix in set(actual_ipc) - set(self._realized_ipcache):
             self.ipcache.remove(prefix)
             report.repaired.append(f"foreign ipcache entry removed: {prefix}")
+        actual_tun = self.tunnel.dump()
+        for prefix, node_ip in self._realized_tunnels.items():
+            if actual_tun.get(prefix) != node_ip:
+                self.tunnel.set(prefix, node_ip)
+                report.repaired.append(f"tunnel entry restored: {prefix} -> {node_ip}")
+        for prefix in set(actual_tun) - set(self._realized_tunnels):
+            self.tunnel.remove(prefix)
+            report.repaired.append(f"foreign tunnel entry removed: {prefix}")
+        report.repaired += self.ensure_overlay()
         for line in report.repaired:
             log.warning("drift repaired: %s", line)
         return report

@@ -26,7 +26,7 @@ from cilia.datapath.layout import (
 )
 
 K = TypeVar("K", bound="ctypes._SimpleCData[int] | ctypes.Structure")
-V = TypeVar("V", bound=ctypes.Structure)
+V = TypeVar("V", bound="ctypes._SimpleCData[int] | ctypes.Structure")
 
 
 def ip_to_be(ip: str) -> int:
@@ -127,31 +127,76 @@ class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
         }
 
 
+def prefix_key(prefix: str) -> IpcacheKey:
+    """LPM key of a prefix (or a bare address, /32)."""
+    net = ipaddress.IPv4Network(prefix, strict=False)
+    return IpcacheKey(prefixlen=net.prefixlen, ipv4=ip_to_be(str(net.network_address)))
+
+
+def key_prefix(key: IpcacheKey) -> str:
+    """'a.b.c.d/len' of an LPM key."""
+    return f"{be_to_ip(key.ipv4)}/{key.prefixlen}"
+
+
+@dataclass(frozen=True)
+class IpcacheEntry:
+    """What the ipcache says about a prefix."""
+
+    identity: int
+    flags: int = 0
+    tunnel_endpoint: str = ""
+    """Underlay address of the node owning the prefix; "" = this node, or not tunnelled."""
+
+
 class IpcacheMap(BpfMap[IpcacheKey, IpcacheValue]):
-    """Prefix -> identity (longest prefix match)."""
+    """Prefix -> identity and owning node (longest prefix match)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path, IpcacheKey, IpcacheValue)
 
-    @staticmethod
-    def _key(prefix: str) -> IpcacheKey:
-        net = ipaddress.IPv4Network(prefix, strict=False)
-        return IpcacheKey(prefixlen=net.prefixlen, ipv4=ip_to_be(str(net.network_address)))
+    def set(self, prefix: str, identity: int, flags: int = 0, tunnel_endpoint: str = "") -> None:
+        """Map a prefix (or a bare address, /32) to an identity and its owning node."""
+        node = ip_to_be(tunnel_endpoint) if tunnel_endpoint else 0
+        value = IpcacheValue(identity=identity, flags=flags, tunnel_endpoint=node)
+        self.update(prefix_key(prefix), value)
 
-    def set(self, prefix: str, identity: int, flags: int = 0) -> None:
-        """Map a prefix (or a bare address, /32) to an identity."""
-        self.update(self._key(prefix), IpcacheValue(identity=identity, flags=flags))
+    def put(self, prefix: str, entry: IpcacheEntry) -> None:
+        """Write an entry."""
+        self.set(prefix, entry.identity, entry.flags, entry.tunnel_endpoint)
 
     def remove(self, prefix: str) -> bool:
         """Remove a prefix."""
-        return self.delete(self._key(prefix))
+        return self.delete(prefix_key(prefix))
 
-    def dump(self) -> dict[str, tuple[int, int]]:
-        """All prefixes as 'a.b.c.d/len' -> (identity, flags)."""
+    def dump(self) -> dict[str, IpcacheEntry]:
+        """All prefixes as 'a.b.c.d/len' -> entry."""
         return {
-            f"{be_to_ip(k.ipv4)}/{k.prefixlen}": (int(v.identity), int(v.flags))
+            key_prefix(k): IpcacheEntry(
+                int(v.identity),
+                int(v.flags),
+                be_to_ip(v.tunnel_endpoint) if v.tunnel_endpoint else "",
+            )
             for k, v in self.items()
         }
+
+
+class TunnelMap(BpfMap[IpcacheKey, ctypes.c_uint32]):
+    """Another node's pod range -> that node's underlay address (longest prefix match)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, IpcacheKey, ctypes.c_uint32)
+
+    def set(self, prefix: str, node_ip: str) -> None:
+        """Send packets for `prefix` to the node at `node_ip`."""
+        self.update(prefix_key(prefix), ctypes.c_uint32(ip_to_be(node_ip)))
+
+    def remove(self, prefix: str) -> bool:
+        """Forget a range."""
+        return self.delete(prefix_key(prefix))
+
+    def dump(self) -> dict[str, str]:
+        """Range 'a.b.c.d/len' -> node address."""
+        return {key_prefix(k): be_to_ip(int(v.value)) for k, v in self.items()}
 
 
 PolicyTuple = tuple[int, int, int, int, int]

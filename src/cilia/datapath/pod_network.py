@@ -2,6 +2,8 @@
 
 Pod side: ``eth0`` with ``<ip>/32``, ``lo`` up, ``169.254.1.1 dev eth0 scope link``,
 ``default via 169.254.1.1`` and a permanent neighbour 169.254.1.1 -> host-side MAC.
+In tunnel mode both routes carry a lower MTU than the device (the VXLAN overhead), so
+the pod receives full-size packets but sends what fits the tunnel.
 Host side: ``<ip>/32 dev <host_ifname> scope link``, a permanent neighbour
 ``<ip>`` -> pod MAC and per-device IPv4 forwarding. IPv6 is left at kernel defaults.
 
@@ -52,6 +54,7 @@ class PodNetwork:
     pod_mac: str
     ipv4: str
     mtu: int
+    route_mtu: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +69,7 @@ class PodNetwork:
             pod_mac=str(data["pod_mac"]),
             ipv4=str(data["ipv4"]),
             mtu=int(data["mtu"]),
+            route_mtu=None if data.get("route_mtu") is None else int(data["route_mtu"]),
         )
 
 
@@ -100,7 +104,8 @@ def _ipr(path: str | None = None) -> Iterator[Any]:
         ipr.close()
 
 
-def _get_link(ipr: Any, **match: Any) -> Any | None:
+def get_link(ipr: Any, **match: Any) -> Any | None:
+    """The link matching *match* (``ifname=`` or ``index=``), or None."""
     try:
         links = ipr.link("get", **match)
     except NetlinkError as exc:
@@ -110,17 +115,19 @@ def _get_link(ipr: Any, **match: Any) -> Any | None:
     return links[0] if links else None
 
 
-def _kind(link: Any) -> str | None:
+def link_kind(link: Any) -> str | None:
+    """``veth``, ``vxlan``... of a link message (None for devices without a kind)."""
     info = link.get("IFLA_LINKINFO")
     return None if info is None else info.get("IFLA_INFO_KIND")
 
 
-def _validate(host_ifname: str, ipv4: str, mtu: int) -> None:
+def _validate(host_ifname: str, ipv4: str, *mtus: int | None) -> None:
     ipaddress.IPv4Address(ipv4)  # ValueError on bad input, before anything is created
     if not 0 < len(host_ifname) <= IFNAMSIZ or any(c in host_ifname for c in "/: \t\n"):
         raise ValueError(f"invalid interface name {host_ifname!r}")
-    if not 68 <= mtu <= 65535:
-        raise ValueError(f"invalid MTU {mtu}")
+    for mtu in mtus:
+        if mtu is not None and not 68 <= mtu <= 65535:
+            raise ValueError(f"invalid MTU {mtu}")
 
 
 def set_interface_sysctl(ifname: str, key: str, value: str) -> None:
@@ -133,20 +140,34 @@ def set_interface_sysctl(ifname: str, key: str, value: str) -> None:
         f.write(value)
 
 
+def route_mtu(route: Any) -> int | None:
+    """The MTU metric of a route message (None: the device's)."""
+    metrics = route.get("RTA_METRICS")
+    mtu = metrics.get("RTAX_MTU") if metrics else None
+    return None if mtu is None else int(mtu)
+
+
 def _ensure_route(
-    ipr: Any, dst: str, oif: int, gateway: str | None = None, src: str | None = None
+    ipr: Any,
+    dst: str,
+    oif: int,
+    gateway: str | None = None,
+    src: str | None = None,
+    mtu: int | None = None,
 ) -> bool:
     """Ensure a main-table route for *dst* (/32 or 0/0 when ``dst='default'``).
 
     Returns True if it was added. A route to the same prefix through another device
     is an error (an address clash), never silently taken over. *src* is the
-    preferred source address of locally originated packets (fixed if it differs).
+    preferred source address of locally originated packets and *mtu* the route's
+    MTU (None: the device's); both are fixed if they differ.
     """
     dst_len = 0 if dst == "default" else 32
     spec: dict[str, Any] = {"dst": "0.0.0.0" if dst == "default" else dst, "dst_len": dst_len}
     spec |= {"oif": oif, "table": MAIN_TABLE}
     spec |= {"gateway": gateway} if gateway else {"scope": "link"}
     spec |= {"prefsrc": src} if src else {}
+    spec |= {"metrics": {"mtu": mtu}} if mtu else {}
     try:
         ipr.route("add", **spec)
         return True
@@ -157,7 +178,7 @@ def _ensure_route(
     for r in ipr.route("get", dst=probe, flags=RTM_F_FIB_MATCH):
         same = r["dst_len"] == dst_len and r.get("RTA_OIF") == oif
         if same and r.get("RTA_GATEWAY") == gateway:
-            if r.get("RTA_PREFSRC") != src:
+            if r.get("RTA_PREFSRC") != src or route_mtu(r) != mtu:
                 ipr.route("replace", **spec)
             return False
         if dst == "default" and r.get("RTA_OIF") == oif:
@@ -183,8 +204,8 @@ def _ensure_veth(
     host: Any, pod: Any, host_ifname: str, path: str, mtu: int, undo: list[Callable[[], None]]
 ) -> tuple[Any, Any]:
     """Return (host link, pod eth0), creating the pair if neither end exists."""
-    hlink = _get_link(host, ifname=host_ifname)
-    plink = _get_link(pod, ifname=POD_IFNAME)
+    hlink = get_link(host, ifname=host_ifname)
+    plink = get_link(pod, ifname=POD_IFNAME)
     if hlink is None and plink is None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -193,8 +214,8 @@ def _ensure_veth(
         finally:
             os.close(fd)
         undo.append(lambda: _delete_link(host_ifname))
-        hlink = _get_link(host, ifname=host_ifname)
-        plink = _get_link(pod, ifname=POD_IFNAME)
+        hlink = get_link(host, ifname=host_ifname)
+        plink = get_link(pod, ifname=POD_IFNAME)
     if hlink is None or plink is None or not _paired(host, hlink, plink, path):
         raise FileExistsError(
             errno.EEXIST, f"{host_ifname} exists but is not the veth peer of eth0 in {path}"
@@ -203,7 +224,7 @@ def _ensure_veth(
 
 
 def _paired(host: Any, hlink: Any, plink: Any, path: str) -> bool:
-    if _kind(hlink) != "veth" or _kind(plink) != "veth":
+    if link_kind(hlink) != "veth" or link_kind(plink) != "veth":
         return False
     if hlink.get("IFLA_LINK") != plink["index"] or plink.get("IFLA_LINK") != hlink["index"]:
         return False
@@ -225,9 +246,11 @@ def _ensure_mtu_up(ipr: Any, link: Any, mtu: int) -> None:
         ipr.link("set", index=link["index"], **changes)
 
 
-def _ensure_pod_side(pod: Any, plink: Any, ipv4: str, host_mac: str, mtu: int) -> None:
+def _ensure_pod_side(
+    pod: Any, plink: Any, ipv4: str, host_mac: str, mtu: int, route_mtu: int | None
+) -> None:
     idx = plink["index"]
-    lo = _get_link(pod, ifname="lo")
+    lo = get_link(pod, ifname="lo")
     if lo is not None and not lo["flags"] & 1:
         pod.link("set", index=lo["index"], state="up")
     have = [
@@ -241,22 +264,28 @@ def _ensure_pod_side(pod: Any, plink: Any, ipv4: str, host_mac: str, mtu: int) -
     if (ipv4, 32) not in have:
         pod.addr("add", index=idx, address=ipv4, prefixlen=32)
     _ensure_mtu_up(pod, plink, mtu)
-    _ensure_route(pod, GATEWAY_IP, idx)
-    _ensure_route(pod, "default", idx, gateway=GATEWAY_IP)
+    _ensure_route(pod, GATEWAY_IP, idx, mtu=route_mtu)
+    _ensure_route(pod, "default", idx, gateway=GATEWAY_IP, mtu=route_mtu)
     _ensure_neigh(pod, GATEWAY_IP, host_mac, idx)
 
 
 @_off_loop
 def ensure_pod_network(
-    netns: str, host_ifname: str, ipv4: str, mtu: int = 1500, route_src: str | None = None
+    netns: str,
+    host_ifname: str,
+    ipv4: str,
+    mtu: int = 1500,
+    route_src: str | None = None,
+    route_mtu: int | None = None,
 ) -> PodNetwork:
     """Create or reuse the pod's namespace, veth pair, addresses, routes and neighbours.
 
     *route_src* (a local address) becomes the source of host processes' packets to
-    the pod. On failure everything created by this call is removed and the error
-    re-raised.
+    the pod. *route_mtu* is the MTU of the pod's own routes (tunnel mode: *mtu* less
+    the VXLAN overhead; None: the device's). On failure everything created by this
+    call is removed and the error re-raised.
     """
-    _validate(host_ifname, ipv4, mtu)
+    _validate(host_ifname, ipv4, mtu, route_mtu)
     path = netns_path(netns)
     undo: list[Callable[[], None]] = []
     try:
@@ -269,7 +298,7 @@ def ensure_pod_network(
             host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
             _ensure_mtu_up(host, hlink, mtu)
             set_interface_sysctl(host_ifname, "forwarding", "1")
-            _ensure_pod_side(pod, plink, ipv4, host_mac, mtu)
+            _ensure_pod_side(pod, plink, ipv4, host_mac, mtu, route_mtu)
             if _ensure_route(host, ipv4, hidx, src=route_src):
                 undo.append(lambda: _delete_route(ipv4, hidx))
             _ensure_neigh(host, ipv4, pod_mac, hidx)
@@ -278,13 +307,13 @@ def ensure_pod_network(
             with suppress(Exception):
                 step()
         raise
-    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu)
+    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, route_mtu)
 
 
 def _delete_link(name: str) -> None:
     with _ipr() as host:
-        link = _get_link(host, ifname=name)
-        if link is not None and _kind(link) == "veth":
+        link = get_link(host, ifname=name)
+        if link is not None and link_kind(link) == "veth":
             host.link("del", index=link["index"])
 
 
@@ -318,5 +347,5 @@ def host_ipv4_addresses() -> list[str]:
 def interface_index(name: str) -> int | None:
     """Index of the host-namespace interface *name*, or None."""
     with _ipr() as host:
-        link = _get_link(host, ifname=name)
+        link = get_link(host, ifname=name)
     return None if link is None else int(link["index"])
