@@ -17,6 +17,8 @@ import yaml
 
 from cilia.agent.config import AgentConfig
 from cilia.cli.client import ApiError, Client
+from cilia.cli.cluster import register as register_cluster
+from cilia.cli.cluster import select_node, show_nodes
 from cilia.cli.observe import register as register_observe
 from cilia.cli.observe import status_lines
 from cilia.cli.output import F, emit, output_option, table
@@ -64,12 +66,21 @@ def _read_inputs(paths: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option(
+    "--node",
+    envvar="CILIA_NODE",
+    metavar="NAME",
+    help="Talk to the agent of this node of the cluster on this machine (`cilia cluster`);"
+    " default: its first node, unless CILIA_RUN_DIR is set.",
+)
+@click.pass_context
+def main(ctx: click.Context, node: str | None) -> None:
     """Cilia: identity-based network security for containers, enforced in eBPF.
 
     Paths and names come from CILIA_* environment variables (CILIA_RUN_DIR,
     CILIA_STATE_DIR, CILIA_BPF_DIR, CILIA_NAME_PREFIX, CILIA_POD_CIDR).
     """
+    select_node(node, ctx.invoked_subcommand)
 
 
 # -- agent life cycle ---------------------------------------------------------
@@ -353,6 +364,9 @@ def delete_pod(ref: str) -> None:
             "cnp",
             "netpol",
             "svc",
+            "nodes",
+            "node",
+            "no",
         ]
     ),
 )
@@ -360,8 +374,8 @@ def delete_pod(ref: str) -> None:
 @click.option("-n", "--namespace", help="Only this namespace.")
 @output_option()
 def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
-    """List pods, namespaces, policies or services; with NAME, -o json|yaml prints the
-    object itself (a CiliumNetworkPolicy with its per-node status)."""
+    """List pods, namespaces, policies, services or the cluster's nodes; with NAME,
+    -o json|yaml prints the object itself (a CiliumNetworkPolicy with its per-node status)."""
     canonical = {
         "pod": "pods",
         "ns": "namespaces",
@@ -369,7 +383,12 @@ def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
         "cnp": "policies",
         "netpol": "policies",
         "svc": "services",
+        "node": "nodes",
+        "no": "nodes",
     }.get(kind, kind)
+    if canonical == "nodes":
+        show_nodes(name, fmt)
+        return
     items = call("GET", f"/objects/{canonical}")
     if namespace:
         items = [i for i in items if i.get("namespace") == namespace]
@@ -739,6 +758,7 @@ def bpf_metrics_list(fmt: str) -> None:
 policy.add_command(make_trace_command(call))
 endpoint.add_command(make_labels_command(call))
 register_observe(main, call, fail)
+register_cluster(main, call)
 
 if __name__ == "__main__":
     main()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import etcd3gw
 import httpx
+from etcd3gw.exceptions import Etcd3Exception
 
 ETCD_BINARY = "etcd"
 
@@ -20,11 +25,37 @@ class EtcdError(RuntimeError):
 
 
 def _pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+        os.waitpid(pid, os.WNOHANG)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+def health_error(url: str, timeout: float = 1.0) -> str | None:
+    """None when the etcd at `url` answers /health with true, else why not."""
+    try:
+        health = httpx.get(f"{url}/health", timeout=timeout).json().get("health")
+    except (httpx.HTTPError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None if health == "true" else f"health is {health!r}"
+
+
+def delete_prefix(url: str, prefix: str, timeout: float = 5.0) -> None:
+    """Delete every key under `prefix` in the etcd at `url` (etcd3gw, the project's client)."""
+    parts = urlsplit(url)
+    client = etcd3gw.client(
+        host=parts.hostname or "localhost",
+        port=parts.port or 2379,
+        protocol=parts.scheme or "http",
+        timeout=timeout,
+    )
+    try:
+        client.delete_prefix(prefix)
+    except Etcd3Exception as exc:
+        raise EtcdError(f"cannot delete {prefix!r} at {url}: {type(exc).__name__} {exc}") from exc
 
 
 @dataclass
@@ -41,6 +72,7 @@ class EtcdServer:
     hosts: tuple[str, ...] = ("127.0.0.1",)
     name: str = "cilia-etcd"
     extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -65,12 +97,16 @@ class EtcdServer:
         return self.client_urls[0]
 
     def pid(self) -> int | None:
-        """PID of the running server (from the pid file), or None."""
+        """PID of the running server (from the pid file), or None.
+
+        A live PID counts only if its command line names our data directory: after a
+        kill -9 the pid file may outlive the server and its PID be reused."""
         try:
             pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if str(self.data_dir).encode() in cmdline and _pid_alive(pid) else None
 
     def start(self, timeout: float = 20.0) -> str:
         """Start (unless already running) and wait until healthy; returns the first URL."""
@@ -106,6 +142,7 @@ class EtcdServer:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    env=dict(self.env) if self.env is not None else None,
                 )
             self.pid_file.write_text(f"{self._proc.pid}\n")
         self.wait_healthy(timeout)
@@ -114,15 +151,13 @@ class EtcdServer:
     def wait_healthy(self, timeout: float) -> None:
         """Wait for /health to answer true."""
         deadline = time.monotonic() + timeout
-        last = ""
+        last: str | None = ""
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise EtcdError(f"etcd exited with {self._proc.returncode}; see {self.log_file}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).json().get("health") == "true":
-                    return
-            except (httpx.HTTPError, ValueError) as exc:
-                last = str(exc)
+            last = health_error(self.url)
+            if last is None:
+                return
             time.sleep(0.05)
         raise EtcdError(f"etcd at {self.url} not healthy after {timeout:.0f}s ({last})")
 
