@@ -255,7 +255,7 @@ def create_app(agent: Agent) -> FastAPI:
     ) -> dict[str, Any]:
         with agent.lock:
             src_path = agent.pod_netns(*_split_pod(src))
-            dst_ip = agent.endpoint("/".join(_split_pod(dst))).ipv4
+            dst_ip = agent.pod_address("/".join(_split_pod(dst)))
         res = await probe(src_path, dst_ip, port, proto, timeout)
         return {
             "from": src,
@@ -274,11 +274,8 @@ def create_app(agent: Agent) -> FastAPI:
     @app.post("/v1/probe/matrix")
     async def probe_matrix(req: MatrixRequest) -> dict[str, Any]:
         with agent.lock:
-            names = sorted(
-                ep.name
-                for ep in agent.endpoints.values()
-                if not req.namespaces or ep.namespace in req.namespaces
-            )
+            sources = agent.pod_names(req.namespaces, local_only=True)
+            names = agent.pod_names(req.namespaces, local_only=False)
         sem = asyncio.Semaphore(MATRIX_CONCURRENCY)
 
         async def one(src: str, dst: str, port: int, proto: str) -> dict[str, Any]:
@@ -289,11 +286,12 @@ def create_app(agent: Agent) -> FastAPI:
         results = await asyncio.gather(
             *(
                 one(s, d, p, proto)
-                for s, d, p, proto in itertools.product(names, names, req.ports, req.protocols)
+                for s, d, p, proto in itertools.product(sources, names, req.ports, req.protocols)
             )
         )
         return {
             "pods": names,
+            "sources": sources,
             "results": list(results),
             "elapsed_seconds": round(time.monotonic() - started, 2),
         }

@@ -20,6 +20,7 @@ from cilia.agent.state import load_state
 from cilia.datapath import bpffs
 from cilia.datapath.host_address import remove_host_address
 from cilia.datapath.netns import delete_netns, list_netns
+from cilia.datapath.overlay import remove_overlay_device
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.processes import ProcessRecord
@@ -79,6 +80,8 @@ def remove_everything(config: AgentConfig) -> list[str]:
     """Delete pods, namespaces, devices, routes, pins and state; returns what was removed."""
     removed: list[str] = []
     state = load_state(config.state_file) or {}
+    if state.get("pod_cidr"):  # in cluster mode the range came from the store
+        config = config.model_copy(update={"pod_cidr": state["pod_cidr"]})
     for ep in state.get("endpoints", []):
         procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
         destroy_pod(ep["netns"], ep["ifname"], ep["ipv4"], procs)
@@ -97,6 +100,8 @@ def remove_everything(config: AgentConfig) -> list[str]:
         removed.append("proxy routing rule")
     if remove_proxy_device(proxy_device_name(config.name_prefix)):
         removed.append(f"device {proxy_device_name(config.name_prefix)}")
+    if remove_overlay_device(config.overlay_device):
+        removed.append(f"device {config.overlay_device} (and its routes)")
     if remove_host_address(config.host_router_ip):
         removed.append(f"router address {config.host_router_ip}")
     if config.bpf_dir.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 from pathlib import Path
@@ -115,6 +116,11 @@ class AgentConfig(BaseSettings):
     def host_router_ip(self) -> str:
         """The node's address towards its pods (last of the pod range): identity `host`."""
         return str(ipaddress.IPv4Network(self.pod_cidr)[-2])
+
+    @property
+    def overlay_device(self) -> str:
+        """The node's VXLAN device in cluster mode: 'cvx' + 12 hex digits of the prefix."""
+        return "cvx" + hashlib.sha1(self.name_prefix.encode()).hexdigest()[:12]
 
     @property
     def socket_path(self) -> Path:

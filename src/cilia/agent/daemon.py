@@ -14,8 +14,8 @@ import functools
 import logging
 import threading
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cilia.agent import pods
@@ -42,7 +42,6 @@ from cilia.datapath.host_address import device_ipv4, ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
 from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
-from cilia.datapath.overlay import overlay_device_name
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator, IdentitySource
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
@@ -120,6 +119,8 @@ class Agent:
         self._cluster_sync = Trigger("cluster-sync", self._cluster_regenerate)
         self._waiting_pods: dict[str, str] = {}
         """Pods of this node waiting for the store (key -> why), retried by a controller."""
+        self._relabel_pending = False
+        """An endpoint's new labels wait for an identity (the store was unreachable)."""
         self.ct_gc = CtGc(
             self.datapath,
             self.monitor,
@@ -146,7 +147,7 @@ class Agent:
         self.datapath.attach_proxy_device(proxy_device_name(self.config.name_prefix))
         if self.cluster is not None:
             self.datapath.attach_overlay(
-                overlay_device_name(self.config.name_prefix),
+                self.config.overlay_device,
                 self.cluster.settings.underlay_ip,
                 self.config.cluster_pod_cidr,
                 port=self.config.vxlan_port,
@@ -161,6 +162,7 @@ class Agent:
             self._cluster_sync.start()
             self.cluster.watch()
             self.controllers.add("cluster-pods", 1.0, self._waiting_pods_controller)
+            self.controllers.add("kvstore-sync", 1.0, self._kvstore_sync_controller)
             self.controllers.add(
                 "identity-gc",
                 self.config.identity_gc_interval,
@@ -197,7 +199,6 @@ class Agent:
                 node_prefix_len=cfg.node_pod_cidr_prefix,
                 lease_ttl=cfg.lease_ttl,
                 lease_keepalive=cfg.lease_keepalive,
-                identity_gc_interval=cfg.identity_gc_interval,
             ),
             owner=self,
             on_operation=self.metrics.kvstore_operation,
@@ -212,7 +213,7 @@ class Agent:
         self.controllers.stop()
         if self.cluster is not None:
             self._cluster_sync.stop()
-            self.cluster.leave(revoke=False)
+            self.cluster.leave()
         self.metrics.stop()
         self.monitor.stop()
         self.l7.stop()
@@ -342,14 +343,11 @@ class Agent:
         """Tell the cluster this node's endpoint addresses and pod status."""
         assert self.cluster is not None
         local = [ep for ep in self.endpoints.values() if ep.network is not None]
-        try:
-            self.cluster.publish(
-                {ep.ipv4: ep.identity for ep in local},
-                {ep.name: self._pod_row(ep) for ep in local},
-            )
-        except KvstoreUnavailable as exc:
-            log.warning("cannot publish endpoints now (retried later): %s", exc)
-            self._waiting_pods.setdefault("", "publish endpoints")
+        if not self.cluster.publish(
+            {ep.ipv4: ep.identity for ep in local},
+            {ep.name: self._pod_row(ep) for ep in local},
+        ):
+            log.warning("endpoints not published yet; the kvstore-sync controller retries")
 
     def _policy_rules(self) -> list[Rule]:
         """The repository's rules with `toServices` resolved against Services/Endpoints."""
@@ -441,7 +439,9 @@ class Agent:
             try:
                 placed = {
                     p.key: p
-                    for p in self.cluster.place([m for m in manifests if isinstance(m, Pod)], stored)
+                    for p in self.cluster.place(
+                        [m for m in manifests if isinstance(m, Pod)], stored
+                    )
                 }
             except ValueError as exc:
                 raise AgentError(str(exc)) from None
@@ -451,16 +451,16 @@ class Agent:
             except ObjectConflict as exc:
                 raise AgentError(str(exc)) from None
         try:
-            return self.cluster.apply(manifests).results
+            return self.cluster.apply(manifests)
         except StoreConflict as exc:
             raise AgentError(str(exc), status=409) from None
         except KvstoreUnavailable as exc:
             raise AgentError(f"kvstore unreachable, nothing applied: {exc}", status=503) from None
 
-    def _cluster_delete(self, keys: list[str]) -> list[dict[str, str]]:
+    def _cluster_delete(self, manifests: list[Manifest]) -> list[dict[str, str]]:
         assert self.cluster is not None
         try:
-            return self.cluster.delete(keys).results
+            return self.cluster.delete(manifests)
         except StoreConflict as exc:
             raise AgentError(str(exc), status=409) from None
         except KvstoreUnavailable as exc:
@@ -487,16 +487,29 @@ class Agent:
         """Identities, nodes or remote endpoints changed: regenerate on the sync thread."""
         self._cluster_sync.fire(reason)
 
+    def identities_remapped(self, remaps: Mapping[int, int]) -> None:
+        """Identities this node held got new ids (theirs were taken while the store had
+        lost them): move the endpoints holding them."""
+        with self.lock:
+            for ep in self.endpoints.values():
+                if ep.identity in remaps:
+                    old, ep.identity = ep.identity, remaps[ep.identity]
+                    ep.set_state(
+                        EndpointState.WAITING_TO_REGENERATE, f"identity {old} -> {ep.identity}"
+                    )
+        self._cluster_sync.fire("identities remapped")
+
     def _cluster_regenerate(self, reasons: list[str]) -> None:
         with self.lock:
             self._regenerate(", ".join(reasons))
 
     def _waiting_pods_controller(self) -> str:
-        """Create the pods that waited for the store, and publish what could not be."""
+        """Create the pods that waited for the store; move endpoints whose new labels
+        waited for an identity."""
         with self.lock:
-            if not self._waiting_pods:
+            if not self._waiting_pods and not self._relabel_pending:
                 return "none waiting"
-            self._waiting_pods.pop("", None)
+            self._relabel_pending = False
             for key in list(self._waiting_pods):
                 pod = self.objects.get(key)
                 if not isinstance(pod, Pod) or self._endpoint_of(pod.namespace, pod.name):
@@ -510,12 +523,19 @@ class Agent:
             self._relabel_endpoints()
             self._regenerate("pods waiting for the store retried")
             self._save()
-            return f"{len(self._waiting_pods)} still waiting"
+            return f"{len(self._waiting_pods)} pods still waiting"
+
+    def _kvstore_sync_controller(self) -> str:
+        """Publish what could not be written while the store was unreachable."""
+        assert self.cluster is not None
+        if not self.cluster.sync():
+            raise KvstoreUnavailable("endpoint addresses or pod status not published yet")
+        return "published"
 
     def delete(self, manifests: list[Manifest]) -> list[dict[str, str]]:
         """Delete the objects named by manifests."""
         if self.cluster is not None:
-            return self._cluster_delete([m.key for m in manifests])
+            return self._cluster_delete(manifests)
         with self.lock:
             results = [{"object": display(m), "action": self._delete_key(m.key)} for m in manifests]
             self._relabel_endpoints()
@@ -527,7 +547,9 @@ class Agent:
         """Delete one pod by name."""
         key = f"Pod/{namespace}/{name}"
         if self.cluster is not None:
-            if self._cluster_delete([key])[0]["action"] == "not found":
+            with self.lock:
+                pod = self.objects.get(key)
+            if pod is None or self._cluster_delete([pod])[0]["action"] == "not found":
                 raise AgentError(f"pod {namespace}/{name} not found", status=404)
             return
         with self.lock:
@@ -563,7 +585,7 @@ class Agent:
                 except KvstoreUnavailable:
                     # Keeps its identity and policy until the store answers again.
                     ep.set_state(EndpointState.WAITING_FOR_IDENTITY, "kvstore unreachable")
-                    self._waiting_pods[""] = "labels changed while the kvstore was unreachable"
+                    self._relabel_pending = True
                     continue
                 ep.labels = labels
                 self.identities.release(old)
@@ -764,6 +786,26 @@ class Agent:
                     return ep
         raise AgentError(f"endpoint {key} not found", status=404)
 
+    def remote_pod(self, ref: str) -> dict[str, Any] | None:
+        """Status of a pod of another node (`ns/name`), as its node published it."""
+        if self.cluster is None:
+            return None
+        status = self.cluster.pod_status().get(ref)
+        return status if status and status.get("node") != self.config.node_name else None
+
+    def pod_address(self, ref: str) -> str:
+        """IPv4 of a pod of this node or, in cluster mode, of any node."""
+        remote = self.remote_pod(ref)
+        return str(remote["ipv4"]) if remote else self.endpoint(ref).ipv4
+
+    def pod_names(self, namespaces: list[str], local_only: bool) -> list[str]:
+        """`ns/name` of the pods with an address here (and on every node unless
+        `local_only`), optionally of some namespaces only."""
+        names = {ep.name for ep in self.endpoints.values()}
+        if not local_only and self.cluster is not None:
+            names |= {ref for ref, st in self.cluster.pod_status().items() if st.get("ipv4")}
+        return sorted(n for n in names if not namespaces or n.split("/", 1)[0] in namespaces)
+
     def pod_netns(self, namespace: str, name: str) -> str:
         """Path of a pod's network namespace (for exec and probes)."""
         ep = self._endpoint_of(namespace, name)
@@ -824,8 +866,11 @@ class Agent:
             rows = {f"Pod/{ref}": dict(st) for ref, st in self.cluster.pod_status().items()}
         for key, why in self._waiting_pods.items():
             if key:
-                rows[key] = {"node": self.config.node_name, "state": "waiting-for-identity",
-                             "detail": why}
+                rows[key] = {
+                    "node": self.config.node_name,
+                    "state": "waiting-for-identity",
+                    "detail": why,
+                }
         for ep in self.endpoints.values():
             rows[f"Pod/{ep.namespace}/{ep.pod}"] = {
                 "node": self.config.node_name,

@@ -61,6 +61,14 @@ def _end(agent: Agent, req: TraceRequest, side: str) -> TraceEnd | Labels:
     if pod:
         endpoint = pod.replace(":", "/", 1)
     if endpoint:
+        remote = agent.remote_pod(endpoint)
+        if remote is not None:  # a pod of another node: its identity as published
+            found = agent.identities.labels_of(int(remote["identity"]))
+            if found is None:
+                raise TraceError(f"identity {remote['identity']} of pod {endpoint} not known")
+            return TraceEnd(
+                f"pod {endpoint} on node {remote['node']}", found, int(remote["identity"])
+            )
         ep = agent.endpoint(endpoint)
         return TraceEnd(f"endpoint {ep.id} ({ep.name})", ep.labels, ep.identity, ep.policy)
     if ident is not None:

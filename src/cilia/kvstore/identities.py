@@ -23,9 +23,9 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from cilia.identity.allocator import IdentityExhaustedError
+from cilia.identity.allocator import SNAPSHOT_VERSION, IdentityExhaustedError
 from cilia.identity.reserved import MAX_IDENTITY, MIN_ALLOCATED, RESERVED_LABELS, reserved_identity
 from cilia.kvstore.client import (
     Backoff,
@@ -299,6 +299,17 @@ class ClusterIdentityAllocator:
         """This node's references: id -> (labels, count), for `restore` after a restart."""
         with self._lock:
             return {h.identity: (labels, h.refs) for labels, h in self._held.items() if h.refs}
+
+    def snapshot(self) -> dict[str, Any]:
+        """This node's references in `IdentityAllocator.snapshot()`'s format (what the
+        agent persists); `held_identities()` reads it back for `restore`."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "identities": [
+                {"id": ident, "labels": labels.to_list(), "refcount": refs}
+                for ident, (labels, refs) in sorted(self.held().items())
+            ],
+        }
 
     def restore(self, held: Mapping[int, tuple[Labels, int]]) -> Remaps:
         """Take back the identities of a previous run (from `held()`): the same ids,
@@ -679,6 +690,16 @@ class ClusterIdentityAllocator:
                 except KvstoreError as exc:
                     log.warning("identity gc failed: %s", exc)
                 gc_due = time.monotonic() + self.gc_interval
+
+
+def held_identities(snapshot: Mapping[str, Any]) -> dict[int, tuple[Labels, int]]:
+    """The references of a `snapshot()` (also one of a one-node `IdentityAllocator`)."""
+    if snapshot.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported identity snapshot version {snapshot.get('version')!r}")
+    return {
+        int(e["id"]): (Labels.parse(e["labels"]), max(1, int(e.get("refcount", 1))))
+        for e in snapshot["identities"]
+    }
 
 
 def _as_id(kv: KeyValue) -> int | None:
