@@ -296,6 +296,7 @@ class Etcd:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"unsupported etcd endpoint {url!r} (http://HOST:PORT)")
         session = requests.Session()
+        session.trust_env = False  # no proxy/netrc look-ups per request (a third of its cost)
         session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE))
         return Etcd3Client(
             host=parts.hostname,
@@ -670,6 +671,7 @@ class Reflector:
         self._keys: dict[str, int] = {}
         self._last_error = ""
         self._stop = threading.Event()
+        self._retry = threading.Event()
         self._queue: queue.Queue[tuple[int, list[WatchEvent] | str | None]] = queue.Queue()
         self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
@@ -696,9 +698,14 @@ class Reflector:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._retry.set()
         self._queue.put((-1, None))
         if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    def retry_now(self) -> None:
+        """While out of sync, list again now instead of at the end of the backoff."""
+        self._retry.set()
 
     def wait_synced(self, timeout: float) -> bool:
         """Block until the first (or current) listing has been applied."""
@@ -757,7 +764,8 @@ class Reflector:
                 self._last_error = reason
             delay = self._backoff.next()
             log.warning("%s: %s; resyncing in %.1fs", self.prefix, reason, delay)
-            self._stop.wait(delay)
+            self._retry.wait(delay)
+            self._retry.clear()
 
     def _cycle(self) -> str:
         """List, sync, watch and apply until the watch is lost; returns why."""

@@ -411,10 +411,7 @@ class ClusterIdentityAllocator:
                 with self._lock:
                     candidate = self._cached_id(labels, tried)
                 continue
-            if not self._reflector.wait_synced(self.etcd.timeout):
-                raise KvstoreUnavailable(
-                    f"identity cache not synced: {self._reflector.last_error or 'timeout'}"
-                )
+            self._wait_synced()
             ident = self._reserve()
             try:
                 result = self.etcd.txn(
@@ -443,6 +440,20 @@ class ClusterIdentityAllocator:
             adoptable = sorted({i for i in map(_as_id, users) if i is not None} - tried)
             candidate = adoptable[0] if adoptable else None
         raise KvstoreError(f"no identity for {labels} after {MAX_ATTEMPTS} attempts")
+
+    def _wait_synced(self) -> None:
+        """New ids are only taken with a cache that mirrors the store. While the watch
+        is failing, one immediate retry is asked for, with a short wait."""
+        reflector = self._reflector
+        if reflector.synced:
+            return
+        failing = bool(reflector.last_error)
+        if failing:
+            reflector.retry_now()
+        if not reflector.wait_synced(min(1.0, self.etcd.timeout) if failing else self.etcd.timeout):
+            raise KvstoreUnavailable(
+                f"identity cache not synced: {reflector.last_error or 'timeout'}"
+            )
 
     def _reference(self, ident: int, encoded: str, reference: str, lease: int) -> bool:
         """Write this node's reference to `ident` if its master still has the labels."""
