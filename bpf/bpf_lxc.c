@@ -271,11 +271,27 @@ int cilia_from_overlay(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* The identity a packet routed into the tunnel carries: the one a proxy put
+ * in its mark; a local endpoint's for a pod's packet that came through the
+ * stack (a restarted agent has not turned the tunnel on yet); world for other
+ * forwarded packets; host for the node's own. */
+static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb)
+{
+	__u32 identity = 0, ifindex = skb->ingress_ifindex;
+	struct endpoint_info *ep;
+
+	if (from_proxy(skb, &identity) && identity)
+		return identity;
+	if (!ifindex)
+		return ID_HOST;
+	ep = bpf_map_lookup_elem(&cilia_endpoints, &ifindex);
+	return ep ? ep->identity : ID_WORLD;
+}
+
 /* tcx egress of the VXLAN device. Packets a pod's program redirected here
- * already carry their tunnel key. The node's own packets, routed here by the
- * agent's routes to other nodes' pod ranges (the L7 proxies' upstream
- * connections among them), get one: VNI = the source identity a proxy put
- * in its mark, else host. */
+ * already carry their tunnel key. Those routed here by the agent's routes to
+ * other nodes' pod ranges (the node's own, the L7 proxies' upstream
+ * connections among them) get one here. */
 SEC("tc")
 int cilia_to_overlay(struct __sk_buff *skb)
 {
@@ -283,7 +299,7 @@ int cilia_to_overlay(struct __sk_buff *skb)
 	struct datapath_config *cfg = config_get();
 	struct bpf_tunnel_key key = {};
 	struct ipcache_value dst_info;
-	__u32 remote = 0, proxied = 0;
+	__u32 remote = 0;
 	int ret;
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
@@ -293,9 +309,7 @@ int cilia_to_overlay(struct __sk_buff *skb)
 	ret = parse_ipv4(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
-	c.src_identity = ID_HOST;
-	if (from_proxy(skb, &proxied) && proxied)
-		c.src_identity = proxied;
+	c.src_identity = routed_source_identity(skb);
 	c.dst_identity = identity_of(c.f.daddr, &dst_info);
 	ret = tunnel_endpoint_of(cfg, c.f.daddr, &dst_info, &remote);
 	if (!ret && !remote)

@@ -115,13 +115,15 @@ class Node:
 
         return self.worker.submit(inside).result()
 
-    def start_datapath(self) -> Datapath:
-        """A new Datapath on the node's pins (a restarted agent reuses them), overlay attached."""
+    def start_datapath(self, overlay: bool = True) -> Datapath:
+        """A new Datapath on the node's pins (a restarted agent reuses them), its overlay
+        attached unless told otherwise."""
         if self.datapath is not None:
             self.call(self.datapath.close)
         self.datapath = self.call(Datapath, self.pin_dir, self.cluster.tmp / "cache")
         self.call(self.dp.start)
-        self.attach_overlay()
+        if overlay:
+            self.attach_overlay()
         return self.dp
 
     def attach_overlay(self) -> int:

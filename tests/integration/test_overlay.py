@@ -9,11 +9,12 @@ never crossing nodes, drop 160, the tunnel MTU, restart and drift repair.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -322,9 +323,12 @@ def test_large_cross_node_tcp_transfer_has_no_fragments_or_drops(env: Env) -> No
     assert grew(before_a, drops(a)) == set() and grew(before_b, drops(b)) == set()
 
 
-def _restart(node: Node) -> tuple[int, int]:
-    """A new Datapath on the same pins, as a restarted agent; policy entries rewritten."""
-    node.start_datapath()
+def _restart(node: Node, before_overlay: Callable[[], None]) -> tuple[int, int]:
+    """A new Datapath on the same pins, as a restarted agent (`before_overlay` runs
+    before it attaches the overlay again); policy entries rewritten."""
+    node.start_datapath(overlay=False)
+    before_overlay()
+    node.attach_overlay()
     changed = [0, 0]
     for pod in node.pods:
         node.call(node.dp.attach, pod.net.host_ifname, pod.net.host_ifindex)
@@ -336,7 +340,12 @@ def _restart(node: Node) -> tuple[int, int]:
 
 def test_restart_keeps_an_established_cross_node_flow(env: Env) -> None:
     a, b, pa, pb = env.a, env.b, env.pa, env.pb
-    pb.program(allow(Direction.INGRESS, ID_A, (5002, Protocol.TCP)))
+    pb.program(allow(Direction.INGRESS, ID_A, (5002, Protocol.TCP), (PORT, Protocol.TCP)))
+
+    def new_flows_keep_their_identity() -> None:
+        assert reaches(pa.path, pb.ip), "B allows only A's identity"
+        assert reaches(pb.path, pa.ip)
+
     server = socket_in_netns(pb.path, socket.AF_INET, socket.SOCK_STREAM)
     client = socket_in_netns(pa.path, socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -349,7 +358,8 @@ def test_restart_keeps_an_established_cross_node_flow(env: Env) -> None:
         client.sendall(b"before")
         assert conn.recv(16) == b"before"
         vxlans = [n.dp.overlay.ifindex for n in (a, b) if n.dp.overlay]
-        assert _restart(a) == (0, 0) and _restart(b) == (0, 0)
+        assert _restart(a, new_flows_keep_their_identity) == (0, 0)
+        assert _restart(b, new_flows_keep_their_identity) == (0, 0)
         assert [n.dp.overlay.ifindex for n in (a, b) if n.dp.overlay] == vxlans
         assert env.cluster.connect() == [(0, 0), (0, 0)], "the pinned maps are kept"
         assert env.cluster.sync_ipcache() == [(0, 0), (0, 0)]
@@ -361,6 +371,21 @@ def test_restart_keeps_an_established_cross_node_flow(env: Env) -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_pod_packets_routed_into_the_tunnel_keep_their_identity(env: Env) -> None:
+    # The endpoint program does not tunnel (its config lost the VXLAN device): the
+    # stack routes pod A's packets into the device, whose program tags them with
+    # pod A's identity, never with the node's.
+    a, pa, pb = env.a, env.pa, env.pb
+    cfg = a.dp.config.lookup(ctypes.c_uint32(0))
+    assert cfg is not None and cfg.vxlan_ifindex
+    cfg.vxlan_ifindex = 0
+    a.dp.config.update(ctypes.c_uint32(0), cfg)
+    cap = Capture(env.cluster, f"{env.cluster.prefix}p{env.b.name}")
+    assert reaches(pa.path, pb.ip), "B allows only A's identity"
+    assert {v for v, s, d in cap.frames() if (s, d) == (pa.ip, pb.ip)} == {ID_A}
+    assert a.call(a.dp.verify).repaired == ["datapath config restored"]
 
 
 def test_verify_repairs_tunnel_map_routes_and_device(env: Env) -> None:

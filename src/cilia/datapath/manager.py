@@ -146,6 +146,8 @@ class Datapath:
         self.proxy_ifname = ""
         self.proxy_ifindex = 0
         self.overlay: Overlay | None = None
+        self._overlay_config = (0, 0, 0)
+        """vxlan_ifindex, cluster_ipv4, cluster_mask of the datapath config."""
 
     # -- life cycle -------------------------------------------------------
 
@@ -163,6 +165,8 @@ class Datapath:
         self.ct = CtMap(f"{path}/cilia_ct")
         self.metrics = MetricsMap(f"{path}/cilia_metrics")
         self.tunnel = TunnelMap(f"{path}/cilia_tunnel")
+        self.config = BpfMap(f"{path}/cilia_config", ctypes.c_uint32, DatapathConfig)
+        self._keep_pinned_overlay_config()
         self._write_config()
         # Whatever a previous agent left is the starting point of the diff.
         self._realized_endpoints = self.endpoints.dump()
@@ -173,26 +177,31 @@ class Datapath:
         for t, proxy_port in self.policy.dump_values().items():
             self._realized_policy[t[0]][t] = proxy_port
 
-    def _write_config(self) -> None:
-        cfg_map = BpfMap(f"{self.maps_dir}/cilia_config", ctypes.c_uint32, DatapathConfig)
+    def _keep_pinned_overlay_config(self) -> None:
+        """Until attach_overlay runs again, a restarted datapath keeps tunnelling as
+        the previous one did (its VXLAN device, cluster range)."""
+        cfg = self.config.lookup(ctypes.c_uint32(0))
+        if cfg is not None:
+            self._overlay_config = (cfg.vxlan_ifindex, cfg.cluster_ipv4, cfg.cluster_mask)
+
+    def _desired_config(self) -> DatapathConfig:
         lt = self.lifetimes
-        o = self.overlay
-        cluster = ipaddress.IPv4Network(o.cluster_cidr if o else "0.0.0.0/32")
-        cfg_map.update(
-            ctypes.c_uint32(0),
-            DatapathConfig(
-                lt.tcp,
-                lt.tcp_syn,
-                lt.tcp_closing,
-                lt.non_tcp,
-                int(self.trace_all),
-                self.proxy_ifindex,
-                o.ifindex if o else 0,
-                ip_to_be(str(cluster.network_address)),
-                ip_to_be(str(cluster.netmask)),
-            ),
+        if (o := self.overlay) is not None:
+            cluster = ipaddress.IPv4Network(o.cluster_cidr)
+            addr, mask = str(cluster.network_address), str(cluster.netmask)
+            self._overlay_config = (o.ifindex, ip_to_be(addr), ip_to_be(mask))
+        return DatapathConfig(
+            lt.tcp,
+            lt.tcp_syn,
+            lt.tcp_closing,
+            lt.non_tcp,
+            int(self.trace_all),
+            self.proxy_ifindex,
+            *self._overlay_config,
         )
-        cfg_map.close()
+
+    def _write_config(self) -> None:
+        self.config.update(ctypes.c_uint32(0), self._desired_config())
 
     def set_trace_all(self, enabled: bool) -> None:
         """Switch trace events on or off for every endpoint of the node."""
@@ -316,7 +325,8 @@ class Datapath:
 
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
-        for m in ("endpoints", "ipcache", "policy", "lxc_ip", "ct", "metrics", "tunnel"):
+        maps = ("endpoints", "ipcache", "policy", "lxc_ip", "ct", "metrics", "tunnel", "config")
+        for m in maps:
             if hasattr(self, m):
                 getattr(self, m).close()
         if self._obj is not None:
@@ -425,10 +435,15 @@ class Datapath:
 
         Each endpoint's own policy entries are restored by its sync-policymap
         controller (`verify_endpoint_policy`); here only entries nobody wrote
-        are removed, with the endpoint, ipcache, lxc and tunnel maps, and the
-        VXLAN device with its programs and routes.
+        are removed, with the config, endpoint, ipcache, lxc and tunnel maps,
+        and the VXLAN device with its programs and routes.
         """
         report = DriftReport()
+        desired = self._desired_config()
+        actual = self.config.lookup(ctypes.c_uint32(0))
+        if actual is None or bytes(actual) != bytes(desired):
+            self.config.update(ctypes.c_uint32(0), desired)
+            report.repaired.append("datapath config restored")
         for t in self.policy.dump():
             if t not in self._realized_policy.get(t[0], {}):
                 self.policy.remove(t)
