@@ -4,6 +4,7 @@ the node selection (`--node`) every other command follows."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -111,6 +112,8 @@ def cluster_up(
         agent_args=agent_args,
         timeout=timeout,
     )
+    # A SIGTERM (a cancelled CI job) unwinds like Ctrl-C: `up` removes what it built.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         state = up(cluster_dir(), spec, lambda line: click.echo(line, err=fmt != "table"))
     except ClusterError as exc:
@@ -135,13 +138,14 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _summary(value: Any) -> str:
-    if isinstance(value, dict):
-        for key in ("health", "status", "state"):
-            if key in value:
-                return str(value[key])
-        return "reported"
-    return "-" if value is None else str(value)
+def _kvstore(value: Any) -> str:
+    """The agent's kvstore status in a few words."""
+    if not isinstance(value, dict):
+        return "-"
+    if "healthy" not in value:
+        return str(value.get("backend", "-"))
+    health = "ok" if value["healthy"] else "unreachable"
+    return f"{health}, {value['nodes']} nodes" if "nodes" in value else health
 
 
 @cluster.command("status")
@@ -174,7 +178,7 @@ def cluster_status(fmt: str) -> None:
                     _yes(n["agent-alive"]),
                     _yes(n["agent-healthy"]),
                     n.get("agent", {}).get("pod-cidr", "-"),
-                    _summary(n.get("agent", {}).get("kvstore")),
+                    _kvstore(n.get("agent", {}).get("kvstore")),
                 )
                 for n in data["nodes"]
             ],

@@ -11,11 +11,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import etcd3gw
 import httpx
-from etcd3gw.exceptions import Etcd3Exception
 
 ETCD_BINARY = "etcd"
 
@@ -25,37 +22,23 @@ class EtcdError(RuntimeError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Is `pid` a running process (a zombie is not)?"""
     with contextlib.suppress(ChildProcessError):  # reap it if it is our child
         os.waitpid(pid, os.WNOHANG)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 def health_error(url: str, timeout: float = 1.0) -> str | None:
     """None when the etcd at `url` answers /health with true, else why not."""
     try:
-        health = httpx.get(f"{url}/health", timeout=timeout).json().get("health")
+        health = httpx.get(f"{url}/health", timeout=timeout, trust_env=False).json().get("health")
     except (httpx.HTTPError, ValueError) as exc:
         return str(exc) or type(exc).__name__
     return None if health == "true" else f"health is {health!r}"
-
-
-def delete_prefix(url: str, prefix: str, timeout: float = 5.0) -> None:
-    """Delete every key under `prefix` in the etcd at `url` (etcd3gw, the project's client)."""
-    parts = urlsplit(url)
-    client = etcd3gw.client(
-        host=parts.hostname or "localhost",
-        port=parts.port or 2379,
-        protocol=parts.scheme or "http",
-        timeout=timeout,
-    )
-    try:
-        client.delete_prefix(prefix)
-    except Etcd3Exception as exc:
-        raise EtcdError(f"cannot delete {prefix!r} at {url}: {type(exc).__name__} {exc}") from exc
 
 
 @dataclass
@@ -161,19 +144,21 @@ class EtcdServer:
             time.sleep(0.05)
         raise EtcdError(f"etcd at {self.url} not healthy after {timeout:.0f}s ({last})")
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the server by pid (TERM, then KILL); True if one was running."""
+    def stop(self, timeout: float = 10.0, graceful: bool = True) -> bool:
+        """Stop the server by pid (TERM, then KILL; only KILL unless `graceful`); True if
+        one was running."""
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         while _pid_alive(pid) and time.monotonic() < deadline:
             if self._proc is not None:
                 self._proc.poll()
-            time.sleep(0.05)
+            time.sleep(0.02)
         if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self._proc is not None:
             self._proc.wait(timeout=timeout)
             self._proc = None
@@ -181,6 +166,7 @@ class EtcdServer:
         return True
 
     def remove(self) -> None:
-        """Stop and delete the data directory, pid file and log."""
-        self.stop()
+        """Stop (a clean shutdown is pointless: the data goes) and delete the data
+        directory, pid file and log."""
+        self.stop(graceful=False)
         shutil.rmtree(self.directory, ignore_errors=True)

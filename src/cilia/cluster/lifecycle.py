@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.pods import kill_netns_processes
-from cilia.cluster.etcd import EtcdError, EtcdServer, delete_prefix, health_error
+from cilia.cluster.etcd import EtcdServer, health_error
 from cilia.cluster.nodes import (
     PREFIX_VARIABLE,
     agent_alive,
@@ -31,6 +31,7 @@ from cilia.cluster.nodes import (
     cluster_processes,
     kill_processes,
     plan_node,
+    process_env,
     reach_from_node,
     start_agent,
     stop_agents,
@@ -46,12 +47,15 @@ from cilia.cluster.underlay import (
 )
 from cilia.datapath import bpffs
 from cilia.datapath.netns import delete_netns, list_netns, netns_exists
+from cilia.kvstore.client import Etcd, KvstoreError
 
 Report = Callable[[str], None]
 
 AGENT_STATUS_KEYS = ("cilia", "node", "pod-cidr", "kvstore", "error")
 """What `cluster status` shows of each agent's /v1/status."""
 
+UNIX_PATH_MAX = 107
+"""Longest path a unix socket can bind to."""
 KVSTORE_PREFIX = "cilia/"
 """Every key the agents write starts with it; `down` deletes it from an external etcd."""
 
@@ -114,7 +118,7 @@ def _etcd_server(state: ClusterState) -> EtcdServer:
         etcd.peer_port,
         hosts=tuple(etcd.hosts),
         name=f"{state.prefix}-etcd",
-        env={PREFIX_VARIABLE: f"{state.prefix}-etcd"},  # found by the sweep after a kill -9
+        env=process_env({PREFIX_VARIABLE: f"{state.prefix}-etcd"}),  # the sweep finds it
     )
 
 
@@ -128,6 +132,12 @@ def _plan(state: ClusterState, spec: ClusterSpec) -> None:
         plan_node(directory, state.prefix, state.device_prefix, i, subnet)
         for i in range(1, spec.nodes + 1)
     ]
+    socket_path = state.nodes[-1].config.socket_path
+    if len(str(socket_path)) > UNIX_PATH_MAX:
+        raise ClusterError(
+            f"{directory} is too long: the agents' sockets ({socket_path}) would exceed "
+            f"{UNIX_PATH_MAX} characters"
+        )
     if spec.kvstore_endpoints:
         urls = [u.rstrip("/") for u in spec.kvstore_endpoints]
         state.etcd = EtcdState(external=True, endpoints=urls, node_endpoints=urls)
@@ -212,7 +222,12 @@ def up(directory: Path, spec: ClusterSpec, report: Report) -> ClusterState:
     try:
         _build(state, spec, report)
     except BaseException as exc:
-        reason = str(exc) if isinstance(exc, ClusterError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, Exception):
+            reason = "interrupted"
+        elif isinstance(exc, ClusterError):
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
         report(f"cluster up failed ({reason}); removing what was built")
         try:
             down(directory, report)
@@ -236,17 +251,17 @@ def _remove_etcd(state: ClusterState, report: Report) -> bool:
             server.remove()
             report(f"removed etcd{f' (pid {pid})' if pid else ''} and its data {etcd.directory}")
         return True
-    errors = []
-    for url in etcd.endpoints:
+    try:
+        store = Etcd(etcd.endpoints)
         try:
-            delete_prefix(url, KVSTORE_PREFIX)
-        except EtcdError as exc:
-            errors.append(str(exc))
-            continue
-        report(f"removed keys {KVSTORE_PREFIX}* at {url}")
-        return True
-    report(f"warning: could not delete the cluster's keys: {'; '.join(errors)}")
-    return False
+            deleted = store.delete_prefix(KVSTORE_PREFIX)
+        finally:
+            store.close()
+    except (KvstoreError, ValueError) as exc:
+        report(f"warning: could not delete the cluster's keys {KVSTORE_PREFIX}*: {exc}")
+        return False
+    report(f"removed {deleted} keys {KVSTORE_PREFIX}* at {', '.join(etcd.endpoints)}")
+    return True
 
 
 def _sweep(state: ClusterState, report: Report) -> None:
@@ -280,12 +295,22 @@ def down(directory: Path, report: Report) -> bool:
         else:
             report(f"no cluster in {directory}")
         return True
-    _report_removed(report, stop_agents(state.nodes))
-    for node in state.nodes:
-        _report_removed(report, clean_node(node))
-    _report_removed(report, [f"device {d}" for d in remove_devices(state.device_prefix)])
-    complete = _remove_etcd(state, report)
-    _sweep(state, report)
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("stop the agents", lambda: _report_removed(report, stop_agents(state.nodes))),
+        *(
+            (f"clean {node.name}", lambda node=node: _report_removed(report, clean_node(node)))
+            for node in state.nodes
+        ),
+        ("remove etcd", lambda: _remove_etcd(state, report)),
+        ("sweep", lambda: _sweep(state, report)),
+    ]
+    complete = True
+    for what, step in steps:  # each step is attempted, whatever happened to the others
+        try:
+            complete = step() is not False and complete
+        except Exception as exc:
+            report(f"warning: could not {what}: {type(exc).__name__}: {exc}")
+            complete = False
     shutil.rmtree(directory, ignore_errors=True)
     report(f"removed {directory}")
     return complete
@@ -335,8 +360,9 @@ def _node_status(node: NodeState) -> dict[str, Any]:
     }
     if healthy:
         agent = agent_status(node)
-        out["agent"] = {
-            k: agent[k] for k in ("cilia", "node", "pod-cidr", "kvstore", "error") if k in agent
-        }
-    out["healthy"] = healthy and out["netns-exists"] and "error" not in out.get("agent", {})
+        out["agent"] = {k: agent[k] for k in AGENT_STATUS_KEYS if k in agent}
+    agent_out = out.get("agent", {})
+    kvstore = agent_out.get("kvstore")
+    kvstore_ok = not isinstance(kvstore, dict) or kvstore.get("healthy", True)
+    out["healthy"] = healthy and out["netns-exists"] and "error" not in agent_out and kvstore_ok
     return out

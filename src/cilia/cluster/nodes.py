@@ -62,6 +62,11 @@ def plan_node(
     )
 
 
+def process_env(settings: dict[str, str]) -> dict[str, str]:
+    """Environment of a process the cluster starts: ours without CILIA_*, plus `settings`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CILIA_")} | settings
+
+
 def agent_argv(node: NodeState, etcd_endpoints: Sequence[str], flags: Sequence[str]) -> list[str]:
     """The agent command line of a node: cluster mode on the given etcd, plus `flags`."""
     return [
@@ -86,7 +91,7 @@ def start_agent(node: NodeState) -> None:
     directory); records its PID and start time in `node`."""
     config = node.config
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CILIA_")} | node.env
+    env = process_env(node.env)
     rec = start_process(netns_path(node.netns), node.agent_argv, config.log_file, env=env)
     config.pid_file.write_text(f"{rec.pid}\n")
     node.agent_pid, node.agent_start_time = rec.pid, rec.start_time
