@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from cilia.datapath.manager import Datapath
 from cilia.datapath.netns import create_netns, delete_netns, list_netns, netns_path, setns
 from cilia.datapath.overlay import VXLAN_OVERHEAD
 from cilia.datapath.pod_network import PodNetwork, ensure_pod_network
-from cilia.policy.desired import EndpointPolicy
+from cilia.policy.desired import EndpointPolicy, Redirect
 from cilia.runtime.processes import ProcessRecord, start_process, stop_process, wait_listening
 
 R = TypeVar("R")
@@ -52,7 +52,9 @@ class Pod:
     def path(self) -> str:
         return netns_path(self.net.netns)
 
-    def program(self, policy: EndpointPolicy) -> tuple[int, int]:
+    def program(
+        self, policy: EndpointPolicy, proxy_ports: Mapping[Redirect, int] | None = None
+    ) -> tuple[int, int]:
         """Make the node's datapath enforce `policy` for this pod."""
         self.policy = policy
         return self.node.call(
@@ -62,6 +64,7 @@ class Pod:
             self.ip,
             self.identity,
             policy,
+            proxy_ports=proxy_ports,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import errno
 import secrets
 import socket
@@ -20,10 +21,22 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute
 
+from cilia.datapath.layout import MARK_MAGIC_FROM_PROXY
 from cilia.datapath.netns import setns, socket_in_netns
 from cilia.datapath.overlay import SCOPE_LINK, VXLAN_PORT, remove_overlay_device
 from cilia.datapath.pod_network import MAIN_TABLE, POD_IFNAME, ensure_pod_network, route_mtu
-from cilia.policy.desired import ALL_PORTS, Direction, EndpointPolicy, PolicyEntry, Protocol
+from cilia.datapath.proxy_device import proxy_device_name
+from cilia.datapath.proxy_routing import ensure_proxy_routing
+from cilia.policy.desired import (
+    ALL_PORTS,
+    Direction,
+    EndpointPolicy,
+    L7Allow,
+    PolicyEntry,
+    Protocol,
+    Redirect,
+)
+from cilia.proxy.sockets import listener
 from cilia.runtime.probe import probe
 from tests.integration.overlay_nodes import Cluster, Node, Pod, link_stats, snmp
 
@@ -411,6 +424,85 @@ def test_verify_repairs_tunnel_map_routes_and_device(env: Env) -> None:
     assert reaches(pa.path, pb.ip)
     env.pb.program(allow(Direction.INGRESS, CLUSTER, (PORT, Protocol.TCP)))
     assert reaches(a.path, pb.ip), "the node's routes through the tunnel are back"
+
+
+PROXY_PORT, L7_PORT = 15001, 8080
+
+
+def _node_proxy(node: Node) -> socket.socket:
+    """A transparent listener in the node as its L7 proxy, with the node's proxy
+    device and the routing that delivers redirected packets to it."""
+    node.call(node.dp.attach_proxy_device, proxy_device_name(node.netns))
+    node.call(ensure_proxy_routing)
+    sock = node.call(listener, "0.0.0.0", PROXY_PORT, transparent=True)
+    sock.settimeout(3.0)
+    return sock
+
+
+def _redirect(pod: Pod, direction: Direction, port: int, identity: int) -> None:
+    """Enforce `direction`: only `identity` on `port`/TCP, through the node's proxy."""
+    redirect = Redirect(direction, port, "http", (L7Allow(identity),))
+    policy = allow(direction, identity, (port, Protocol.TCP))
+    pod.program(
+        dataclasses.replace(policy, redirects=frozenset({redirect})), {redirect: PROXY_PORT}
+    )
+
+
+def test_l7_ingress_from_another_node_reaches_the_proxy_as_the_vni_identity(env: Env) -> None:
+    # Through cilia_to_container, the proxy device and cilia_from_host; B's ipcache is
+    # wrong about pod A, so a verdict taken from it would drop the flow.
+    b, pa, pb = env.b, env.pa, env.pb
+    b.call(b.dp.sync_ipcache, {f"{pa.ip}/32": ID_OTHER, f"{pb.ip}/32": ID_B})
+    _redirect(pb, Direction.INGRESS, L7_PORT, ID_A)
+    proxy = _node_proxy(b)
+    client = socket_in_netns(pa.path, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        client.settimeout(3.0)
+        client.connect((pb.ip, L7_PORT))
+        conn, peer = proxy.accept()
+        with conn:
+            assert conn.getsockname() == (pb.ip, L7_PORT) and peer[0] == pa.ip
+            conn.sendall(b"proxied")  # back through the tunnel to pod A
+            assert client.recv(64) == b"proxied"
+    finally:
+        client.close()
+        proxy.close()
+
+
+def _upstream(node: Node, dst: Pod, mark: int) -> bool:
+    """Does an HTTP request of a proxy in `node` (its upstream marked `mark`) get answered?"""
+    sock = socket_in_netns(node.path, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.settimeout(1.0)
+        sock.connect((dst.ip, PORT))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+
+
+def test_l7_egress_to_another_node_leaves_the_proxy_with_the_source_identity(env: Env) -> None:
+    a, b, pa, pb = env.a, env.b, env.pa, env.pb
+    _redirect(pa, Direction.EGRESS, PORT, ID_B)
+    proxy = _node_proxy(a)
+    client = socket_in_netns(pa.path, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        client.settimeout(3.0)
+        client.connect((pb.ip, PORT))
+        conn, _ = proxy.accept()
+        with conn:
+            assert conn.getsockname() == (pb.ip, PORT), "pod A's flow went to A's proxy"
+    finally:
+        client.close()
+        proxy.close()
+    # The proxy's upstream: its mark names pod A, so B (allowing only A) lets it in.
+    assert _upstream(a, pb, MARK_MAGIC_FROM_PROXY | ID_A << 16)
+    before = drops(b)
+    assert not _upstream(a, pb, MARK_MAGIC_FROM_PROXY), "identity 0: node A's own, cluster on B"
+    assert grew(before, drops(b)) == {(DROP_POLICY, INGRESS)}
 
 
 def test_pod_route_mtu_is_fixed_in_place(env: Env) -> None:
