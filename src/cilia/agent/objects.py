@@ -127,10 +127,13 @@ class ObjectStore:
                     "namespace": o.namespace,
                     "name": o.name,
                     "labels": dict(o.metadata.labels),
+                    "node": o.spec.nodeName or "",
+                    "state": "pending",  # until its node reports it
                     **pod_status.get(o.key, {}),
                     "object": dump(o),
                 }
                 for o in self.of_kind("Pod")
+                if isinstance(o, Pod)
             ]
         if kind == "namespaces":
             return [

@@ -406,6 +406,7 @@ def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
                 (
                     i["namespace"],
                     i["name"],
+                    i.get("node", ""),
                     i.get("ipv4", ""),
                     i.get("identity", ""),
                     i.get("state", ""),
@@ -413,7 +414,7 @@ def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
                 )
                 for i in items
             ],
-            ["NAMESPACE", "NAME", "IPV4", "IDENTITY", "STATE", "LABELS"],
+            ["NAMESPACE", "NAME", "NODE", "IPV4", "IDENTITY", "STATE", "LABELS"],
         )
     elif canonical == "namespaces":
         table(
