@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import log, median, p95, save, timed, verdict
+from tests.cluster.harness import ClusterHandle, running_cluster
 
 from cilia.cli.client import Client
-from tests.cluster.harness import ClusterHandle, running_cluster
 
 NS = "bcp"
 PODS = 100
