@@ -203,6 +203,7 @@ def main() -> int:
                 )
                 cleaner = Etcd([server.url], timeout=30.0)
                 cleaner.delete_prefix(prefix)
+                cleaner.compact(cleaner.status()["revision"])  # every round on a store alike
                 cleaner.close()
     finally:
         server.remove()

@@ -99,11 +99,13 @@ def test_fail_over_and_operation_hook(etcd_server: EtcdServer, prefix: str) -> N
     down.close()
 
 
-def test_status(etcd: Etcd, etcd_server: EtcdServer) -> None:
+def test_status(etcd: Etcd, etcd_server: EtcdServer, prefix: str) -> None:
+    written = etcd.put(prefix + "k", b"")
     status = etcd.status()
     assert status["endpoint"] == etcd_server.url
     assert status["version"].startswith("3.")
     assert status["dbSize"] > 0 and status["leader"] and status["raftTerm"] >= 1
+    assert status["revision"] >= written
 
 
 def test_watch_streams_changes_in_order(etcd: Etcd, prefix: str) -> None:

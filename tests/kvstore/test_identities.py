@@ -215,3 +215,22 @@ def test_release_and_allocate_never_interleave(etcd: Etcd, nodes: Nodes) -> None
     assert a.identities.held() == {}
     assert etcd.get(ref_key) is None
     assert len(ids) >= 1
+
+
+def test_references_without_a_master_get_it_back(etcd: Etcd, nodes: Nodes) -> None:
+    """Only the master keys were lost and the node that referenced the labels is not
+    republishing: the next allocation re-creates the master with the id in use."""
+    a = nodes("a")
+    keys = a.identities.keys
+    lease = etcd.grant(30)
+    try:
+        etcd.put(keys.reference(encode_labels(DB), "ghost"), b"5000", lease=lease)
+        assert a.identities.allocate(DB) == 5000
+        master = etcd.get(keys.master(5000))
+        assert master is not None and master.value == encode_labels(DB).encode()
+        etcd.put(keys.reference(encode_labels(WEB), "ghost"), b"5001", lease=lease)
+        etcd.put(keys.master(5001), encode_labels(DB).encode())  # 5001 means other labels
+        web = a.identities.allocate(WEB)
+        assert web not in (5000, 5001)
+    finally:
+        etcd.revoke(lease)

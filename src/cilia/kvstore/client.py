@@ -424,7 +424,8 @@ class Etcd:
     # -- cluster -----------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The answering member's status: endpoint, version, dbSize, leader, raftTerm."""
+        """The answering member's status: endpoint, version, dbSize, leader, raftTerm and
+        the store's revision."""
         result = self._post("status", "maintenance/status", {})
         return {
             "endpoint": self.endpoints[self._preferred],
@@ -432,6 +433,7 @@ class Etcd:
             "dbSize": int(result.get("dbSize", 0)),
             "leader": result.get("leader", ""),
             "raftTerm": int(result.get("raftTerm", 0)),
+            "revision": _header_revision(result),
         }
 
     def healthy(self) -> bool:

@@ -397,12 +397,18 @@ class ClusterIdentityAllocator:
             return fn(successor)
 
     def _acquire(self, labels: Labels, lease: int, tried: set[int]) -> int:
-        """Reference the cluster's id of `labels`, allocating one if there is none."""
+        """Reference the cluster's id of `labels`, allocating one if there is none.
+
+        A new id needs no node to reference the labels yet; references naming ids that
+        turned out unusable (their master holds other labels) only count if they change.
+        """
         encoded = encode_labels(labels)
         reference = self.keys.reference(encoded, self.node)
         refs = self.keys.references(encoded)
+        unreferenced = Compare(refs, "version", "==", 0, range_end=prefix_end(refs))
         with self._lock:
             candidate = self._cached_id(labels, tried)
+        adopted: list[int] = []
         for _ in range(MAX_ATTEMPTS):
             if candidate is not None:
                 tried.add(candidate)
@@ -411,34 +417,39 @@ class ClusterIdentityAllocator:
                 with self._lock:
                     candidate = self._cached_id(labels, tried)
                 continue
+            if adopted:
+                ident = adopted.pop(0)
+                if self._reference(ident, encoded, reference, lease) or self._recreate(
+                    ident, encoded, reference, lease
+                ):
+                    return ident
+                continue
             self._wait_synced()
             ident = self._reserve()
+            master = self.keys.master(ident)
             try:
                 result = self.etcd.txn(
-                    [
-                        Compare(self.keys.master(ident), "version", "==", 0),
-                        Compare(refs, "version", "==", 0, range_end=prefix_end(refs)),
-                    ],
-                    [
-                        Put(self.keys.master(ident), encoded.encode()),
-                        Put(reference, str(ident).encode(), lease),
-                    ],
-                    [Get(self.keys.master(ident)), Get(refs, prefix=True)],
+                    [Compare(master, "version", "==", 0), unreferenced],
+                    [Put(master, encoded.encode()), Put(reference, str(ident).encode(), lease)],
+                    [Get(master), Get(refs, prefix=True)],
                 )
             finally:
                 with self._lock:
                     self._inflight.discard(ident)
             if result.succeeded:
                 return ident
-            master, users = result.responses
-            assert isinstance(master, list) and isinstance(users, list)
+            taken, users = result.responses
+            assert isinstance(taken, list) and isinstance(users, list)
             with self._lock:
-                if master:  # another node took this id: look elsewhere
+                if taken:  # another node took this id: look elsewhere
                     self._cursor = random.randint(self.min_id, self.max_id)
                 elif ident not in self._cache and ident not in self._held_ids:
                     self._free.free(ident)
-            adoptable = sorted({i for i in map(_as_id, users) if i is not None} - tried)
-            candidate = adoptable[0] if adoptable else None
+            adopted = sorted({i for i in map(_as_id, users) if i is not None} - tried)
+            tried.update(adopted)
+            if users and not adopted:
+                newest = max(kv.mod_revision for kv in users)
+                unreferenced = Compare(refs, "mod", "<", newest + 1, range_end=prefix_end(refs))
         raise KvstoreError(f"no identity for {labels} after {MAX_ATTEMPTS} attempts")
 
     def _wait_synced(self) -> None:
@@ -460,6 +471,20 @@ class ClusterIdentityAllocator:
         result = self.etcd.txn(
             [Compare(self.keys.master(ident), "value", "==", encoded.encode())],
             [Put(reference, str(ident).encode(), lease)],
+        )
+        return result.succeeded
+
+    def _recreate(self, ident: int, encoded: str, reference: str, lease: int) -> bool:
+        """Re-create the missing master key of an id every reference of the labels names
+        (left behind by a wipe of the master keys), with this node's reference."""
+        refs = self.keys.references(encoded)
+        master = self.keys.master(ident)
+        result = self.etcd.txn(
+            [
+                Compare(master, "version", "==", 0),
+                Compare(refs, "value", "==", str(ident).encode(), range_end=prefix_end(refs)),
+            ],
+            [Put(master, encoded.encode()), Put(reference, str(ident).encode(), lease)],
         )
         return result.succeeded
 
