@@ -113,6 +113,12 @@ def endpoint_flags(policy: EndpointPolicy, trace: bool = False) -> int:
     )
 
 
+def _as_prefix(prefix: str) -> str:
+    """A bare address as its /32 (prefixes are taken as written: this runs for every
+    ipcache entry on every regeneration, so no parsing)."""
+    return prefix if "/" in prefix else f"{prefix}/32"
+
+
 def boottime() -> int:
     """Seconds of CLOCK_BOOTTIME, the clock of CT expiry stamps."""
     return int(time.clock_gettime(time.CLOCK_BOOTTIME))
@@ -408,10 +414,10 @@ class Datapath:
         nodes' pods): packets to it are tunnelled there. Absent, or this
         node's own address: local.
         """
-        tunnels = {overlay.normalize_prefix(p): ip for p, ip in (tunnel_endpoints or {}).items()}
+        tunnels = {_as_prefix(p): ip for p, ip in (tunnel_endpoints or {}).items()}
         norm: dict[str, IpcacheEntry] = {}
         for p, i in desired.items():
-            prefix = overlay.normalize_prefix(p)
+            prefix = _as_prefix(p)
             node = self._remote_node(tunnels.get(prefix, ""))
             norm[prefix] = IpcacheEntry(i, IPCACHE_F_CIDR if i in cidr_identities else 0, node)
         changed = [p for p, v in norm.items() if self._realized_ipcache.get(p) != v]

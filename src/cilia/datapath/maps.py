@@ -9,7 +9,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from cilia.datapath import libbpf
 from cilia.datapath.layout import (
@@ -138,9 +138,8 @@ def key_prefix(key: IpcacheKey) -> str:
     return f"{be_to_ip(key.ipv4)}/{key.prefixlen}"
 
 
-@dataclass(frozen=True)
-class IpcacheEntry:
-    """What the ipcache says about a prefix."""
+class IpcacheEntry(NamedTuple):
+    """What the ipcache says about a prefix (a tuple: the agent diffs many of them)."""
 
     identity: int
     flags: int = 0
