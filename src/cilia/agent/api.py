@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from cilia import __version__
 from cilia.agent.api_cluster import cluster_router
 from cilia.agent.api_observe import observe_router
-from cilia.agent.daemon import Agent, AgentError
+from cilia.agent.daemon import Agent
+from cilia.agent.errors import AgentError
 from cilia.agent.trace import TraceError, TraceRequest, trace_api
 from cilia.datapath.drop_reasons import reason_name
 from cilia.k8s.manifests import ManifestError, parse_manifests

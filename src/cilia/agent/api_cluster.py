@@ -1,14 +1,17 @@
-"""REST routes of cluster mode: nodes, the kvstore commands, and the tunnel map."""
+"""REST routes of cluster mode: nodes, the kvstore commands, the tunnel map and the
+ipcache with its tunnel endpoints."""
 
 from __future__ import annotations
 
 import time
+from ipaddress import ip_network
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from cilia.agent.daemon import Agent, AgentError
+from cilia.agent.daemon import Agent
+from cilia.agent.errors import AgentError
 from cilia.kvstore.client import KvstoreUnavailable
 from cilia.kvstore.member import ClusterMember
 
@@ -30,7 +33,7 @@ def cluster_router(agent: Agent) -> APIRouter:
     def member() -> ClusterMember:
         if agent.cluster is None:
             raise AgentError("this agent does not run in cluster mode (--kvstore etcd)", 409)
-        return agent.cluster
+        return agent.cluster.member
 
     @r.get("/v1/cluster/nodes")
     def nodes() -> list[dict[str, Any]]:
@@ -78,5 +81,19 @@ def cluster_router(agent: Agent) -> APIRouter:
         with agent.lock:
             entries = agent.datapath.tunnel_entries()
         return [{"prefix": p, "node-ip": ip} for p, ip in sorted(entries.items())]
+
+    @r.get("/v1/bpf/ipcache")
+    def bpf_ipcache() -> list[dict[str, Any]]:
+        with agent.lock:
+            entries = agent.datapath.ipcache_entries()
+        return [
+            {
+                "prefix": p,
+                "identity": e.identity,
+                "flags": e.flags,
+                "tunnel-endpoint": e.tunnel_endpoint,
+            }
+            for p, e in sorted(entries.items(), key=lambda item: ip_network(item[0]))
+        ]
 
     return r

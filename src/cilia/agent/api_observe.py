@@ -11,7 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from cilia.agent.daemon import Agent, AgentError
+from cilia.agent.daemon import Agent
+from cilia.agent.errors import AgentError
 from cilia.agent.monitor import EVENT_TYPES, Filter
 from cilia.agent.observe import set_endpoint_trace, set_trace_all
 from cilia.datapath import conntrack

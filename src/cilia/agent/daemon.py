@@ -1,7 +1,7 @@
 """The agent: owns endpoints, identities and policy, and drives the datapath.
 
 Desired state flows one way: manifests and API calls change the object store
-and the policy repository; `_regenerate` turns them into identities and
+and the policy repository; `regenerate` turns them into identities and
 per-endpoint desired state (the policy engine decides); the datapath facade
 writes the difference into the kernel. Controllers re-check the kernel
 periodically and repair drift.
@@ -14,16 +14,17 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cilia.agent import pods
 from cilia.agent.cidr import CidrIdentities
+from cilia.agent.cluster import ClusterMode
 from cilia.agent.config import AgentConfig
 from cilia.agent.controllers import ControllerManager
 from cilia.agent.ctgc import CtGc
 from cilia.agent.endpoint import Endpoint, EndpointState, host_ifname, pod_netns_name
+from cilia.agent.errors import AgentError
 from cilia.agent.ipam import Ipam
 from cilia.agent.l7 import L7Gateway
 from cilia.agent.metrics import AgentMetrics
@@ -36,19 +37,17 @@ from cilia.agent.objects import (
 )
 from cilia.agent.observe import StateWatcher
 from cilia.agent.state import load_state, save_state
-from cilia.agent.trigger import Trigger
 from cilia.datapath import conntrack
-from cilia.datapath.host_address import device_ipv4, ensure_host_address
+from cilia.datapath.host_address import ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import netns_path
+from cilia.datapath.overlay import VXLAN_OVERHEAD
 from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator, IdentitySource
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
 from cilia.kvstore.client import KvstoreUnavailable
 from cilia.kvstore.identities import held_identities
-from cilia.kvstore.member import ClusterMember, MemberSettings
-from cilia.kvstore.objects import ObjectConflict as StoreConflict
 from cilia.labels import Label, Labels
 from cilia.policy import PolicyRepository, PolicyResolver, Rule
 from cilia.policy.chain import chain_local_ingress, has_egress_redirects
@@ -63,16 +62,6 @@ INIT_ANNOTATION = "cilia.io/init-labels"
 are released (`cilia endpoint labels`, or an apply removing the annotation)."""
 
 STATE_VERSION = 1
-VXLAN_OVERHEAD = 50
-"""Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 bytes."""
-
-
-class AgentError(Exception):
-    """A request the agent refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Agent:
@@ -115,12 +104,7 @@ class Agent:
         self.l7 = L7Gateway(
             config.state_dir / "proxy", lambda: self._ipcache, self.monitor, self._endpoint_of_ip
         )
-        self.cluster: ClusterMember | None = None
-        self._cluster_sync = Trigger("cluster-sync", self._cluster_regenerate)
-        self._waiting_pods: dict[str, str] = {}
-        """Pods of this node waiting for the store (key -> why), retried by a controller."""
-        self._relabel_pending = False
-        """An endpoint's new labels wait for an identity (the store was unreachable)."""
+        self.cluster: ClusterMode | None = None
         self.ct_gc = CtGc(
             self.datapath,
             self.monitor,
@@ -139,7 +123,11 @@ class Agent:
         if state is not None and state.get("version") != STATE_VERSION:
             raise AgentError(f"state file {self.config.state_file} has an unknown version")
         if self.config.cluster_mode:
-            self._join_cluster(state)
+            self.cluster = ClusterMode(self)
+            pod_cidr = self.cluster.join((state or {}).get("pod_cidr"))
+            self.config = self.config.model_copy(update={"pod_cidr": pod_cidr})
+            self.ipam = Ipam(pod_cidr, {self.config.host_router_ip})
+            self.identities = self.cluster.member.identities
         self.datapath.start()
         maps = self.datapath.maps_dir
         self.monitor.start_reader(f"{maps}/cilia_events", f"{maps}/cilia_events_lost")
@@ -148,26 +136,19 @@ class Agent:
         if self.cluster is not None:
             self.datapath.attach_overlay(
                 self.config.overlay_device,
-                self.cluster.settings.underlay_ip,
+                self.cluster.member.settings.underlay_ip,
                 self.config.cluster_pod_cidr,
                 port=self.config.vxlan_port,
                 mtu=self.config.mtu,
+                route_src=self.config.host_router_ip,
             )
         with self.lock:
             if state is not None:
                 self._restore(state)
-            self._regenerate("agent start")
-            self._save()
+            self.regenerate("agent start")
+            self.save()
         if self.cluster is not None:
-            self._cluster_sync.start()
-            self.cluster.watch()
-            self.controllers.add("cluster-pods", 1.0, self._waiting_pods_controller)
-            self.controllers.add("kvstore-sync", 1.0, self._kvstore_sync_controller)
-            self.controllers.add(
-                "identity-gc",
-                self.config.identity_gc_interval,
-                lambda: f"{self.cluster.identities.gc() if self.cluster else 0} collected",
-            )
+            self.cluster.start()
         self.controllers.add("sync-datapath", self.config.sync_interval, self._sync_controller)
         self.ct_gc.controller = self.controllers.add(
             "ct-gc", self.config.ct_gc_interval, self.ct_gc.run
@@ -185,46 +166,22 @@ class Agent:
             self.repo.revision,
         )
 
-    def _join_cluster(self, state: dict[str, Any] | None) -> None:
-        """Join through etcd: lease, pod range (the previous one if free), identities."""
-        cfg = self.config
-        if not cfg.underlay_device:
-            raise AgentError("cluster mode needs --underlay-device (the tunnel endpoint)")
-        self.cluster = ClusterMember(
-            MemberSettings(
-                endpoints=cfg.etcd_endpoints,
-                node_name=cfg.node_name,
-                underlay_ip=device_ipv4(cfg.underlay_device),
-                cluster_pod_cidr=cfg.cluster_pod_cidr,
-                node_prefix_len=cfg.node_pod_cidr_prefix,
-                lease_ttl=cfg.lease_ttl,
-                lease_keepalive=cfg.lease_keepalive,
-            ),
-            owner=self,
-            on_operation=self.metrics.kvstore_operation,
-        )
-        pod_cidr = self.cluster.join((state or {}).get("pod_cidr"))
-        self.config = cfg.model_copy(update={"pod_cidr": pod_cidr})
-        self.ipam = Ipam(pod_cidr, {self.config.host_router_ip})
-        self.identities = self.cluster.identities
-
     def stop(self) -> None:
         """Stop controllers and close the datapath; pods and enforcement stay in place."""
         self.controllers.stop()
         if self.cluster is not None:
-            self._cluster_sync.stop()
-            self.cluster.leave()
+            self.cluster.stop()
         self.metrics.stop()
         self.monitor.stop()
         self.l7.stop()
         with self.lock:
-            self._save()
+            self.save()
             self.datapath.close()
 
     def _restore(self, state: dict[str, Any]) -> None:
         if self.cluster is not None:
             held = held_identities(state["identities"])
-            self.cluster.identities.restore(held)
+            self.cluster.member.identities.restore(held)
             self.cidr.restore((ident, labels) for ident, (labels, _) in held.items())
         else:
             self.identities = IdentityAllocator.restore(state["identities"])
@@ -245,7 +202,7 @@ class Agent:
                 ep.set_state(EndpointState.NOT_READY, f"restore failed: {exc}")
                 log.error("restoring endpoint %s failed: %s", ep.name, exc)
 
-    def _save(self) -> None:
+    def save(self) -> None:
         save_state(
             self.config.state_file,
             {
@@ -260,7 +217,7 @@ class Agent:
 
     # -- regeneration ------------------------------------------------------
 
-    def _regenerate(self, reason: str, full: bool = False) -> None:
+    def regenerate(self, reason: str, full: bool = False) -> None:
         """Bring every endpoint's kernel state to the current desired state.
 
         When only rules changed (same identities), endpoints that no added or
@@ -285,11 +242,9 @@ class Agent:
         ipcache = self._ipcache_desired()
         tunnel_endpoints: dict[str, str] = {}
         if self.cluster is not None:
-            for ip, remote in self.cluster.remote_ips().items():
-                if f"{ip}/32" not in ipcache:  # a local endpoint wins over a stale remote key
-                    ipcache[f"{ip}/32"] = remote.identity
-                    tunnel_endpoints[f"{ip}/32"] = remote.host_ip
-            self.datapath.sync_tunnels(self.cluster.tunnels())
+            remote, tunnel_endpoints = self.cluster.remote_entries(ipcache)
+            ipcache |= remote
+            self.datapath.sync_tunnels(self.cluster.member.tunnels())
         self.datapath.sync_ipcache(ipcache, self.cidr.identities(), tunnel_endpoints)
         if ipcache != self._ipcache:
             self._ipcache = ipcache
@@ -337,17 +292,7 @@ class Agent:
         self.realized_revision = self.repo.revision
         self.watcher.after_regenerate(self, reason)
         if self.cluster is not None:
-            self._publish()
-
-    def _publish(self) -> None:
-        """Tell the cluster this node's endpoint addresses and pod status."""
-        assert self.cluster is not None
-        local = [ep for ep in self.endpoints.values() if ep.network is not None]
-        if not self.cluster.publish(
-            {ep.ipv4: ep.identity for ep in local},
-            {ep.name: self._pod_row(ep) for ep in local},
-        ):
-            log.warning("endpoints not published yet; the kvstore-sync controller retries")
+            self.cluster.publish()
 
     def _policy_rules(self) -> list[Rule]:
         """The repository's rules with `toServices` resolved against Services/Endpoints."""
@@ -374,20 +319,20 @@ class Agent:
         its watch; the call returns once this node has.
         """
         if self.cluster is not None:
-            return self._cluster_apply(manifests)
+            return self.cluster.apply(manifests)
         with self.lock:
             try:
                 self.objects.plan_apply(manifests)
             except ObjectConflict as exc:
                 raise AgentError(str(exc)) from None
-            results, errors = self._apply_objects(manifests, from_store=False)
-            self._regenerate("objects applied")
-            self._save()
+            results, errors = self.apply_objects(manifests, from_store=False)
+            self.regenerate("objects applied")
+            self.save()
             if errors:
                 raise AgentError("; ".join(errors), status=500)
             return results
 
-    def _apply_objects(
+    def apply_objects(
         self, manifests: list[Manifest], from_store: bool
     ) -> tuple[list[dict[str, str]], list[str]]:
         """Store objects locally and start the new pods that run on this node.
@@ -399,7 +344,7 @@ class Agent:
             for m in manifests:
                 old = self.objects.get(m.key)
                 if isinstance(old, Pod) and isinstance(m, Pod) and old.spec != m.spec:
-                    self._delete_key(m.key)
+                    self.delete_key(m.key)
         results: list[dict[str, str]] = []
         new_pods: list[tuple[Pod, dict[str, str]]] = []
         for obj, action in self.objects.plan_apply(manifests):
@@ -413,13 +358,14 @@ class Agent:
             self.objects.put(obj)
             if isinstance(obj, Pod) and action == "created" and self._runs_here(obj):
                 new_pods.append((obj, result))
-        self._relabel_endpoints()
+        self.relabel_endpoints()
         errors: list[str] = []
         for pod, result in new_pods:
             try:
-                self._create_pod(pod)
+                self.create_pod(pod)
             except KvstoreUnavailable as exc:
-                self._waiting_pods[pod.key] = f"kvstore unreachable: {exc}"
+                assert self.cluster is not None  # only a cluster store is unreachable
+                self.cluster.wait_for_store(pod, exc)
                 result["action"] = "waiting-for-identity"
             except Exception as exc:
                 log.error("pod %s failed: %s", display(pod), exc)
@@ -430,117 +376,17 @@ class Agent:
         return results, errors
 
     def _runs_here(self, pod: Pod) -> bool:
-        return self.cluster is None or pod.spec.nodeName == self.config.node_name
-
-    def _cluster_apply(self, manifests: list[Manifest]) -> list[dict[str, str]]:
-        assert self.cluster is not None
-        with self.lock:
-            stored = {p.key: p for p in self.objects.of_kind("Pod") if isinstance(p, Pod)}
-            try:
-                placed = {
-                    p.key: p
-                    for p in self.cluster.place(
-                        [m for m in manifests if isinstance(m, Pod)], stored
-                    )
-                }
-            except ValueError as exc:
-                raise AgentError(str(exc)) from None
-            manifests = [placed.get(m.key, m) for m in manifests]
-            try:
-                self.objects.plan_apply(manifests)  # the same refusals as on one node
-            except ObjectConflict as exc:
-                raise AgentError(str(exc)) from None
-        try:
-            return self.cluster.apply(manifests)
-        except StoreConflict as exc:
-            raise AgentError(str(exc), status=409) from None
-        except KvstoreUnavailable as exc:
-            raise AgentError(f"kvstore unreachable, nothing applied: {exc}", status=503) from None
-
-    def _cluster_delete(self, manifests: list[Manifest]) -> list[dict[str, str]]:
-        assert self.cluster is not None
-        try:
-            return self.cluster.delete(manifests)
-        except StoreConflict as exc:
-            raise AgentError(str(exc), status=409) from None
-        except KvstoreUnavailable as exc:
-            raise AgentError(f"kvstore unreachable, nothing deleted: {exc}", status=503) from None
-
-    def cluster_objects(
-        self, upserts: Mapping[str, Manifest], deletes: set[str], snapshot: bool
-    ) -> None:
-        """The store's objects changed (`snapshot`: `upserts` is the whole store)."""
-        with self.lock:
-            if snapshot:
-                deletes = deletes | (self.objects.keys() - set(upserts))
-            for key in deletes:
-                self._waiting_pods.pop(key, None)
-                self._delete_key(key)
-            _, errors = self._apply_objects(list(upserts.values()), from_store=True)
-            for error in errors:
-                log.error("object from the store not applied here: %s", error)
-            self._relabel_endpoints()
-            self._regenerate("objects changed in the store")
-            self._save()
-
-    def cluster_changed(self, reason: str) -> None:
-        """Identities, nodes or remote endpoints changed: regenerate on the sync thread."""
-        self._cluster_sync.fire(reason)
-
-    def identities_remapped(self, remaps: Mapping[int, int]) -> None:
-        """Identities this node held got new ids (theirs were taken while the store had
-        lost them): move the endpoints holding them."""
-        with self.lock:
-            for ep in self.endpoints.values():
-                if ep.identity in remaps:
-                    old, ep.identity = ep.identity, remaps[ep.identity]
-                    ep.set_state(
-                        EndpointState.WAITING_TO_REGENERATE, f"identity {old} -> {ep.identity}"
-                    )
-        self._cluster_sync.fire("identities remapped")
-
-    def _cluster_regenerate(self, reasons: list[str]) -> None:
-        with self.lock:
-            self._regenerate(", ".join(reasons))
-
-    def _waiting_pods_controller(self) -> str:
-        """Create the pods that waited for the store; move endpoints whose new labels
-        waited for an identity."""
-        with self.lock:
-            if not self._waiting_pods and not self._relabel_pending:
-                return "none waiting"
-            self._relabel_pending = False
-            for key in list(self._waiting_pods):
-                pod = self.objects.get(key)
-                if not isinstance(pod, Pod) or self._endpoint_of(pod.namespace, pod.name):
-                    del self._waiting_pods[key]
-                    continue
-                try:
-                    self._create_pod(pod)
-                    del self._waiting_pods[key]
-                except KvstoreUnavailable as exc:
-                    self._waiting_pods[key] = f"kvstore unreachable: {exc}"
-            self._relabel_endpoints()
-            self._regenerate("pods waiting for the store retried")
-            self._save()
-            return f"{len(self._waiting_pods)} pods still waiting"
-
-    def _kvstore_sync_controller(self) -> str:
-        """Publish what could not be written while the store was unreachable."""
-        assert self.cluster is not None
-        if not self.cluster.sync():
-            raise KvstoreUnavailable("endpoint addresses or pod status not published yet")
-        return "published"
+        return self.cluster is None or self.cluster.runs_here(pod)
 
     def delete(self, manifests: list[Manifest]) -> list[dict[str, str]]:
         """Delete the objects named by manifests."""
         if self.cluster is not None:
-            return self._cluster_delete(manifests)
+            return self.cluster.delete(manifests)
         with self.lock:
-            results = [{"object": display(m), "action": self._delete_key(m.key)} for m in manifests]
-            self._relabel_endpoints()
-            self._regenerate("objects deleted")
-            self._save()
+            results = [{"object": display(m), "action": self.delete_key(m.key)} for m in manifests]
+            self.relabel_endpoints()
+            self.regenerate("objects deleted")
+            self.save()
             return results
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -549,21 +395,21 @@ class Agent:
         if self.cluster is not None:
             with self.lock:
                 pod = self.objects.get(key)
-            if pod is None or self._cluster_delete([pod])[0]["action"] == "not found":
+            if pod is None or self.cluster.delete([pod])[0]["action"] == "not found":
                 raise AgentError(f"pod {namespace}/{name} not found", status=404)
             return
         with self.lock:
-            if self._delete_key(key) == "not found":
+            if self.delete_key(key) == "not found":
                 raise AgentError(f"pod {namespace}/{name} not found", status=404)
-            self._regenerate("pod deleted")
-            self._save()
+            self.regenerate("pod deleted")
+            self.save()
 
-    def _delete_key(self, key: str) -> str:
+    def delete_key(self, key: str) -> str:
         obj = self.objects.get(key)
         if obj is None:
             return "not found"
         if isinstance(obj, Pod):
-            ep = self._endpoint_of(obj.namespace, obj.name)
+            ep = self.endpoint_of(obj.namespace, obj.name)
             if ep is not None:
                 self._destroy_endpoint(ep)
         elif isinstance(obj, NetworkPolicy | CiliumNetworkPolicy):
@@ -571,7 +417,7 @@ class Agent:
         self.objects.remove(key)
         return "deleted"
 
-    def _relabel_endpoints(self) -> None:
+    def relabel_endpoints(self) -> None:
         """Recompute identities after pod or namespace labels changed."""
         for ep in self.endpoints.values():
             pod = self.objects.pod(ep.namespace, ep.pod)
@@ -585,7 +431,8 @@ class Agent:
                 except KvstoreUnavailable:
                     # Keeps its identity and policy until the store answers again.
                     ep.set_state(EndpointState.WAITING_FOR_IDENTITY, "kvstore unreachable")
-                    self._relabel_pending = True
+                    assert self.cluster is not None  # only a cluster store is unreachable
+                    self.cluster.relabel_pending = True
                     continue
                 ep.labels = labels
                 self.identities.release(old)
@@ -621,13 +468,13 @@ class Agent:
         used = set(self.endpoints)
         return next(i for i in range(1, 65536) if i not in used)
 
-    def _endpoint_of(self, namespace: str, pod: str) -> Endpoint | None:
+    def endpoint_of(self, namespace: str, pod: str) -> Endpoint | None:
         return next(
             (e for e in self.endpoints.values() if e.namespace == namespace and e.pod == pod),
             None,
         )
 
-    def _create_pod(self, pod: Pod) -> None:
+    def create_pod(self, pod: Pod) -> None:
         """Plumb a pod; on failure nothing of it is left behind."""
         labels = self._security_labels(pod)
         ep = Endpoint(
@@ -716,7 +563,7 @@ class Agent:
             if ep.network is None:
                 raise AgentError(f"endpoint {key} has no network", status=409)
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)
-            self._regenerate(f"regeneration of endpoint {ep.id} requested", full=True)
+            self.regenerate(f"regeneration of endpoint {ep.id} requested", full=True)
             return ep
 
     def endpoint_labels(self, key: str, add: list[str], delete: list[str]) -> Endpoint:
@@ -734,9 +581,9 @@ class Agent:
             kept = [lb for lb in ep.extra_labels if lb.key not in gone]
             ep.extra_labels = Labels([*kept, *added])
             ep.labels_released = True
-            self._relabel_endpoints()
-            self._regenerate(f"labels of endpoint {ep.id} changed")
-            self._save()
+            self.relabel_endpoints()
+            self.regenerate(f"labels of endpoint {ep.id} changed")
+            self.save()
             return ep
 
     def policy_status(self, key: str, annotations: dict[str, str]) -> dict[str, Any]:
@@ -760,8 +607,8 @@ class Agent:
         """Add rules; returns once the datapath enforces the new revision."""
         with self.lock:
             revision = self.repo.add(rules)
-            self._regenerate(f"policy import, revision {revision}")
-            self._save()
+            self.regenerate(f"policy import, revision {revision}")
+            self.save()
             return revision
 
     def policy_delete(self, labels: Labels | None) -> tuple[int, int]:
@@ -772,8 +619,8 @@ class Agent:
                 revision = self.repo.delete_all()
             else:
                 revision, deleted = self.repo.delete_by_labels(labels)
-            self._regenerate(f"policy delete, revision {revision}")
-            self._save()
+            self.regenerate(f"policy delete, revision {revision}")
+            self.save()
             return revision, deleted
 
     # -- read side -------------------------------------------------------
@@ -788,10 +635,7 @@ class Agent:
 
     def remote_pod(self, ref: str) -> dict[str, Any] | None:
         """Status of a pod of another node (`ns/name`), as its node published it."""
-        if self.cluster is None:
-            return None
-        status = self.cluster.pod_status().get(ref)
-        return status if status and status.get("node") != self.config.node_name else None
+        return self.cluster.remote_pod(ref) if self.cluster is not None else None
 
     def pod_address(self, ref: str) -> str:
         """IPv4 of a pod of this node or, in cluster mode, of any node."""
@@ -803,12 +647,12 @@ class Agent:
         `local_only`), optionally of some namespaces only."""
         names = {ep.name for ep in self.endpoints.values()}
         if not local_only and self.cluster is not None:
-            names |= {ref for ref, st in self.cluster.pod_status().items() if st.get("ipv4")}
+            names |= self.cluster.addressed_pods()
         return sorted(n for n in names if not namespaces or n.split("/", 1)[0] in namespaces)
 
     def pod_netns(self, namespace: str, name: str) -> str:
         """Path of a pod's network namespace (for exec and probes)."""
-        ep = self._endpoint_of(namespace, name)
+        ep = self.endpoint_of(namespace, name)
         if ep is None:
             raise AgentError(f"pod {namespace}/{name} not found", status=404)
         return netns_path(ep.netns)
@@ -846,11 +690,11 @@ class Agent:
                 "metrics": {"address": self.metrics.address},
                 "proxy": self.l7.status(),
                 "uptime-seconds": round(time.time() - self.started_at, 1),
-                "kvstore": self.cluster.status() if self.cluster else {"backend": "none"},
+                "kvstore": self.cluster.member.status() if self.cluster else {"backend": "none"},
             }
 
     @staticmethod
-    def _pod_row(ep: Endpoint) -> dict[str, Any]:
+    def pod_row(ep: Endpoint) -> dict[str, Any]:
         return {
             "ipv4": ep.ipv4,
             "identity": ep.identity,
@@ -861,20 +705,11 @@ class Agent:
     def pod_status(self) -> dict[str, dict[str, Any]]:
         """Per pod key: node, address, identity and endpoint state (for `cilia get pods`);
         in cluster mode pods of other nodes as their node published them."""
-        rows: dict[str, dict[str, Any]] = {}
-        if self.cluster is not None:
-            rows = {f"Pod/{ref}": dict(st) for ref, st in self.cluster.pod_status().items()}
-        for key, why in self._waiting_pods.items():
-            if key:
-                rows[key] = {
-                    "node": self.config.node_name,
-                    "state": "waiting-for-identity",
-                    "detail": why,
-                }
+        rows = self.cluster.pod_rows() if self.cluster is not None else {}
         for ep in self.endpoints.values():
             rows[f"Pod/{ep.namespace}/{ep.pod}"] = {
                 "node": self.config.node_name,
-                **self._pod_row(ep),
+                **self.pod_row(ep),
             }
         return rows
 
@@ -897,5 +732,5 @@ class Agent:
                 ep.name for ep in self.endpoints.values() if self._restart_dead_processes(ep)
             ]
             if restarted:
-                self._save()
+                self.save()
         return f"restarted {', '.join(restarted)}" if restarted else "all running"

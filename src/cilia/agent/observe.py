@@ -116,7 +116,7 @@ def set_endpoint_trace(agent: Agent, key: str, enabled: bool) -> Endpoint:
                 ep.network.host_ifindex, ep.id, ep.ipv4, ep.identity, ep.policy, trace=enabled
             )
         ep.set_state(ep.state, f"TraceNotification={'true' if enabled else 'false'}")
-        agent._save()
+        agent.save()
     agent.monitor.agent_event(
         "endpoint-config",
         f"endpoint {ep.id} ({ep.name}): TraceNotification={enabled}",
