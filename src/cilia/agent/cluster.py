@@ -53,6 +53,8 @@ class ClusterMode:
             on_operation=agent.metrics.kvstore_operation,
         )
         self._sync = Trigger("cluster-sync", self._regenerate)
+        self._publisher = Trigger("cluster-publish", self._write)
+        self._published: tuple[dict[str, int], dict[str, dict[str, Any]]] = ({}, {})
         self.waiting_pods: dict[str, str] = {}
         """Pods of this node waiting for the store (key -> why), retried by a controller."""
         self.relabel_pending = False
@@ -66,6 +68,8 @@ class ClusterMode:
     def start(self) -> None:
         """After the agent restored its state: watch the store, start the controllers."""
         self._sync.start()
+        self._publisher.start()
+        self._publisher.fire("agent started")
         self.member.watch()
         controllers = self.agent.controllers
         controllers.add("cluster-pods", 1.0, self._waiting_pods_controller)
@@ -80,6 +84,7 @@ class ClusterMode:
         """Stop watching; the node's keys stay until its lease expires (a restarted
         agent takes them over)."""
         self._sync.stop()
+        self._publisher.stop()
         self.member.leave()
 
     # -- ClusterOwner --------------------------------------------------------
@@ -186,12 +191,18 @@ class ClusterMode:
         return identities, tunnel_endpoints
 
     def publish(self) -> None:
-        """Tell the cluster this node's endpoint addresses and pod status."""
+        """Tell the cluster this node's endpoint addresses and pod status. The writes
+        happen on the publish thread: an unreachable store must not hold the agent lock
+        for its timeouts."""
         local = [ep for ep in self.agent.endpoints.values() if ep.network is not None]
-        if not self.member.publish(
+        self._published = (
             {ep.ipv4: ep.identity for ep in local},
             {ep.name: self.agent.pod_row(ep) for ep in local},
-        ):
+        )
+        self._publisher.fire("endpoints changed")
+
+    def _write(self, _reasons: list[str]) -> None:
+        if not self.member.publish(*self._published):
             log.warning("endpoints not published yet; the kvstore-sync controller retries")
 
     # -- read side --------------------------------------------------------

@@ -659,10 +659,13 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         """Health summary for `cilia status`."""
+        # Outside the lock: asking an unreachable store takes its timeout.
+        kvstore = self.cluster.member.status() if self.cluster else {"backend": "none"}
         with self.lock:
             failing = self.controllers.failing()
+            healthy = not failing and kvstore.get("healthy", True)
             return {
-                "cilia": "Ok" if not failing else "Warning",
+                "cilia": "Ok" if healthy else "Warning",
                 "node": self.config.node_name,
                 "datapath": {
                     "mode": "tcx",
@@ -690,7 +693,7 @@ class Agent:
                 "metrics": {"address": self.metrics.address},
                 "proxy": self.l7.status(),
                 "uptime-seconds": round(time.time() - self.started_at, 1),
-                "kvstore": self.cluster.member.status() if self.cluster else {"backend": "none"},
+                "kvstore": kvstore,
             }
 
     @staticmethod

@@ -307,6 +307,19 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         )
     if data.get("metrics", {}).get("address"):
         lines.append(f"Metrics:            http://{data['metrics']['address']}/metrics")
+    kv = data.get("kvstore", {})
+    if kv.get("backend") == "etcd":
+        lease = kv.get("lease", {})
+        health = "Ok" if kv.get("healthy") else "Unreachable"
+        unsynced = [name for name, w in kv.get("watches", {}).items() if not w.get("synced")]
+        lines.append(
+            f"KVStore:            {health}, etcd {', '.join(kv.get('endpoints', []))}, "
+            f"lease {lease.get('lease_hex', '-')} (ttl {lease.get('ttl', '-')}s), "
+            f"{kv.get('nodes', 0)} nodes"
+            + (f", watches not synced: {', '.join(unsynced)}" if unsynced else "")
+        )
+    else:
+        lines.append("KVStore:            none (one node)")
     now = time.time()
     for c in data.get("controller-list", []):
         ago = f"{now - c['last-success']:.0f}s ago" if c["last-success"] else "never"
