@@ -42,9 +42,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.
     return bool(predicate())
 
 
-@pytest.fixture(scope="session")
-def etcd_server() -> Iterator[EtcdServer]:
-    """The session's etcd (stopped by pid and deleted at the end)."""
+def _served() -> Iterator[EtcdServer]:
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed (apt-get install etcd-server)")
     server = new_server()
@@ -53,19 +51,18 @@ def etcd_server() -> Iterator[EtcdServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """The session's etcd (stopped by pid and deleted at the end)."""
+    yield from _served()
 
 
 @pytest.fixture
 def private_server() -> Iterator[EtcdServer]:
     """An etcd of this test alone, for tests that stop it."""
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
-    server = new_server()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    yield from _served()
 
 
 @pytest.fixture

@@ -846,3 +846,37 @@ class Reflector:
                 self._keys.pop(key, None)
             self._revision = max(self._revision, revision)
             self._cond.notify_all()
+
+
+class MirrorView:
+    """What a watcher built on a `Reflector` (in `_reflector`) shows of it: start, stop,
+    and its revision, sync state and last error for `cilia status`."""
+
+    _reflector: Reflector
+
+    def start(self) -> None:
+        """List, then watch, in the background."""
+        self._reflector.start()
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._reflector.stop()
+
+    def wait_for(self, revision: int, timeout: float) -> bool:
+        """True once the callbacks have seen the store at `revision` or later."""
+        return self._reflector.wait_for(revision, timeout)
+
+    @property
+    def revision(self) -> int:
+        """The store revision the mirror is at."""
+        return self._reflector.revision
+
+    @property
+    def synced(self) -> bool:
+        """True while the mirror follows the store (listed and watching)."""
+        return self._reflector.synced
+
+    @property
+    def last_error(self) -> str:
+        """Why the watch last failed ("" once it has listed again)."""
+        return self._reflector.last_error

@@ -29,6 +29,7 @@ from cilia.kvstore.client import (
     KeyValue,
     KvstoreError,
     LeaseNotFound,
+    MirrorView,
     Put,
     Reflector,
 )
@@ -229,7 +230,7 @@ class IpMirror:
         return RemoteIp(entry.ip, entry.identity, entry.node, entry.host_ip)
 
 
-class IpcacheWatcher:
+class IpcacheWatcher(MirrorView):
     """Mirrors the ipcache prefix (an `IpMirror` fed by a Reflector) and hands `on_change`
     every other node's IPs after each re-list and each change of them."""
 
@@ -245,33 +246,10 @@ class IpcacheWatcher:
         self._mirror = IpMirror(f"{root}{IP_PREFIX}", local_node)
         self._reflector = Reflector(etcd, f"{root}{IP_PREFIX}", self._synced, self._changed)
 
-    def start(self) -> None:
-        """List, then watch, in the background."""
-        self._reflector.start()
-
-    def stop(self) -> None:
-        """Stop watching."""
-        self._reflector.stop()
-
     def remote(self) -> dict[str, RemoteIp]:
         """Other nodes' endpoint IPs."""
         with self._lock:
             return self._mirror.remote()
-
-    @property
-    def revision(self) -> int:
-        """The store revision the mirror is at."""
-        return self._reflector.revision
-
-    @property
-    def synced(self) -> bool:
-        """True while the mirror follows the store (listed and watching)."""
-        return self._reflector.synced
-
-    @property
-    def last_error(self) -> str:
-        """Why the watch last failed ("" once it has listed again)."""
-        return self._reflector.last_error
 
     def _synced(self, snapshot: dict[str, KeyValue]) -> None:
         with self._lock:

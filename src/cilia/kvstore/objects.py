@@ -24,6 +24,7 @@ from cilia.kvstore.client import (
     Etcd,
     Get,
     KeyValue,
+    MirrorView,
     Put,
     Reflector,
     TxnResponse,
@@ -222,7 +223,7 @@ class ClusterObjects:
         )
 
 
-class ObjectWatcher:
+class ObjectWatcher(MirrorView):
     """Mirrors the cluster's objects: `on_sync` with all of them after every (re-)list,
     `on_change` with what changed after each watch batch. Keys are `Manifest.key`s.
 
@@ -240,33 +241,6 @@ class ObjectWatcher:
         self._on_change = on_change
         self._prefix = object_key("", root)
         self._reflector = Reflector(etcd, self._prefix, self._synced, self._changed)
-
-    def start(self) -> None:
-        """List, then watch, in the background."""
-        self._reflector.start()
-
-    def stop(self) -> None:
-        """Stop watching."""
-        self._reflector.stop()
-
-    def wait_for(self, revision: int, timeout: float) -> bool:
-        """True once the callbacks have seen the store at `revision` or later."""
-        return self._reflector.wait_for(revision, timeout)
-
-    @property
-    def revision(self) -> int:
-        """The store revision the mirror is at."""
-        return self._reflector.revision
-
-    @property
-    def synced(self) -> bool:
-        """True while the mirror follows the store (listed and watching)."""
-        return self._reflector.synced
-
-    @property
-    def last_error(self) -> str:
-        """Why the watch last failed ("" once it has listed again)."""
-        return self._reflector.last_error
 
     def _decoded(self, kvs: Mapping[str, KeyValue]) -> dict[str, Manifest]:
         out: dict[str, Manifest] = {}
