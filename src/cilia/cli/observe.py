@@ -1,4 +1,5 @@
-"""Observability commands: monitor, metrics list, bpf ct list|flush, endpoint config, config."""
+"""Observability commands: monitor, metrics list, bpf ct list|flush, bpf tunnel list,
+bpf ipcache list, endpoint config, config."""
 
 from __future__ import annotations
 
@@ -258,6 +259,42 @@ def bpf_ct_flush(target: str) -> None:
     click.echo(f"Flushed {res['deleted']} entries from the CT table")
 
 
+# -- bpf tunnel and bpf ipcache ---------------------------------------------------
+
+
+@click.group("tunnel")
+def bpf_tunnel() -> None:
+    """The tunnel map: other nodes' pod ranges and their tunnel endpoints."""
+
+
+@bpf_tunnel.command("list")
+@output_option()
+def bpf_tunnel_list(fmt: str) -> None:
+    """Every pod range of another node with that node's underlay address."""
+    rows = _api("GET", "/bpf/tunnel")
+    if emit(rows, fmt):
+        return
+    table([(r["prefix"], r["node-ip"]) for r in rows], ["PREFIX", "TUNNEL ENDPOINT"])
+
+
+@click.group("ipcache")
+def bpf_ipcache() -> None:
+    """The IP-to-identity cache the datapath reads."""
+
+
+@bpf_ipcache.command("list")
+@output_option()
+def bpf_ipcache_list(fmt: str) -> None:
+    """Every prefix with its identity and, for other nodes' pods, their tunnel endpoint."""
+    rows = _api("GET", "/bpf/ipcache")
+    if emit(rows, fmt):
+        return
+    table(
+        [(r["prefix"], r["identity"], r["tunnel-endpoint"] or "-") for r in rows],
+        ["PREFIX", "IDENTITY", "TUNNEL ENDPOINT"],
+    )
+
+
 # -- endpoint config and node config --------------------------------------------
 
 
@@ -342,4 +379,6 @@ def register(main: click.Group, call: Callable[..., Any], fail: Callable[[str], 
     endpoint = main.commands["endpoint"]
     assert isinstance(bpf, click.Group) and isinstance(endpoint, click.Group)
     bpf.add_command(bpf_ct)
+    bpf.add_command(bpf_tunnel)
+    bpf.add_command(bpf_ipcache)
     endpoint.add_command(endpoint_config)
