@@ -109,7 +109,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _etcd_server(state: ClusterState) -> EtcdServer:
+def etcd_server(state: ClusterState) -> EtcdServer:
+    """The cluster's own etcd (not an external one), to stop and start it by its data
+    directory: `up` and `down` use it, and so can a test of an etcd outage."""
     etcd = state.etcd
     assert etcd is not None and etcd.directory and etcd.client_port and etcd.peer_port
     return EtcdServer(
@@ -163,7 +165,7 @@ def _start_etcd(state: ClusterState, report: Report) -> None:
             raise ClusterError(f"the kvstore endpoint does not answer: {'; '.join(errors)}")
         report(f"etcd: external, {', '.join(etcd.endpoints)}")
         return
-    server = _etcd_server(state)
+    server = etcd_server(state)
     try:
         server.start()
     finally:
@@ -246,7 +248,7 @@ def _remove_etcd(state: ClusterState, report: Report) -> bool:
         return True
     if not etcd.external:
         if etcd.directory and etcd.client_port and etcd.peer_port:
-            server = _etcd_server(state)
+            server = etcd_server(state)
             pid = server.pid()
             server.remove()
             report(f"removed etcd{f' (pid {pid})' if pid else ''} and its data {etcd.directory}")
