@@ -19,6 +19,7 @@ from cilia.agent.config import AgentConfig
 from cilia.cli.client import ApiError, Client
 from cilia.cli.cluster import register as register_cluster
 from cilia.cli.cluster import select_node, show_nodes
+from cilia.cli.matrix import show_matrix
 from cilia.cli.observe import register as register_observe
 from cilia.cli.observe import status_lines
 from cilia.cli.output import F, emit, output_option, table
@@ -469,7 +470,9 @@ def exec(ref: str, argv: tuple[str, ...]) -> None:
     show_default=True,
 )
 @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds per probe.")
-@click.option("--matrix", is_flag=True, help="Probe every pair of pods.")
+@click.option(
+    "--matrix", is_flag=True, help="Probe every pair of pods (of every node of a cluster)."
+)
 @click.option("--ports", default="80", show_default=True, help="Matrix ports, comma separated.")
 @click.option("--protocols", default="TCP", show_default=True, help="Matrix protocols.")
 @click.option("--namespaces", default="", help="Matrix: only pods of these namespaces.")
@@ -489,7 +492,8 @@ def probe(
     """Check whether SOURCE can reach DESTINATION (exit 0 allowed, 1 denied).
 
     With --matrix, probe every ordered pair of pods and print a truth table
-    ('.' allowed, 'X' denied).
+    ('.' allowed, 'X' denied); in a cluster on this machine every node's agent
+    probes from its pods and the tables are merged.
     """
     if matrix:
         _matrix(ports, protocols, namespaces, timeout, fmt)
@@ -526,30 +530,7 @@ def _matrix(ports: str, protocols: str, namespaces: str, timeout: float, fmt: st
         "namespaces": [n for n in namespaces.split(",") if n],
         "timeout": timeout,
     }
-    data = call("POST", "/probe/matrix", body)
-    results = data["results"]
-    if emit(
-        [{k: r[k] for k in ("from", "to", "port", "protocol", "result")} for r in results], fmt
-    ):
-        return
-    pods = data["pods"]
-    verdict = {(r["from"], r["to"], r["port"], r["protocol"]): r["result"] for r in results}
-    for proto in proto_list:
-        for p in port_list:
-            click.echo(f"\n{proto}/{p}  (rows: from, columns: to)")
-            table(
-                [
-                    [src]
-                    + ["." if verdict[(src, dst, p, proto)] == "allowed" else "X" for dst in pods]
-                    for src in pods
-                ],
-                ["", *pods],
-            )
-    allowed = sum(1 for r in results if r["result"] == "allowed")
-    click.echo(
-        f"\n{len(results)} probes in {data['elapsed_seconds']}s: {allowed} allowed, "
-        f"{len(results) - allowed} denied"
-    )
+    show_matrix(body, fmt, call)
 
 
 # -- endpoints, identities, policy ------------------------------------------
