@@ -1,22 +1,30 @@
-"""The shared world of the conformance suite: one agent, 9 pods, an outside, the host.
+"""The shared world of the conformance suite: 9 pods, an outside and the host as peers.
 
 Namespaces x, y, z (labelled `ns: <name>`), pods a, b, c in each (labelled
-`pod: <name>`) serving TCP and UDP on 80 and 81, and an external namespace
-("outside", routed through the host, standing for the internet) serving the same.
-Policies may name the outside as `OUTSIDE_IP` (its address) and `OUTSIDE_NET` (its
-/30). Everything is created once per module and removed at the end.
+`pod: <name>`) serving TCP and UDP on 80 and 81. Each pod has a *site*: the
+namespace that is its `host` (its node's own processes) and an external
+namespace ("outside", routed through that node, standing for the internet)
+serving the same ports. Policies may name the outside as `OUTSIDE_IP` (its
+address) and `OUTSIDE_NET` (its /30); every site's outside has the same
+addresses. `NodeWorld` runs the pods on one agent with the test's own namespace
+as host; the cluster world (`cluster_world.py`) spreads them over the nodes of a
+cluster. Everything is created once per module and removed at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from cilia.cli.client import Client
+from cilia.cli.matrix import ask_all, key_of, merge, missing
 from cilia.datapath.external import Outside
 from cilia.runtime.probe import probe
 from cilia.runtime.processes import ProcessRecord, start_process, stop_process, wait_listening
@@ -29,6 +37,7 @@ PORTS = (80, 81)
 PROTOCOLS = ("TCP", "UDP")
 HOST_NETNS = "/proc/self/ns/net"
 RESPONDER = ["-m", "cilia.runtime.responder", "--pod", "outside"]
+POD_REFS = [f"{ns}/{p}" for ns in NAMESPACES for p in PODS]
 
 
 def namespace_doc(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -37,15 +46,21 @@ def namespace_doc(name: str, labels: dict[str, str] | None = None) -> dict[str, 
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
-def pod_doc(ref: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """A Pod manifest for `ns/name` (default labels `pod: <name>`)."""
+def pod_doc(
+    ref: str, labels: dict[str, str] | None = None, node: str | None = None
+) -> dict[str, Any]:
+    """A Pod manifest for `ns/name` (default labels `pod: <name>`), pinned to `node` if
+    given."""
     ns, name = ref.split("/")
     ports = [{"containerPort": p, "protocol": proto} for p in PORTS for proto in PROTOCOLS]
+    spec: dict[str, Any] = {"containers": [{"name": "srv", "ports": ports}]}
+    if node is not None:
+        spec["nodeName"] = node
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels or {"pod": name}},
-        "spec": {"containers": [{"name": "srv", "ports": ports}]},
+        "spec": spec,
     }
 
 
@@ -54,71 +69,177 @@ def dump_all(docs: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-BASE = dump_all(
-    [namespace_doc(ns) for ns in NAMESPACES]
-    + [pod_doc(f"{ns}/{p}") for ns in NAMESPACES for p in PODS]
-)
-POD_REFS = [f"{ns}/{p}" for ns in NAMESPACES for p in PODS]
-
-
 @dataclass
-class World:
-    """The running agent, its pods' addresses and the outside."""
+class Site:
+    """Where the `host` and `outside` peers of some pods are: their node's own network
+    namespace, and an outside attached to that node with a responder in it."""
 
-    cilia: Cilia
+    host_netns: str
     outside: Outside
+    log: Path
     responder: ProcessRecord | None = None
 
-    def setup(self, python: str) -> None:
-        """Start the agent, create the 9 pods and the outside with its responder."""
-        self.cilia.start()
-        self.cilia.apply(BASE)
+    def start(self, python: str) -> None:
+        """Create the outside and start its responder on every port and protocol."""
         self.outside.create()
         argv = [python, *RESPONDER]
         for port in PORTS:
             argv += ["--tcp", str(port), "--udp", str(port)]
-        log = Path(self.cilia.tmp) / "outside.log"
-        self.responder = start_process(self.outside.path, argv, log)
+        self.responder = start_process(self.outside.path, argv, self.log)
         if not wait_listening(self.outside.path, tcp=PORTS, udp=PORTS, timeout=10):
-            raise RuntimeError("the outside's responder did not start")
-        self.ips = {
-            ref: self.cilia.client.request("GET", f"/endpoint/{ref}")["ipv4"] for ref in POD_REFS
-        }
-        self.netns = {
-            ref: self.cilia.client.request("GET", f"/pods/{ref}/netns")["netns"] for ref in POD_REFS
-        }
+            raise RuntimeError(f"the responder in {self.outside.netns} did not start")
+
+    def stop(self) -> list[str]:
+        """Stop the responder and remove the outside; returns what was left behind."""
+        try:
+            if self.responder is not None:
+                stop_process(self.responder)
+        finally:
+            self.outside.remove()
+        return [f"netns {self.outside.netns}"] if Path(self.outside.path).exists() else []
+
+
+class World(ABC):
+    """The pods' addresses and namespaces, their sites, and the agents running them.
+
+    `placement` maps each pod to the name of the agent (node) that runs it, which is
+    also the name of its site. Objects are applied, policies traced and the world
+    reset through `home`, the first agent.
+    """
+
+    pins_pods: ClassVar[bool] = False
+    """Whether the pods carry `spec.nodeName` (their placement)."""
+
+    def __init__(self, sites: dict[str, Site], placement: dict[str, str]) -> None:
+        addresses = {(s.outside.outside_ip, s.outside.host_ip) for s in sites.values()}
+        assert len(addresses) == 1, f"the outsides of the sites differ: {addresses}"
+        self.sites = sites
+        self.placement = placement
+        self.ips: dict[str, str] = {}
+        self.netns: dict[str, str] = {}
+
+    @property
+    @abstractmethod
+    def agents(self) -> dict[str, Client]:
+        """API client of every agent that runs pods of the world, by node."""
+
+    @abstractmethod
+    def apply(self, manifest: str) -> None:
+        """`cilia apply -f -` through the home agent."""
+
+    @abstractmethod
+    def delete(self, manifest: str) -> None:
+        """`cilia delete -f -` through the home agent."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Make the agents ready for the world's pods."""
+
+    @abstractmethod
+    def stop(self) -> list[str]:
+        """Remove the world's pods (and agents the world started); returns leftovers."""
+
+    @abstractmethod
+    def settle(self) -> None:
+        """Wait until every agent enforces what was applied."""
+
+    @property
+    def home(self) -> Client:
+        return next(iter(self.agents.values()))
+
+    @property
+    def outside(self) -> Outside:
+        """One site's outside (all have the same addresses)."""
+        return next(iter(self.sites.values())).outside
+
+    def pod_doc(self, ref: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """The Pod manifest of a world pod, with its placement when pods are pinned."""
+        return pod_doc(ref, labels, self.placement[ref] if self.pins_pods else None)
+
+    @property
+    def base(self) -> str:
+        """The namespaces and pods with their default labels."""
+        return dump_all(
+            [namespace_doc(ns) for ns in NAMESPACES] + [self.pod_doc(ref) for ref in POD_REFS]
+        )
+
+    def setup(self, python: str) -> None:
+        """Start the agents, create the 9 pods and each site's outside with its responder."""
+        self.start()
+        self.apply(self.base)
+        self.settle()
+        for site in self.sites.values():
+            site.start(python)
+        for ref in POD_REFS:
+            agent = self.agents[self.placement[ref]]
+            self.ips[ref] = agent.request("GET", f"/endpoint/{ref}")["ipv4"]
+            self.netns[ref] = agent.request("GET", f"/pods/{ref}/netns")["netns"]
 
     def teardown(self) -> list[str]:
         """Stop everything; returns what was left behind."""
-        if self.responder is not None:
-            stop_process(self.responder)
-        self.outside.remove()
-        return self.cilia.stop()
+        left: list[str] = []
+        try:
+            for site in self.sites.values():
+                left += site.stop()
+        finally:
+            left += self.stop()
+        return left
+
+    def remove_objects(self, kinds: Sequence[str]) -> None:
+        """Delete, through the home agent, every object of these kinds (`policies`,
+        `services` with their Endpoints, `pods`, `namespaces`) in the world's namespaces."""
+        docs: list[dict[str, Any]] = []
+        for kind in kinds:
+            for item in self.home.request("GET", f"/objects/{kind}"):
+                obj = item["object"]
+                meta = obj["metadata"]
+                if meta.get("namespace", meta["name"]) not in NAMESPACES:
+                    continue
+                docs.append(obj)
+                if obj["kind"] == "Service":
+                    docs.append({"apiVersion": "v1", "kind": "Endpoints", "metadata": meta})
+        if docs:
+            self.home.request(
+                "POST", "/objects/delete", json={"text": dump_all(docs), "source": "reset"}
+            )
 
     def substitute(self, text: str) -> str:
         """Fill in the outside's address (`OUTSIDE_IP`) and its /30 (`OUTSIDE_NET`)."""
-        net = self.outside.outside_ip.rsplit(".", 1)[0] + ".0/30"
-        return text.replace("OUTSIDE_IP", self.outside.outside_ip).replace("OUTSIDE_NET", net)
+        outside = self.outside
+        net = outside.outside_ip.rsplit(".", 1)[0] + ".0/30"
+        return text.replace("OUTSIDE_IP", outside.outside_ip).replace("OUTSIDE_NET", net)
+
+    def site_of(self, ref: str) -> Site:
+        return self.sites[self.placement[ref]]
 
     def pod_matrix(self, timeout: float) -> dict[Key, bool]:
-        """Probes between every ordered pair of distinct pods (the agent's matrix API)."""
-        body = {"ports": list(PORTS), "protocols": list(PROTOCOLS), "timeout": timeout}
-        res = self.cilia.client.request("POST", "/probe/matrix", json=body)
+        """Probes between every ordered pair of distinct pods: each agent probes from its
+        own pods to every pod (the matrix API), the answers merged; every pair must be
+        covered."""
+        body = {
+            "ports": list(PORTS),
+            "protocols": list(PROTOCOLS),
+            "namespaces": list(NAMESPACES),
+            "timeout": timeout,
+        }
+        matrix = merge(ask_all(self.agents, body))
+        gaps = missing(matrix["results"], POD_REFS, POD_REFS, PORTS, PROTOCOLS)
+        assert not gaps, f"the pod matrix misses {len(gaps)} probes, e.g. {gaps[:5]}"
         return {
-            (r["from"], r["to"], r["port"], r["protocol"]): r["result"] == "allowed"
-            for r in res["results"]
-            if r["from"] != r["to"]
+            key_of(r): r["result"] == "allowed" for r in matrix["results"] if r["from"] != r["to"]
         }
 
     def edge_matrix(self, peers: list[str], timeout: float) -> dict[Key, bool]:
-        """Probes between the pods and `outside` (both ways) and from `host`."""
+        """Probes between the pods and `outside` (both ways) and from `host`, each with
+        the peer of the pod's site."""
         jobs: list[tuple[Key, str, str]] = []
         for peer, ref, port, proto in itertools.product(peers, POD_REFS, PORTS, PROTOCOLS):
+            site = self.site_of(ref)
             if peer == "outside":
-                jobs.append(((ref, peer, port, proto), self.netns[ref], self.outside.outside_ip))
-                jobs.append(((peer, ref, port, proto), self.outside.path, self.ips[ref]))
+                jobs.append(((ref, peer, port, proto), self.netns[ref], site.outside.outside_ip))
+                jobs.append(((peer, ref, port, proto), site.outside.path, self.ips[ref]))
             else:
-                jobs.append(((peer, ref, port, proto), HOST_NETNS, self.ips[ref]))
+                jobs.append(((peer, ref, port, proto), site.host_netns, self.ips[ref]))
 
         async def run() -> list[bool]:
             results = await asyncio.gather(
@@ -131,15 +252,53 @@ class World:
     def reprobe(self, key: Key, timeout: float) -> bool:
         """One probe again, with a longer timeout (to rule out a slow allowed probe)."""
         src, dst, port, proto = key
-        src_path = {"outside": self.outside.path, "host": HOST_NETNS}.get(src) or self.netns[src]
-        dst_ip = self.outside.outside_ip if dst == "outside" else self.ips[dst]
+        if src == "outside":
+            src_path = self.site_of(dst).outside.path
+        elif src == "host":
+            src_path = self.site_of(dst).host_netns
+        else:
+            src_path = self.netns[src]
+        dst_ip = self.site_of(src).outside.outside_ip if dst == "outside" else self.ips[dst]
         return asyncio.run(probe(src_path, dst_ip, port, proto, timeout)).result == "allowed"
 
     def trace_verdicts(self, keys: list[Key]) -> dict[Key, bool]:
-        """`policy trace` verdicts of pod pairs (one batch request)."""
+        """`policy trace` verdicts of pod pairs (one batch request to the home agent)."""
         reqs = [
             {"src_pod": s.replace("/", ":"), "dst_pod": d.replace("/", ":"), "dport": f"{p}/{pr}"}
             for s, d, p, pr in keys
         ]
-        res = self.cilia.client.request("POST", "/policy/resolve/batch", json=reqs)
+        res = self.home.request("POST", "/policy/resolve/batch", json=reqs)
         return {k: r["verdict"] == "ALLOWED" for k, r in zip(keys, res, strict=True)}
+
+
+LOCAL = "local"
+"""The name of the single agent's site in a `NodeWorld`."""
+
+
+class NodeWorld(World):
+    """The world on one agent of its own, with the test's namespace as host and one
+    outside routed through it."""
+
+    def __init__(self, cilia: Cilia, outside: Outside) -> None:
+        site = Site(HOST_NETNS, outside, Path(cilia.tmp) / "outside.log")
+        super().__init__({LOCAL: site}, dict.fromkeys(POD_REFS, LOCAL))
+        self.cilia = cilia
+
+    @property
+    def agents(self) -> dict[str, Client]:
+        return {LOCAL: self.cilia.client}
+
+    def apply(self, manifest: str) -> None:
+        self.cilia.apply(manifest)
+
+    def delete(self, manifest: str) -> None:
+        self.cilia.delete(manifest)
+
+    def settle(self) -> None:
+        """Nothing to wait for: `cilia apply` returns once the agent enforces."""
+
+    def start(self) -> None:
+        self.cilia.start()
+
+    def stop(self) -> list[str]:
+        return self.cilia.stop()
