@@ -273,17 +273,21 @@ int cilia_from_overlay(struct __sk_buff *skb)
 
 /* The identity a packet routed into the tunnel carries: the one a proxy put
  * in its mark; a local endpoint's for a pod's packet that came through the
- * stack (a restarted agent has not turned the tunnel on yet); world for other
- * forwarded packets; host for the node's own. */
-static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb)
+ * stack (a restarted agent has not turned the tunnel on yet), and for one the
+ * node sends from a local endpoint's address (an ingress proxy answering for
+ * the pod on its transparent socket); world for other forwarded packets; host
+ * for the node's own. */
+static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb, __u32 saddr)
 {
 	__u32 identity = 0, ifindex = skb->ingress_ifindex;
+	struct ipcache_value src_info;
 	struct endpoint_info *ep;
 
 	if (from_proxy(skb, &identity) && identity)
 		return identity;
 	if (!ifindex)
-		return ID_HOST;
+		return bpf_map_lookup_elem(&cilia_lxc_ip, &saddr) ? identity_of(saddr, &src_info)
+								  : ID_HOST;
 	ep = bpf_map_lookup_elem(&cilia_endpoints, &ifindex);
 	return ep ? ep->identity : ID_WORLD;
 }
@@ -309,7 +313,7 @@ int cilia_to_overlay(struct __sk_buff *skb)
 	ret = parse_ipv4(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
-	c.src_identity = routed_source_identity(skb);
+	c.src_identity = routed_source_identity(skb, c.f.saddr);
 	c.dst_identity = identity_of(c.f.daddr, &dst_info);
 	ret = tunnel_endpoint_of(cfg, c.f.daddr, &dst_info, &remote);
 	if (!ret && !remote)
