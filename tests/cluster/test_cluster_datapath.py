@@ -249,7 +249,7 @@ def _l7_pair(w: Workload, src: str, dst: str, enforcer: str) -> None:
 
 
 def test_l7_ingress_rules_apply_on_the_destinations_node_both_ways(
-    cluster: ClusterHandle,
+    cluster: ClusterHandle, tmp_path: Path
 ) -> None:
     with workload(cluster, "l7in") as w:
         n1, n2 = _four_pods(
@@ -257,9 +257,17 @@ def test_l7_ingress_rules_apply_on_the_destinations_node_both_ways(
             w.policy("to-b", ingress("b", "a", 80, PUBLIC_ONLY)),
             w.policy("to-a", ingress("a", "b", 80, PUBLIC_ONLY)),
         )
-        _l7_pair(w, "a", "b", n2)
-        _l7_pair(w, "b", "a", n1)
+        pcap = tmp_path / "underlay.pcap"
+        with _tcpdump(cluster.state.bridge, pcap):
+            _l7_pair(w, "a", "b", n2)
+            _l7_pair(w, "b", "a", n1)
         assert not w.probe("x1", "b") and not w.probe("x2", "a"), "x is not allowed at all"
+        # The proxy answers for the destination pod: its replies carry the pod's identity.
+        frames = _vxlan_frames(pcap.read_bytes())
+        for src, dst in (("a", "b"), ("b", "a")):
+            s, d = w.info(src), w.info(dst)
+            assert {(f[3], f[4]) for f in frames if f[4:] == (s.ip, d.ip)} == {(s.identity, s.ip)}
+            assert {(f[3], f[4]) for f in frames if f[4:] == (d.ip, s.ip)} == {(d.identity, d.ip)}
 
 
 def test_l7_egress_rules_apply_on_the_sources_node_both_ways(cluster: ClusterHandle) -> None:
