@@ -270,16 +270,27 @@ def test_l7_ingress_rules_apply_on_the_destinations_node_both_ways(
             assert {(f[3], f[4]) for f in frames if f[4:] == (d.ip, s.ip)} == {(d.identity, d.ip)}
 
 
-def test_l7_egress_rules_apply_on_the_sources_node_both_ways(cluster: ClusterHandle) -> None:
+def test_l7_egress_rules_apply_on_the_sources_node_both_ways(
+    cluster: ClusterHandle, tmp_path: Path
+) -> None:
     with workload(cluster, "l7eg") as w:
         n1, n2 = _four_pods(
             w,
             w.policy("from-a", egress("a", "b", 80, PUBLIC_ONLY)),
             w.policy("from-b", egress("b", "a", 80, PUBLIC_ONLY)),
         )
-        _l7_pair(w, "a", "b", n1)
-        _l7_pair(w, "b", "a", n2)
+        pcap = tmp_path / "underlay.pcap"
+        with _tcpdump(cluster.state.bridge, pcap):
+            _l7_pair(w, "a", "b", n1)
+            _l7_pair(w, "b", "a", n2)
         assert not w.probe("a", "x2"), "a may reach b only"
+        # The proxy's upstream carries the source pod's identity, and the answers the
+        # destination pod's.
+        frames = _vxlan_frames(pcap.read_bytes())
+        for src, dst in (("a", "b"), ("b", "a")):
+            s, d = w.info(src), w.info(dst)
+            assert {f[3] for f in frames if f[5] == d.ip} == {s.identity}, frames
+            assert {f[3] for f in frames if f[4] == d.ip} == {d.identity}, frames
 
 
 def _entities(*entities: str) -> Doc:
