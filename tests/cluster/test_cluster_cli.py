@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.cluster.harness import ClusterHandle
+from tests.cluster.workload import workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -23,57 +21,24 @@ EXPECTED = {(s, d): "allowed" if s in (d, ACCEPTS[d]) else "denied" for s in POD
 """(from, to) pod names -> verdict on 80/TCP (a pod reaches itself)."""
 
 
-def _manifest(ns: str) -> str:
-    """A namespace with one responder pod per node, each accepting only `ACCEPTS`."""
-    docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-    ]
-    for name, node in PODS.items():
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-                "spec": {
-                    "nodeName": node,
-                    "containers": [{"name": "srv", "ports": [{"containerPort": 80}]}],
-                },
-            }
-        )
-    for name, peer in ACCEPTS.items():
-        docs.append(
-            {
-                "apiVersion": "cilium.io/v2",
-                "kind": "CiliumNetworkPolicy",
-                "metadata": {"name": f"only-{peer}", "namespace": ns},
-                "spec": {
+@pytest.fixture
+def spread(cluster: ClusterHandle) -> Iterator[str]:
+    """A namespace of the shared cluster with a responder pod on every node, each
+    accepting only `ACCEPTS`, applied on every node; removed at the end."""
+    with workload(cluster, "matrix") as w:
+        pods = [w.pod(name, node, {"app": name}, ports=(80,)) for name, node in PODS.items()]
+        policies = [
+            w.policy(
+                f"only-{peer}",
+                {
                     "endpointSelector": {"matchLabels": {"app": name}},
                     "ingress": [{"fromEndpoints": [{"matchLabels": {"app": peer}}]}],
                 },
-            }
-        )
-    return yaml.safe_dump_all(docs)
-
-
-@pytest.fixture
-def spread(cluster: ClusterHandle) -> Iterator[str]:
-    """A namespace of the shared cluster with a pod on every node; removed at the end."""
-    ns = f"m{secrets.token_hex(3)}"
-    manifest = _manifest(ns)
-    res = cluster.run(None, "apply", "-f", "-", input=manifest)
-    assert res.code == 0, res.stderr
-    try:
-        yield ns
-    finally:
-        assert cluster.run(None, "delete", "-f", "-", input=manifest).code == 0
-        deadline = time.monotonic() + 30
-        while any(_pods(cluster, node, ns) for node in cluster.nodes):
-            assert time.monotonic() < deadline, f"pods of {ns} still listed"
-            time.sleep(0.2)
-
-
-def _pods(cluster: ClusterHandle, node: str, ns: str) -> list[dict[str, Any]]:
-    return [p for p in cluster.client(node).request("GET", "/objects/pods") if p["namespace"] == ns]
+            )
+            for name, peer in ACCEPTS.items()
+        ]
+        w.apply(w.namespace_doc(), *pods, *policies)
+        yield w.namespace
 
 
 def _matrix(cluster: ClusterHandle, node: str | None, ns: str) -> tuple[int, Any]:
@@ -85,18 +50,9 @@ def _matrix(cluster: ClusterHandle, node: str | None, ns: str) -> tuple[int, Any
 
 def test_matrix_covers_the_pods_of_every_node(cluster: ClusterHandle, spread: str) -> None:
     ns = spread
-    deadline = time.monotonic() + 30
-    while True:  # the pods start on their nodes after `apply` returned on the first
-        code, rows = _matrix(cluster, None, ns)
-        verdicts = (
-            {(r["from"].split("/")[1], r["to"].split("/")[1]): r["result"] for r in rows}
-            if code == 0
-            else None
-        )
-        if verdicts == EXPECTED or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    code, rows = _matrix(cluster, None, ns)
     assert code == 0, rows
+    verdicts = {(r["from"].split("/")[1], r["to"].split("/")[1]): r["result"] for r in rows}
     assert verdicts == EXPECTED
     assert len(rows) == len(PODS) ** 2
     assert {r["from"]: r["node"] for r in rows} == {f"{ns}/{p}": n for p, n in PODS.items()}

@@ -107,8 +107,9 @@ class ClusterWorld(World):
     def settle(self) -> None:
         """Wait until every node holds the same objects of the world's namespaces and sees
         every pod ready with the identity its own node gave it, knows that identity and
-        has it in its ipcache; the same picture twice in a row, so that a regeneration a
-        watch event asked for has run too."""
+        has it in its ipcache (behind the pod's node's tunnel endpoint when remote); the
+        same picture twice in a row, so that a regeneration a watch event asked for has
+        run too."""
         deadline = time.monotonic() + SETTLE_TIMEOUT
         last: object = None
         why = "the nodes' views kept changing"
@@ -134,9 +135,10 @@ class ClusterWorld(World):
                 raise NotSettled(f"{node} holds other objects than {first}")
         pods: list[tuple[str, str, int]] = []
         for ref in POD_REFS:
-            own = views[self.placement[ref]].pods.get(ref, {})
+            owner = self.placement[ref]
+            own = views[owner].pods.get(ref, {})
             if own.get("state") != "ready" or not own.get("identity"):
-                raise NotSettled(f"{ref} is not ready on {self.placement[ref]}: {own}")
+                raise NotSettled(f"{ref} is not ready on {owner}: {own}")
             ip, identity = own["ipv4"], own["identity"]
             for node, view in views.items():
                 seen = view.pods.get(ref, {})
@@ -144,10 +146,11 @@ class ClusterWorld(World):
                     raise NotSettled(f"{node} sees {ref} as {seen}, its node as {own}")
                 if identity not in view.identities:
                     raise NotSettled(f"{node} does not know identity {identity} of {ref}")
-                if view.ipcache.get(f"{ip}/32") != identity:
+                tunnel = "" if node == owner else self.cluster.node(owner).underlay_ip
+                entry = view.ipcache.get(f"{ip}/32")
+                if entry != (identity, tunnel):
                     raise NotSettled(
-                        f"{node}'s ipcache has {view.ipcache.get(f'{ip}/32')} for {ref} "
-                        f"({ip}), not {identity}"
+                        f"{node}'s ipcache maps {ref} ({ip}) to {entry}, not {(identity, tunnel)}"
                     )
             pods.append((ref, ip, identity))
         return views[first].objects, tuple(pods)
@@ -166,7 +169,10 @@ class _View:
         self.objects = tuple(sorted(_canonical(i) for items in listed.values() for i in items))
         self.pods = {f"{row['namespace']}/{row['name']}": row for row in listed["pods"]}
         self.identities = {i["id"] for i in client.request("GET", "/identity")}
-        self.ipcache = {e["prefix"]: e["identity"] for e in client.request("GET", "/bpf/ipcache")}
+        self.ipcache = {
+            e["prefix"]: (e["identity"], e["tunnel-endpoint"] or "")
+            for e in client.request("GET", "/bpf/ipcache")
+        }
 
 
 def _namespace(item: dict[str, Any]) -> str:
