@@ -16,6 +16,8 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,13 @@ import pytest
 from cilia.datapath.netns import setns
 from tests.cluster.harness import ClusterHandle
 from tests.cluster.workload import (
-    QUIET_REASONS,
     Doc,
     Monitor,
     PodConnection,
     Workload,
-    counters,
-    grew,
     metric,
     node_netns,
+    own_drops,
     reaches,
     workload,
 )
@@ -133,14 +133,14 @@ def _verdicts(w: Workload, cases: list[Case], direction: str) -> None:
     """Probe each case; a denial must be counted and reported by the node expected to
     enforce it (with the source's identity), and by no other node."""
     nodes = w.cluster.nodes
+    mine = {w.info(p).ip for case in cases for p in case[:2]}
     expected: dict[str, set[tuple[Any, ...]]] = {n: set() for n in nodes}
     with ExitStack() as stack:
         monitors = {n: stack.enter_context(Monitor(w.cluster, n, "drop")) for n in nodes}
         for src, dst, port, denial in cases:
             what = f"{src} -> {dst}:{port}"
-            before = {n: counters(w.cluster, n) for n in nodes}
-            allowed = w.probe(src, dst, port)
-            moved = {n: grew(before[n], counters(w.cluster, n)) for n in nodes}
+            with own_drops(w.cluster, monitors, mine) as moved:
+                allowed = w.probe(src, dst, port)
             assert allowed == (denial is None), what
             want: dict[str, set[tuple[int, str]]] = {n: set() for n in nodes}
             if denial is not None:
@@ -149,20 +149,21 @@ def _verdicts(w: Workload, cases: list[Case], direction: str) -> None:
                 s, d = w.info(src), w.info(dst)
                 expected[enforcer].add((s.ip, d.ip, port, reason, direction, s.identity))
             assert moved == want, what
+        for node, mon in monitors.items():
+            mon.settle(partial(_reported, mine=mine, expected=expected[node]))
     for node, mon in monitors.items():
-        seen = {
-            (
-                e["src-ip"],
-                e["dst-ip"],
-                e["dst-port"],
-                e["reason"],
-                e["direction"],
-                e["src-identity"],
-            )
-            for e in mon.of("drop")
-            if e["reason"] not in QUIET_REASONS
-        }
-        assert seen == expected[node], node
+        assert _drops(mon, mine) == expected[node], node
+
+
+def _reported(mon: Monitor, mine: set[str], expected: set[tuple[Any, ...]]) -> bool:
+    return _drops(mon, mine) >= expected
+
+
+def _drops(mon: Monitor, sources: set[str]) -> set[tuple[Any, ...]]:
+    """(source, destination, port, reason, direction, source identity) of the drops a
+    monitor reported of packets from `sources`."""
+    keys = ("src-ip", "dst-ip", "dst-port", "reason", "direction", "src-identity")
+    return {tuple(e[k] for k in keys) for e in mon.of("drop") if e.get("src-ip") in sources}
 
 
 def _four_pods(w: Workload, *policies: Doc) -> tuple[str, str]:
@@ -226,9 +227,19 @@ def _l7_pair(w: Workload, src: str, dst: str, enforcer: str) -> None:
     """GET /public passes and GET /private is refused by the proxy of `enforcer`, which
     alone reports both requests (events and metrics)."""
     before = _l7_counts(w.cluster)
+    s, d = w.info(src), w.info(dst)
+
+    def requests(mon: Monitor) -> set[tuple[Any, ...]]:
+        return {
+            (e["path"], e["verdict"], e["src-identity"])
+            for e in mon.of("l7")
+            if e["source"].startswith(f"{s.ip}:") and e["destination"] == f"{d.ip}:80"
+        }
+
     with Monitor(w.cluster, enforcer, "l7") as mon:
         assert w.get(src, dst, "/public") == 200
         assert w.get(src, dst, "/private") == 403
+        mon.settle(lambda m: len(requests(m)) >= 2)
     after = _l7_counts(w.cluster)
     for node in w.cluster.nodes:
         delta = {m: after[node][m] - before[node][m] for m in L7_METRICS}
@@ -236,16 +247,10 @@ def _l7_pair(w: Workload, src: str, dst: str, enforcer: str) -> None:
         if node == enforcer:
             want = {"received": 2.0, "forwarded": 1.0, "denied": 1.0}
         assert delta == want, f"L7 metrics of {node} ({src} -> {dst})"
-    s, d = w.info(src), w.info(dst)
-    seen = {
-        (e["path"], e["verdict"], e["src-identity"], e["status"])
-        for e in mon.of("l7")
-        if e["source"].startswith(f"{s.ip}:") and e["destination"] == f"{d.ip}:80"
-    }
-    assert {(p, v, i) for p, v, i, _ in seen} == {
+    assert requests(mon) == {
         ("/public", "forwarded", s.identity),
         ("/private", "denied", s.identity),
-    }, seen
+    }, mon.events
 
 
 def test_l7_ingress_rules_apply_on_the_destinations_node_both_ways(
@@ -314,12 +319,19 @@ def test_another_nodes_processes_are_cluster_never_host(cluster: ClusterHandle) 
         a, b = w.info("a"), w.info("b")
         assert reaches(node_netns(cluster, n1), a.ip), "a pod's own node is its host"
         assert reaches(node_netns(cluster, n2), b.ip), "a pod's own node is its host"
-        before = counters(cluster, n2)
+        pod_range = IPv4Network(cluster.client(n1).get("/status")["pod-cidr"])
+        router = str(pod_range[-2])  # node1's own address towards pods
+
+        def syns(mon: Monitor) -> list[dict[str, Any]]:
+            return [e for e in mon.of("drop") if e.get("tcp-flags") == "SYN"]
+
         with Monitor(cluster, n2, "drop") as mon:
-            assert not reaches(node_netns(cluster, n1), b.ip), "another node is not host"
-        assert grew(before, counters(cluster, n2)) == {(DROP_POLICY, "ingress")}
-        sources = {e["src-identity"] for e in mon.of("drop") if e.get("dst-ip") == b.ip}
-        assert sources == {CLUSTER}, "node1's traffic is cluster on node2, whatever its VNI"
+            with own_drops(cluster, {n2: mon}, {router}) as moved:
+                assert not reaches(node_netns(cluster, n1), b.ip), "another node is not host"
+            mon.settle(lambda m: bool(syns(m)))
+        assert moved[n2] == {(DROP_POLICY, "ingress")}
+        seen = {(e["src-ip"], e["dst-ip"], e["src-identity"]) for e in syns(mon)}
+        assert seen == {(router, b.ip, CLUSTER)}, f"node1's processes are cluster on node2: {seen}"
         assert not reaches(node_netns(cluster, n2), a.ip)
         assert not reaches(node_netns(cluster, n3), a.ip)
 
@@ -480,16 +492,21 @@ def test_large_cross_node_tcp_transfer_has_no_fragments_or_drops(
 
         frags = [{k: snmp(p)[k] for k in FRAG_COUNTERS} for p in where]
         links = {n: device_stats(n) for n in overlay}
-        drops = {n: counters(cluster, n) for n in overlay}
         conn = PodConnection(w.netns("a"), w.info("b").ip, timeout=20.0)
-        try:
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-            mss = conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-            assert conn.fetch("POST", "/upload", body=b"\0" * (32 << 20)) == 200
-        finally:
-            conn.close()
+        with ExitStack() as stack:
+            monitors = {n: stack.enter_context(Monitor(cluster, n, "drop")) for n in overlay}
+            moved = stack.enter_context(
+                own_drops(cluster, monitors, {w.info("a").ip, w.info("b").ip})
+            )
+            try:
+                conn.connect()
+                assert conn.sock is not None
+                conn.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+                mss = conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+                assert conn.fetch("POST", "/upload", body=b"\0" * (32 << 20)) == 200
+            finally:
+                conn.close()
+        assert moved == {n1: set(), n2: set()}, "no drop"
         assert mss <= 1450 - 40, "the pod's route MTU sets its MSS"
         assert [{k: snmp(p)[k] for k in FRAG_COUNTERS} for p in where] == frags
         for node, old in links.items():
@@ -497,9 +514,8 @@ def test_large_cross_node_tcp_transfer_has_no_fragments_or_drops(
             assert {k: new[k] - old[k] for k in new if "err" in k or "drop" in k} == dict.fromkeys(
                 ("rx_errors", "tx_errors", "rx_dropped", "tx_dropped"), 0
             ), node
-            moved = new["rx_packets"] + new["tx_packets"] - old["rx_packets"] - old["tx_packets"]
-            assert moved > 50, f"the transfer went through {node}'s VXLAN device (GRO packets)"
-            assert grew(drops[node], counters(cluster, node)) == set(), node
+            packets = new["rx_packets"] + new["tx_packets"] - old["rx_packets"] - old["tx_packets"]
+            assert packets > 50, f"the transfer went through {node}'s VXLAN device (GRO packets)"
 
 
 def test_tunnel_map_and_ipcache_show_remote_entries(cluster: ClusterHandle) -> None:

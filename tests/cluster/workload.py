@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -397,13 +397,15 @@ def metric(cluster: ClusterHandle, node: str, name: str, **labels: str) -> float
 
 
 class Monitor:
-    """`cilia monitor -o json` against a node while a block runs; `events` after it."""
+    """`cilia monitor -o json` against a node while a block runs; its events are read
+    as they come (`events`, `of`), and `settle` waits for those a test expects."""
 
     def __init__(self, cluster: ClusterHandle, node: str, *types: str) -> None:
         argv = [sys.executable, "-m", "cilia.cli.main", "monitor", "-o", "json"]
         self._argv = argv + [a for t in types for a in ("-t", t)]
         self._env = cluster.env(node)
         self.events: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
 
     def __enter__(self) -> Monitor:
         self._proc = subprocess.Popen(
@@ -419,17 +421,53 @@ class Monitor:
             self._proc.kill()
             self._proc.wait()
             raise AssertionError(f"cilia monitor did not start: {line}")
+        self._reader.start()
         return self
 
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.strip():
+                self.events.append(json.loads(line))
+
+    def settle(self, done: Callable[[Monitor], bool], timeout: float = 5.0) -> None:
+        """Wait (at most `timeout`) until `done(self)`, then a little more for stragglers."""
+        deadline = time.monotonic() + timeout
+        while not done(self) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+
     def __exit__(self, *_: object) -> None:
-        time.sleep(0.3)  # events of the last packets reach the reader
         self._proc.send_signal(signal.SIGINT)
         try:
-            out = self._proc.communicate(timeout=10)[0]
+            self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            out = self._proc.communicate()[0]
-        self.events = [json.loads(line) for line in out.splitlines() if line.strip()]
+            self._proc.wait()
+        self._reader.join(timeout=10)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("type") == kind]
+        return [e for e in list(self.events) if e.get("type") == kind]
+
+
+@contextmanager
+def own_drops(
+    cluster: ClusterHandle, monitors: Mapping[str, Monitor], sources: set[str]
+) -> Iterator[dict[str, set[tuple[int, str]]]]:
+    """Which drop counters of the monitored nodes moved during the block (filled in at
+    its end), leaving out the drops their monitors report of packets not sent from
+    `sources`: on the shared cluster, an earlier test's flow to a pod address that is
+    now reused (say a proxy's FIN retransmissions) may be dropped at any time."""
+    marks = {n: len(m.events) for n, m in monitors.items()}
+    before = {n: counters(cluster, n) for n in monitors}
+    moved: dict[str, set[tuple[int, str]]] = {}
+    yield moved
+    after = {n: counters(cluster, n) for n in monitors}
+    time.sleep(0.3)  # the events of those drops reach the monitors
+    for node, mon in monitors.items():
+        foreign = {
+            (e["reason"], e["direction"])
+            for e in mon.events[marks[node] :]
+            if e.get("type") == "drop" and e.get("src-ip") not in sources
+        }
+        moved[node] = grew(before[node], after[node]) - foreign
