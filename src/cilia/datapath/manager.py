@@ -313,10 +313,10 @@ class Datapath:
         for p in changed:
             self.tunnel.set(p, norm[p])
             self._realized_tunnels[p] = norm[p]
-        self._sync_tunnel_routes()
         for p in stale:
             self.tunnel.remove(p)
             del self._realized_tunnels[p]
+        self._sync_tunnel_routes()  # after the removals: a departed node's route goes too
         return len(changed), len(stale)
 
     def _sync_tunnel_routes(self) -> tuple[int, int]:
