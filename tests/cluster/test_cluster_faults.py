@@ -145,6 +145,20 @@ def _store(cluster: ClusterHandle, prefix: str) -> dict[str, str]:
     return {kv["key"]: kv["value"] for kv in res.json()}
 
 
+def _tunnel_routes(cluster: ClusterHandle, node: str) -> list[str]:
+    """`<range> mtu <mtu>` of the routes through a node's VXLAN device (its own traffic
+    to other nodes' pods)."""
+    state = cluster.node(node)
+    res = subprocess.run(
+        ["ip", "-n", state.netns, "-4", "route", "show", "dev", state.config.overlay_device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    routes = [line.split() for line in res.stdout.splitlines()]
+    return [f"{r[0]} mtu {r[r.index('mtu') + 1]}" for r in routes if "mtu" in r]
+
+
 def test_node_killed_for_good_is_cleaned_out_then_joins_again(small: ClusterHandle) -> None:
     with workload(small, "leave") as w:
         n1, n2 = _pairs(w)
@@ -169,6 +183,7 @@ def test_node_killed_for_good_is_cleaned_out_then_joins_again(small: ClusterHand
 
             eventually(cleaned_out, "node1 forgets node2", timeout=LEASE_TTL + 10)
             assert time.monotonic() - killed > LEASE_TTL - 1.5, "only once its lease expired"
+            assert _tunnel_routes(small, n1) == [], "node1's own route to node2's pods went too"
             store = _store(small, "cilia/state/")
             assert not [k for k in store if k.endswith(f"/{n2}")], "node key and references"
             assert f"cilia/state/ip/v1/default/{b.ip}" not in store, "its pods' ipcache keys"
@@ -185,6 +200,7 @@ def test_node_killed_for_good_is_cleaned_out_then_joins_again(small: ClusterHand
 
         eventually(joined, "node2 joins again with its pod range")
         w.wait_applied(list(w.applied.values()))  # node1 maps b through node2 again
+        assert _tunnel_routes(small, n1) == [f"{nodes[n2]['pod-cidr']} mtu 1450"]
         assert w.info("b") == b and w.info("a") == a
         assert w.probe("a", "b") and w.probe("b", "a")
 
