@@ -410,7 +410,7 @@ def test_conflicting_applies_on_two_nodes_at_once(small: ClusterHandle, tmp_path
                 lambda: all(_waiting_on_agent(p.pid) for p in procs.values()),
                 "both applies wait for their agent",
             )
-            time.sleep(0.3)  # the agents' reads reach etcd
+            time.sleep(1.0)  # the agents' reads reach etcd
         results = {node: (*p.communicate(timeout=60), p.returncode) for node, p in procs.items()}
         winners = [node for node, (_, _, code) in results.items() if code == 0]
         assert len(winners) == 1, results
