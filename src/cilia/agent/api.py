@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from cilia import __version__
 from cilia.agent.api_cluster import cluster_router
+from cilia.agent.api_endpoint import endpoint_router
 from cilia.agent.api_observe import observe_router
 from cilia.agent.daemon import Agent
 from cilia.agent.errors import AgentError
@@ -328,4 +329,5 @@ def create_app(agent: Agent) -> FastAPI:
             for (reason, direction), (packets, nbytes) in sorted(counters.items())
         ]
 
+    app.include_router(endpoint_router(agent.workloads))
     return app

@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 from cilia.agent.config import AgentConfig
-from cilia.agent.pods import destroy_pod, kill_netns_processes
 from cilia.agent.state import load_state
 from cilia.datapath import bpffs
 from cilia.datapath.host_address import remove_host_address
 from cilia.datapath.netns import delete_netns, list_netns
 from cilia.datapath.overlay import remove_overlay_device
+from cilia.datapath.pod_network import remove_pod_network
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
+from cilia.runtime.local import kill_netns_processes, remove_sandbox
 from cilia.runtime.processes import ProcessRecord
 
 log = logging.getLogger("cilia.cleanup")
@@ -83,9 +84,12 @@ def remove_everything(config: AgentConfig) -> list[str]:
     if state.get("pod_cidr"):  # in cluster mode the range came from the store
         config = config.model_copy(update={"pod_cidr": state["pod_cidr"]})
     for ep in state.get("endpoints", []):
-        procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
-        destroy_pod(ep["netns"], ep["ifname"], ep["ipv4"], procs)
-        removed.append(f"pod {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
+        # A runtime's container keeps running: only its Cilia network goes.
+        if ep.get("runtime", "local") == "local":
+            procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
+            remove_sandbox(os.path.basename(ep["netns"]), procs)
+        remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
+        removed.append(f"endpoint {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
     for name in list_netns():
         if name.startswith(f"{config.name_prefix}_"):
             kill_netns_processes(name)

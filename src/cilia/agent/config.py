@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
 
+CONTAINER_RUNTIMES = {"auto", "containerd", "docker", "crio", "none"}
+
 
 class AgentConfig(BaseSettings):
     """Where the agent keeps its socket, state and pins, and how it names kernel objects."""
@@ -64,6 +66,19 @@ class AgentConfig(BaseSettings):
         600.0, gt=0, description="seconds between collections of unused cluster identities"
     )
     vxlan_port: int = Field(8472, ge=1, le=65535, description="UDP port of the VXLAN overlay")
+    container_runtime: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="runtimes whose labels are watched: auto, containerd, docker, crio, none",
+    )
+    container_runtime_endpoint: dict[str, str] = Field(
+        default_factory=dict, description="RUNTIME -> socket path, overriding the default"
+    )
+    docker_plugin_name: str = Field(
+        "cilia", description="name of the Docker network and IPAM driver (its socket's name)"
+    )
+    docker_plugin_dir: Path = Field(
+        Path("/run/docker/plugins"), description="where Docker looks for plugin sockets"
+    )
 
     @field_validator("pod_cidr")
     @classmethod
@@ -77,6 +92,27 @@ class AgentConfig(BaseSettings):
     @classmethod
     def _valid_cluster_cidr(cls, value: str) -> str:
         return str(ipaddress.IPv4Network(value, strict=True))
+
+    @field_validator("container_runtime")
+    @classmethod
+    def _valid_runtimes(cls, value: list[str]) -> list[str]:
+        names = [n.strip() for item in value for n in item.split(",") if n.strip()]
+        unknown = set(names) - CONTAINER_RUNTIMES
+        if unknown:
+            raise ValueError(
+                f"unknown runtime(s) {sorted(unknown)}: use {sorted(CONTAINER_RUNTIMES)}"
+            )
+        if "none" in names and len(set(names)) > 1:
+            raise ValueError("'none' cannot be combined with other runtimes")
+        return names or ["none"]
+
+    @field_validator("container_runtime_endpoint")
+    @classmethod
+    def _valid_runtime_endpoints(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - (CONTAINER_RUNTIMES - {"auto", "none"})
+        if unknown:
+            raise ValueError(f"endpoints given for unknown runtime(s) {sorted(unknown)}")
+        return value
 
     @field_validator("kvstore_opt")
     @classmethod

@@ -17,13 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cilia.agent import pods
 from cilia.agent.cidr import CidrIdentities
 from cilia.agent.cluster import ClusterMode
 from cilia.agent.config import AgentConfig
 from cilia.agent.controllers import ControllerManager
 from cilia.agent.ctgc import CtGc
-from cilia.agent.endpoint import Endpoint, EndpointState, host_ifname, pod_netns_name
+from cilia.agent.endpoint import (
+    Endpoint,
+    EndpointState,
+    host_ifname,
+    local_container_id,
+    pod_netns_name,
+)
 from cilia.agent.errors import AgentError
 from cilia.agent.ipam import Ipam
 from cilia.agent.l7 import L7Gateway
@@ -37,12 +42,18 @@ from cilia.agent.objects import (
 )
 from cilia.agent.observe import StateWatcher
 from cilia.agent.state import load_state, save_state
+from cilia.agent.workloads import Workloads
 from cilia.datapath import conntrack
 from cilia.datapath.host_address import ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
-from cilia.datapath.netns import netns_path
+from cilia.datapath.netns import is_netns
 from cilia.datapath.overlay import VXLAN_OVERHEAD
-from cilia.datapath.pod_network import PodNetwork, ensure_pod_network, host_ipv4_addresses
+from cilia.datapath.pod_network import (
+    PodNetwork,
+    ensure_pod_network,
+    host_ipv4_addresses,
+    remove_pod_network,
+)
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator, IdentitySource
 from cilia.k8s.manifests import CiliumNetworkPolicy, Manifest, NetworkPolicy, Pod
@@ -53,6 +64,8 @@ from cilia.policy import PolicyRepository, PolicyResolver, Rule
 from cilia.policy.chain import chain_local_ingress, has_egress_redirects
 from cilia.policy.cidr import rule_prefixes
 from cilia.policy.services import ServiceTranslator
+from cilia.runtime import local as pods
+from cilia.runtime.owner import EndpointRequest
 from cilia.runtime.processes import process_alive, stop_process
 
 log = logging.getLogger("cilia.agent")
@@ -87,6 +100,8 @@ class Agent:
         self.objects = ObjectStore()
         self.endpoints: dict[int, Endpoint] = {}
         self.ipam = Ipam(config.pod_cidr, {config.host_router_ip})
+        self.ipam_reserved: set[str] = set()
+        """Addresses handed out by `POST /v1/ipam` and not yet taken by an endpoint."""
         self.cidr = CidrIdentities()
         self._translate_services = ServiceTranslator()
         self.resolver: PolicyResolver | None = None
@@ -105,6 +120,7 @@ class Agent:
             config.state_dir / "proxy", lambda: self._ipcache, self.monitor, self._endpoint_of_ip
         )
         self.cluster: ClusterMode | None = None
+        self.workloads = Workloads(self)
         self.ct_gc = CtGc(
             self.datapath,
             self.monitor,
@@ -190,10 +206,17 @@ class Agent:
         self.objects = ObjectStore.from_state(state["objects"])
         for raw in state["endpoints"]:
             ep = Endpoint.from_state(raw)
+            if not ep.is_local_pod and not is_netns(ep.netns):
+                log.info("container %s went away while the agent was down", ep.container_id)
+                remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
+                self.identities.release(ep.identity)
+                continue
             self.endpoints[ep.id] = ep
             self.ipam.used.add(ep.ipv4)
             try:
-                # Reuses the namespace, devices and routes when they are intact.
+                if ep.is_local_pod:
+                    pods.create_sandbox(self._local_netns(ep.namespace, ep.pod))
+                # Reuses the devices and routes when they are intact.
                 ep.network = self._pod_network(ep)
                 self.datapath.attach(ep.ifname, ep.network.host_ifindex)
                 self._restart_dead_processes(ep)
@@ -418,13 +441,10 @@ class Agent:
         return "deleted"
 
     def relabel_endpoints(self) -> None:
-        """Recompute identities after pod or namespace labels changed."""
+        """Recompute identities after pod, namespace or runtime labels changed."""
         for ep in self.endpoints.values():
-            pod = self.objects.pod(ep.namespace, ep.pod)
-            if pod is None:
-                continue
-            labels = self._security_labels(pod, ep)
-            if labels != ep.labels:
+            labels = self._endpoint_labels(ep)
+            if labels is not None and labels != ep.labels:
                 old = ep.identity
                 try:
                     ep.identity = self.identities.allocate(labels)
@@ -449,6 +469,16 @@ class Agent:
         labels = pod.identity_labels(self.objects.namespace_labels(pod.namespace))
         return labels.union(ep.extra_labels) if ep is not None else labels
 
+    def _endpoint_labels(self, ep: Endpoint) -> Labels | None:
+        """An endpoint's identity labels now: a local pod's from its Pod object (None
+        when it has none), a container's from its runtime (`reserved:init` until known)."""
+        if ep.is_local_pod:
+            pod = self.objects.pod(ep.namespace, ep.pod)
+            return None if pod is None else self._security_labels(pod, ep)
+        if ep.runtime_labels is None:
+            return RESERVED_LABELS[INIT]
+        return ep.runtime_labels.union(ep.extra_labels)
+
     def _pod_network(self, ep: Endpoint) -> PodNetwork:
         # In tunnel mode what a pod sends must fit the VXLAN encapsulation, while its
         # device keeps the full MTU so that it receives 1500-byte packets unfragmented.
@@ -460,6 +490,7 @@ class Agent:
             self.config.mtu,
             route_src=self.config.host_router_ip,
             route_mtu=self.config.mtu - VXLAN_OVERHEAD if tunnel else None,
+            pod_ifname=ep.pod_ifname,
         )
 
     # -- endpoints --------------------------------------------------------
@@ -469,24 +500,64 @@ class Agent:
         return next(i for i in range(1, 65536) if i not in used)
 
     def endpoint_of(self, namespace: str, pod: str) -> Endpoint | None:
-        return next(
-            (e for e in self.endpoints.values() if e.namespace == namespace and e.pod == pod),
-            None,
-        )
+        """The endpoint of a local pod."""
+        cid = local_container_id(namespace, pod)
+        return next((e for e in self.endpoints.values() if e.container_id == cid), None)
+
+    def _local_netns(self, namespace: str, pod: str) -> str:
+        return pod_netns_name(self.config.name_prefix, namespace, pod)
 
     def create_pod(self, pod: Pod) -> None:
-        """Plumb a pod; on failure nothing of it is left behind."""
-        labels = self._security_labels(pod)
+        """Run a local pod: its namespace, its endpoint (through the same path as any
+        runtime's container) and its processes; on failure nothing is left behind."""
+        netns = self._local_netns(pod.namespace, pod.name)
+        path = pods.create_sandbox(netns)
+        req = EndpointRequest(
+            container_id=local_container_id(pod.namespace, pod.name),
+            netns=path,
+            runtime="local",
+            namespace=pod.namespace,
+            name=pod.name,
+        )
+        ep: Endpoint | None = None
+        try:
+            ep = self._create_endpoint(req, self._security_labels(pod))
+            containers = container_specs(pod)
+            ep.processes = pods.start_containers(netns, containers, self._log_dir(ep))
+            if not pods.wait_ready(netns, containers):
+                raise AgentError("containers did not start listening on their ports in time")
+        except BaseException:
+            if ep is not None:
+                self._destroy_endpoint(ep)
+            pods.remove_sandbox(netns, [])
+            raise
+
+    def _create_endpoint(self, req: EndpointRequest, labels: Labels) -> Endpoint:
+        """Attach a namespace: veth, address, identity, default-deny programs; the next
+        regeneration enforces its policy. On failure nothing of it is left behind."""
+        if req.ipv4 is not None and req.ipv4 not in self.ipam_reserved:
+            raise AgentError(f"ipv4 {req.ipv4} was not reserved with POST /v1/ipam", status=409)
+        prefix = self.config.name_prefix
+        ifname = (
+            host_ifname(prefix, req.namespace or "", req.name or "")
+            if req.runtime == "local"
+            else host_ifname(prefix, req.container_id, req.interface_name)
+        )
         ep = Endpoint(
             id=self._next_endpoint_id(),
-            namespace=pod.namespace,
-            pod=pod.name,
-            netns=pod_netns_name(self.config.name_prefix, pod.namespace, pod.name),
-            ifname=host_ifname(self.config.name_prefix, pod.namespace, pod.name),
-            ipv4=self.ipam.allocate(),
+            namespace=req.namespace or req.runtime,
+            pod=req.name or req.container_id,
+            netns=req.netns,
+            ifname=ifname,
+            ipv4=req.ipv4 or self.ipam.allocate(),
             labels=labels,
+            container_id=req.container_id,
+            runtime=req.runtime,
+            pod_ifname=req.interface_name,
+            runtime_labels=None if req.labels is None else labels,
         )
-        ep.set_state(EndpointState.CREATING, "pod created")
+        self.ipam_reserved.discard(ep.ipv4)
+        ep.set_state(EndpointState.CREATING, f"endpoint created by {req.runtime}")
         identity_taken = False
         try:
             ep.identity = self.identities.allocate(labels)
@@ -507,21 +578,18 @@ class Agent:
                 ).resolve(labels),
             )
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)
-            containers = container_specs(pod)
-            ep.processes = pods.start_containers(ep.netns, containers, self._log_dir(ep))
-            if not pods.wait_ready(ep.netns, containers):
-                raise AgentError("containers did not start listening on their ports in time")
         except BaseException:
             self.datapath.detach(ep.ifname)
             if ep.network is not None:
                 self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
-            pods.destroy_pod(ep.netns, ep.ifname, ep.ipv4, ep.processes)
+            remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
             self.ipam.release(ep.ipv4)
             if identity_taken:
                 self.identities.release(ep.identity)
             raise
-        ep.set_state(EndpointState.WAITING_TO_REGENERATE, "network and containers ready")
+        ep.set_state(EndpointState.WAITING_TO_REGENERATE, "network ready")
         self.endpoints[ep.id] = ep
+        return ep
 
     def _endpoint_of_ip(self, ip: str) -> tuple[int, int] | None:
         """(endpoint id, identity) of a local endpoint address."""
@@ -529,28 +597,31 @@ class Agent:
         return (ep.id, ep.identity) if ep else None
 
     def _destroy_endpoint(self, ep: Endpoint) -> None:
-        ep.set_state(EndpointState.DISCONNECTING, "pod deleted")
+        ep.set_state(EndpointState.DISCONNECTING, "deleted")
         self.l7.update(ep.id, frozenset())
         self.datapath.detach(ep.ifname)
         if ep.network is not None:
             self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
         conntrack.flush(self.datapath.ct, ep.id)
-        pods.destroy_pod(ep.netns, ep.ifname, ep.ipv4, ep.processes)
+        if ep.is_local_pod:
+            pods.remove_sandbox(self._local_netns(ep.namespace, ep.pod), ep.processes)
+        remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
         self.ipam.release(ep.ipv4)
         self.identities.release(ep.identity)
-        del self.endpoints[ep.id]
+        self.endpoints.pop(ep.id, None)
 
     def _log_dir(self, ep: Endpoint) -> Path:
         return self.config.state_dir / "logs" / ep.namespace / ep.pod
 
     def _restart_dead_processes(self, ep: Endpoint) -> bool:
         """Restart a pod's processes if any died; True when it did."""
-        pod = self.objects.pod(ep.namespace, ep.pod)
+        pod = self.objects.pod(ep.namespace, ep.pod) if ep.is_local_pod else None
         if pod is None or all(process_alive(p) for p in ep.processes):
             return False
         for p in ep.processes:
             stop_process(p)
-        ep.processes = pods.start_containers(ep.netns, container_specs(pod), self._log_dir(ep))
+        netns = self._local_netns(ep.namespace, ep.pod)
+        ep.processes = pods.start_containers(netns, container_specs(pod), self._log_dir(ep))
         ep.log.append(
             {"time": time.time(), "state": ep.state.value, "message": "processes restarted"}
         )
@@ -626,10 +697,10 @@ class Agent:
     # -- read side -------------------------------------------------------
 
     def endpoint(self, key: str) -> Endpoint:
-        """Find an endpoint by id, `ns/pod`, or IPv4 address."""
+        """Find an endpoint by id, `ns/pod`, IPv4 address or `container-id:<id>`."""
         with self.lock:
             for ep in self.endpoints.values():
-                if key in (str(ep.id), ep.name, ep.ipv4):
+                if key in (str(ep.id), ep.name, ep.ipv4, f"container-id:{ep.container_id}"):
                     return ep
         raise AgentError(f"endpoint {key} not found", status=404)
 
@@ -652,10 +723,8 @@ class Agent:
 
     def pod_netns(self, namespace: str, name: str) -> str:
         """Path of a pod's network namespace (for exec and probes)."""
-        ep = self.endpoint_of(namespace, name)
-        if ep is None:
-            raise AgentError(f"pod {namespace}/{name} not found", status=404)
-        return netns_path(ep.netns)
+        ep = self.endpoint_of(namespace, name) or self.endpoint(f"{namespace}/{name}")
+        return ep.netns
 
     def status(self) -> dict[str, Any]:
         """Health summary for `cilia status`."""

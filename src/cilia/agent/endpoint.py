@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from cilia.datapath.pod_network import PodNetwork
+from cilia.datapath.netns import resolve_netns
+from cilia.datapath.pod_network import GATEWAY_IP, POD_IFNAME, PodNetwork
 from cilia.labels import Labels
 from cilia.policy.desired import EndpointPolicy
 from cilia.runtime.processes import ProcessRecord
@@ -41,17 +42,30 @@ def host_ifname(name_prefix: str, namespace: str, pod: str) -> str:
     return f"lxc{digest[:11]}"
 
 
+def local_container_id(namespace: str, pod: str) -> str:
+    """The container id under which a local pod's endpoint is known."""
+    return f"local:{namespace}:{pod}"
+
+
 @dataclass
 class Endpoint:
-    """A local pod endpoint."""
+    """A workload's network presence on this node: a namespace attached by a veth,
+    with an address, an identity and policy. `runtime` says who made the namespace."""
 
     id: int
     namespace: str
     pod: str
     netns: str
+    """Path of the network namespace."""
     ifname: str
     ipv4: str
     labels: Labels
+    container_id: str = ""
+    runtime: str = "local"
+    pod_ifname: str = POD_IFNAME
+    runtime_labels: Labels | None = None
+    """Labels a runtime gave (None: not known yet, the endpoint holds the init
+    identity); local pods take theirs from the Pod object instead."""
     identity: int = 0
     state: EndpointState = EndpointState.CREATING
     network: PodNetwork | None = None
@@ -76,11 +90,36 @@ class Endpoint:
         self.state = state
         self.log.append({"time": time.time(), "state": state.value, "message": reason})
 
+    @property
+    def is_local_pod(self) -> bool:
+        """True for pods of the embedded runtime (labels from their Pod object)."""
+        return self.runtime == "local"
+
+    def addressing(self) -> dict[str, Any]:
+        """Address, gateway, MACs, MTU and routes of the workload side (CNI result)."""
+        net = self.network
+        route_mtu = {"mtu": net.route_mtu} if net and net.route_mtu else {}
+        return {
+            "ipv4": self.ipv4,
+            "gateway": GATEWAY_IP,
+            "mac": net.pod_mac if net else None,
+            "host-mac": net.host_mac if net else None,
+            "mtu": net.mtu if net else None,
+            "routes": [
+                {"dst": f"{GATEWAY_IP}/32", **route_mtu},
+                {"dst": "0.0.0.0/0", "gw": GATEWAY_IP, **route_mtu},
+            ],
+        }
+
     def to_api(self) -> dict[str, Any]:
         """The REST representation."""
         return {
             "id": self.id,
             "pod": self.name,
+            "container-id": self.container_id,
+            "runtime": self.runtime,
+            "pod-interface": self.pod_ifname,
+            "addressing": self.addressing(),
             "identity": self.identity,
             "labels": self.labels.to_list(),
             "ipv4": self.ipv4,
@@ -106,6 +145,12 @@ class Endpoint:
             "ipv4": self.ipv4,
             "labels": self.labels.to_list(),
             "identity": self.identity,
+            "container_id": self.container_id,
+            "runtime": self.runtime,
+            "pod_ifname": self.pod_ifname,
+            "runtime_labels": (
+                None if self.runtime_labels is None else self.runtime_labels.to_list()
+            ),
             "network": self.network.to_dict() if self.network else None,
             "processes": [p.to_dict() for p in self.processes],
             "extra_labels": self.extra_labels.to_list(),
@@ -117,11 +162,16 @@ class Endpoint:
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> Endpoint:
         """Rebuild from to_state() output."""
+        runtime_labels = d.get("runtime_labels")
         ep = cls(
             id=d["id"],
             namespace=d["namespace"],
             pod=d["pod"],
-            netns=d["netns"],
+            netns=resolve_netns(d["netns"]),
+            container_id=d.get("container_id") or local_container_id(d["namespace"], d["pod"]),
+            runtime=d.get("runtime", "local"),
+            pod_ifname=d.get("pod_ifname", POD_IFNAME),
+            runtime_labels=None if runtime_labels is None else Labels.parse(runtime_labels),
             ifname=d["ifname"],
             ipv4=d["ipv4"],
             labels=Labels.parse(d["labels"]),

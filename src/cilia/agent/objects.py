@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from cilia.agent.pods import ContainerSpec, responder_argv
 from cilia.k8s.manifests import (
     CiliumNetworkPolicy,
     Endpoints,
@@ -19,6 +18,7 @@ from cilia.k8s.manifests import (
     parse_manifest,
 )
 from cilia.policy.services import ServiceBackends
+from cilia.runtime.local import ContainerSpec, responder_argv
 
 __all__ = ["ObjectConflict", "ObjectStore", "container_specs", "display", "dump"]
 

@@ -19,6 +19,7 @@ from cilia.agent.config import AgentConfig
 from cilia.cli.client import ApiError, Client
 from cilia.cli.cluster import register as register_cluster
 from cilia.cli.cluster import select_node, show_nodes
+from cilia.cli.cni import cni
 from cilia.cli.matrix import show_matrix
 from cilia.cli.observe import register as register_observe
 from cilia.cli.observe import status_lines
@@ -101,6 +102,7 @@ _AGENT_FLAGS = {
     "--lease-keepalive": "lease_keepalive",
     "--identity-gc-interval": "identity_gc_interval",
     "--mtu": "mtu",
+    "--docker-plugin-name": "docker_plugin_name",
 }
 
 
@@ -150,6 +152,22 @@ def agent_options(fn: F) -> F:
         "--identity-gc-interval", help="Seconds between unused-identity collections (default 600)."
     )(fn)
     fn = click.option("--mtu", help="MTU of pod devices (default 1500).")(fn)
+    fn = click.option(
+        "--container-runtime",
+        multiple=True,
+        help="Runtimes to watch for labels (repeatable or comma list): auto (default:"
+        " docker, containerd and cri-o at their default sockets, those that answer),"
+        " containerd, docker, crio, none.",
+    )(fn)
+    fn = click.option(
+        "--container-runtime-endpoint",
+        multiple=True,
+        metavar="RUNTIME=PATH",
+        help="Socket of a runtime (repeatable), e.g. containerd=/run/containerd/containerd.sock.",
+    )(fn)
+    fn = click.option(
+        "--docker-plugin-name", help="Name of the Docker network/IPAM driver (default cilia)."
+    )(fn)
     return fn
 
 
@@ -158,17 +176,23 @@ def _overrides(values: dict[str, Any]) -> dict[str, Any]:
         field: v for field in _AGENT_FLAGS.values() if (v := values.get(field)) is not None
     }
     if values.get("kvstore_opt"):
-        out["kvstore_opt"] = _kvstore_opts(values["kvstore_opt"])
+        out["kvstore_opt"] = _key_values(values["kvstore_opt"], "--kvstore-opt")
+    if values.get("container_runtime"):
+        out["container_runtime"] = list(values["container_runtime"])
+    if values.get("container_runtime_endpoint"):
+        pairs = values["container_runtime_endpoint"]
+        out["container_runtime_endpoint"] = _key_values(pairs, "--container-runtime-endpoint")
     return out
 
 
-def _kvstore_opts(pairs: tuple[str, ...]) -> dict[str, str]:
+def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, str]:
     opts: dict[str, str] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--kvstore-opt")
-        opts[key.strip()] = value.strip()
+        for item in pair.split(",") if option == "--container-runtime-endpoint" else [pair]:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=option)
+            opts[key.strip()] = value.strip()
     return opts
 
 
@@ -208,8 +232,9 @@ def up(timeout: float, **flags: Any) -> None:
     for flag, field in _AGENT_FLAGS.items():
         if flags.get(field) is not None:
             argv += [flag, str(flags[field])]
-    for opt in flags.get("kvstore_opt") or ():
-        argv += ["--kvstore-opt", opt]
+    for option in ("kvstore_opt", "container_runtime", "container_runtime_endpoint"):
+        for value in flags.get(option) or ():
+            argv += ["--" + option.replace("_", "-"), value]
     with open(cfg.log_file, "ab") as logf:
         proc = subprocess.Popen(
             argv,
@@ -741,6 +766,7 @@ policy.add_command(make_trace_command(call))
 endpoint.add_command(make_labels_command(call))
 register_observe(main, call, fail)
 register_cluster(main, call)
+main.add_command(cni)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from cilia.agent.config import AgentConfig
-from cilia.agent.pods import kill_netns_processes
 from cilia.cluster.etcd import EtcdServer, health_error
 from cilia.cluster.nodes import (
     PREFIX_VARIABLE,
@@ -48,6 +47,7 @@ from cilia.cluster.underlay import (
 from cilia.datapath import bpffs
 from cilia.datapath.netns import delete_netns, list_netns, netns_exists
 from cilia.kvstore.client import Etcd, KvstoreError
+from cilia.runtime.local import kill_netns_processes
 
 Report = Callable[[str], None]
 

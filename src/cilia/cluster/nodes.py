@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 
 from cilia.agent.cleanup import remove_everything
-from cilia.agent.pods import kill_netns_processes
 from cilia.cli.client import ApiError, Client
 from cilia.cluster.etcd import health_error
 from cilia.cluster.state import UNDERLAY_DEVICE, ClusterError, NodeState
 from cilia.datapath.netns import create_netns, delete_netns, netns_exists, netns_path, setns
+from cilia.runtime.local import kill_netns_processes
 from cilia.runtime.processes import ProcessRecord, process_alive, start_process, stop_process
 
 PREFIX_VARIABLE = "CILIA_NAME_PREFIX"

@@ -56,7 +56,14 @@ def netns_path(name: str) -> str:
     return os.path.join(NETNS_RUN_DIR, name)
 
 
-def _is_nsfs(path: str) -> bool:
+def resolve_netns(ref: str) -> str:
+    """Path of a namespace given by name (ours, under /run/netns) or by absolute path
+    (a runtime's, e.g. ``/proc/<pid>/ns/net``)."""
+    return ref if ref.startswith("/") else netns_path(ref)
+
+
+def is_netns(path: str) -> bool:
+    """True if *path* is a network namespace (an nsfs file)."""
     try:
         return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
     except OSError:
@@ -65,7 +72,7 @@ def _is_nsfs(path: str) -> bool:
 
 def netns_exists(name: str) -> bool:
     """True if ``/run/netns/<name>`` is a mounted network namespace."""
-    return _is_nsfs(netns_path(name))
+    return is_netns(netns_path(name))
 
 
 def list_netns() -> list[str]:
@@ -74,7 +81,7 @@ def list_netns() -> list[str]:
         names = os.listdir(NETNS_RUN_DIR)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if _is_nsfs(os.path.join(NETNS_RUN_DIR, n)))
+    return sorted(n for n in names if is_netns(os.path.join(NETNS_RUN_DIR, n)))
 
 
 def _prepare_run_dir() -> None:
@@ -103,7 +110,7 @@ def create_netns(name: str) -> str:
     """Create the named namespace if it does not exist; return its path."""
     path = netns_path(name)
     with _lock:
-        if _is_nsfs(path):
+        if is_netns(path):
             return path
         _prepare_run_dir()
         with suppress(FileExistsError):  # a stale mount point left by a crash: reuse it

@@ -30,7 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cilia.datapath.netns import create_netns, delete_netns, netns_exists, netns_path, setns
+from cilia.datapath.netns import create_netns, delete_netns, is_netns, resolve_netns, setns
 
 GATEWAY_IP = "169.254.1.1"
 POD_IFNAME = "eth0"
@@ -55,6 +55,7 @@ class PodNetwork:
     ipv4: str
     mtu: int
     route_mtu: int | None = None
+    pod_ifname: str = POD_IFNAME
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +71,7 @@ class PodNetwork:
             ipv4=str(data["ipv4"]),
             mtu=int(data["mtu"]),
             route_mtu=None if data.get("route_mtu") is None else int(data["route_mtu"]),
+            pod_ifname=str(data.get("pod_ifname", POD_IFNAME)),
         )
 
 
@@ -121,10 +123,11 @@ def link_kind(link: Any) -> str | None:
     return None if info is None else info.get("IFLA_INFO_KIND")
 
 
-def _validate(host_ifname: str, ipv4: str, *mtus: int | None) -> None:
+def _validate(ifnames: tuple[str, ...], ipv4: str, *mtus: int | None) -> None:
     ipaddress.IPv4Address(ipv4)  # ValueError on bad input, before anything is created
-    if not 0 < len(host_ifname) <= IFNAMSIZ or any(c in host_ifname for c in "/: \t\n"):
-        raise ValueError(f"invalid interface name {host_ifname!r}")
+    for name in ifnames:
+        if not 0 < len(name) <= IFNAMSIZ or any(c in name for c in "/: \t\n"):
+            raise ValueError(f"invalid interface name {name!r}")
     for mtu in mtus:
         if mtu is not None and not 68 <= mtu <= 65535:
             raise ValueError(f"invalid MTU {mtu}")
@@ -201,24 +204,31 @@ def _ensure_neigh(ipr: Any, ip: str, mac: str, ifindex: int) -> None:
 
 
 def _ensure_veth(
-    host: Any, pod: Any, host_ifname: str, path: str, mtu: int, undo: list[Callable[[], None]]
+    host: Any,
+    pod: Any,
+    names: tuple[str, str],
+    path: str,
+    mtu: int,
+    undo: list[Callable[[], None]],
 ) -> tuple[Any, Any]:
-    """Return (host link, pod eth0), creating the pair if neither end exists."""
+    """Return (host link, pod link), creating the pair if neither end exists."""
+    host_ifname, pod_ifname = names
     hlink = get_link(host, ifname=host_ifname)
-    plink = get_link(pod, ifname=POD_IFNAME)
+    plink = get_link(pod, ifname=pod_ifname)
     if hlink is None and plink is None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            peer = {"ifname": POD_IFNAME, "net_ns_fd": fd, "mtu": mtu}
+            peer = {"ifname": pod_ifname, "net_ns_fd": fd, "mtu": mtu}
             host.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer=peer)
         finally:
             os.close(fd)
         undo.append(lambda: _delete_link(host_ifname))
         hlink = get_link(host, ifname=host_ifname)
-        plink = get_link(pod, ifname=POD_IFNAME)
+        plink = get_link(pod, ifname=pod_ifname)
     if hlink is None or plink is None or not _paired(host, hlink, plink, path):
         raise FileExistsError(
-            errno.EEXIST, f"{host_ifname} exists but is not the veth peer of eth0 in {path}"
+            errno.EEXIST,
+            f"{host_ifname} exists but is not the veth peer of {pod_ifname} in {path}",
         )
     return hlink, plink
 
@@ -277,23 +287,29 @@ def ensure_pod_network(
     mtu: int = 1500,
     route_src: str | None = None,
     route_mtu: int | None = None,
+    pod_ifname: str = POD_IFNAME,
 ) -> PodNetwork:
-    """Create or reuse the pod's namespace, veth pair, addresses, routes and neighbours.
+    """Create or reuse the pod's veth pair, addresses, routes and neighbours.
 
-    *route_src* (a local address) becomes the source of host processes' packets to
-    the pod. *route_mtu* is the MTU of the pod's own routes (tunnel mode: *mtu* less
-    the VXLAN overhead; None: the device's). On failure everything created by this
-    call is removed and the error re-raised.
+    *netns* is a namespace name (created when missing) or the path of a namespace
+    somebody else made (a container runtime's), which must exist. *route_src* (a
+    local address) becomes the source of host processes' packets to the pod.
+    *route_mtu* is the MTU of the pod's own routes (tunnel mode: *mtu* less the VXLAN
+    overhead; None: the device's). On failure everything created by this call is
+    removed and the error re-raised.
     """
-    _validate(host_ifname, ipv4, mtu, route_mtu)
-    path = netns_path(netns)
+    _validate((host_ifname, pod_ifname), ipv4, mtu, route_mtu)
+    path = resolve_netns(netns)
     undo: list[Callable[[], None]] = []
     try:
-        if not netns_exists(netns):
+        if not is_netns(path):
+            if netns.startswith("/"):
+                raise FileNotFoundError(errno.ENOENT, "not a network namespace", path)
             create_netns(netns)
             undo.append(lambda: delete_netns(netns))
         with _ipr() as host, _ipr(path) as pod:
-            hlink, plink = _ensure_veth(host, pod, host_ifname, path, mtu, undo)
+            names = (host_ifname, pod_ifname)
+            hlink, plink = _ensure_veth(host, pod, names, path, mtu, undo)
             hidx = hlink["index"]
             host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
             _ensure_mtu_up(host, hlink, mtu)
@@ -307,14 +323,58 @@ def ensure_pod_network(
             with suppress(Exception):
                 step()
         raise
-    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, route_mtu)
+    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, route_mtu, pod_ifname)
+
+
+def _fib_match(ipr: Any, dst: str) -> list[Any]:
+    """The route the kernel would take to *dst* (none when unreachable)."""
+    try:
+        return list(ipr.route("get", dst=dst, flags=RTM_F_FIB_MATCH))
+    except NetlinkError as exc:
+        if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return []
+        raise
+
+
+@_off_loop
+def check_pod_network(net: PodNetwork) -> list[str]:
+    """What is wrong with a pod's plumbing (empty when device, address, routes and
+    pairing are as `ensure_pod_network` left them); changes nothing."""
+    path = resolve_netns(net.netns)
+    if not is_netns(path):
+        return [f"network namespace {path} is gone"]
+    problems: list[str] = []
+    with _ipr() as host, _ipr(path) as pod:
+        hlink = get_link(host, ifname=net.host_ifname)
+        plink = get_link(pod, ifname=net.pod_ifname)
+        if hlink is None or plink is None:
+            missing = net.host_ifname if hlink is None else f"{net.pod_ifname} in {path}"
+            return [f"device {missing} is missing"]
+        if not _paired(host, hlink, plink, path):
+            problems.append(f"{net.host_ifname} is not the peer of {net.pod_ifname}")
+        addrs = {
+            (a.get("IFA_ADDRESS"), a["prefixlen"])
+            for a in pod.addr("dump", family=socket.AF_INET)
+            if a["index"] == plink["index"]
+        }
+        if (net.ipv4, 32) not in addrs:
+            problems.append(f"{net.pod_ifname} lacks address {net.ipv4}/32")
+        if not any(r.get("RTA_GATEWAY") == GATEWAY_IP for r in _fib_match(pod, "1.2.3.4")):
+            problems.append(f"no default route via {GATEWAY_IP} in the pod")
+        if not any(r.get("RTA_OIF") == hlink["index"] for r in _fib_match(host, net.ipv4)):
+            problems.append(f"no host route to {net.ipv4} via {net.host_ifname}")
+    return problems
 
 
 def _delete_link(name: str) -> None:
     with _ipr() as host:
         link = get_link(host, ifname=name)
         if link is not None and link_kind(link) == "veth":
-            host.link("del", index=link["index"])
+            try:
+                host.link("del", index=link["index"])
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:  # gone with its namespace meanwhile
+                    raise
 
 
 def _delete_route(ipv4: str, oif: int | None = None) -> None:
@@ -327,12 +387,14 @@ def _delete_route(ipv4: str, oif: int | None = None) -> None:
 
 @_off_loop
 def remove_pod_network(netns: str, host_ifname: str, ipv4: str) -> None:
-    """Remove the host route, the veth pair and the namespace; missing parts are fine."""
+    """Remove the host route and the veth pair, and the namespace when given by name
+    (a runtime's namespace, given by path, is its own); missing parts are fine."""
     idx = interface_index(host_ifname)
     if idx is not None:
         _delete_route(ipv4, idx)  # never a route through somebody else's device
         _delete_link(host_ifname)
-    delete_netns(netns)
+    if not netns.startswith("/"):
+        delete_netns(netns)
 
 
 @_off_loop

@@ -14,7 +14,6 @@ from cilia.labels import (
     NAMESPACE_LABELS_PREFIX,
     POD_NAMESPACE_KEY,
     SOURCE_K8S,
-    SOURCE_RESERVED,
     Labels,
     LabelSelector,
 )
@@ -40,14 +39,13 @@ def scope_rule(rule: Rule, namespace: str, labels: Labels) -> Rule:
     """Confine a rule of a namespaced policy to `namespace` and add `labels`.
 
     The endpoint selector gets the namespace unless it is on reserved labels (as
-    rules for `reserved:init` are); peer and requirement selectors get it unless
-    they are on reserved labels or already choose namespaces themselves. Rules
-    selecting `reserved:init` are left unscoped, since init endpoints have no
-    namespace label yet.
+    rules for `reserved:init` are) or `container:` labels (runtime containers outside
+    Kubernetes have no namespace); peer and requirement selectors get it unless
+    they are on such labels or already choose namespaces themselves.
     """
     merged = rule.labels.union(labels)
     selector = rule.endpointSelector
-    if selector.has_source(SOURCE_RESERVED):
+    if selector.selects_outside_namespaces():
         return rule.model_copy(update={"labels": merged})
     ingress = None
     if rule.ingress is not None:

@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from cilia.labels.errors import ValidationError, join_path
 from cilia.labels.k8s import NAMESPACE_LABELS_PREFIX, POD_NAMESPACE_KEY
-from cilia.labels.label import SOURCE_ANY, SOURCE_K8S, SOURCE_RESERVED, Labels, split_source
+from cilia.labels.label import (
+    SOURCE_ANY,
+    SOURCE_CONTAINER,
+    SOURCE_K8S,
+    SOURCE_RESERVED,
+    Labels,
+    split_source,
+)
 from cilia.labels.syntax import key_error, value_error
 
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
@@ -137,10 +144,16 @@ class LabelSelector:
             for r in self.requirements
         )
 
+    def selects_outside_namespaces(self) -> bool:
+        """Whether the selector names labels no namespace has: reserved ones, or
+        `container:` labels of runtime containers living outside Kubernetes."""
+        return self.has_source(SOURCE_RESERVED) or self.has_source(SOURCE_CONTAINER)
+
     def with_namespace(self, namespace: str) -> LabelSelector:
-        """Restrict to pods of `namespace`, unless the selector is on reserved labels or
-        already picks namespaces itself (cross-namespace selectors are left alone)."""
-        if self.has_source(SOURCE_RESERVED) or self.is_namespace_scoped():
+        """Restrict to pods of `namespace`, unless the selector is on labels outside
+        namespaces or already picks namespaces itself (cross-namespace selectors are
+        left alone)."""
+        if self.selects_outside_namespaces() or self.is_namespace_scoped():
             return self
         return self.with_match(f"{SOURCE_K8S}:{POD_NAMESPACE_KEY}", namespace)
 

@@ -1,4 +1,9 @@
-"""Local pods of the embedded runtime: network namespace, veth, processes."""
+"""The embedded local-pod runtime: a pod's network namespace and its processes.
+
+Its pods reach the agent's endpoints through the same endpoint calls as the CNI
+plugin: this module makes the namespace and runs the processes; the endpoint (veth,
+address, identity, policy) is the agent's.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cilia.datapath.netns import netns_path
-from cilia.datapath.pod_network import remove_pod_network
+from cilia.datapath.netns import create_netns, delete_netns, netns_exists, resolve_netns
 from cilia.runtime.processes import ProcessRecord, start_process, stop_process, wait_listening
 
 log = logging.getLogger("cilia.agent")
@@ -38,6 +42,13 @@ def responder_argv(pod: str, tcp: list[int], udp: list[int]) -> list[str]:
     return argv
 
 
+def create_sandbox(netns: str) -> str:
+    """Create (or reuse) the pod's named network namespace; returns its path."""
+    if not netns_exists(netns):
+        create_netns(netns)
+    return resolve_netns(netns)
+
+
 def start_containers(
     netns: str, containers: list[ContainerSpec], log_dir: Path
 ) -> list[ProcessRecord]:
@@ -47,7 +58,8 @@ def start_containers(
     try:
         for c in containers:
             if c.argv:
-                started.append(start_process(netns_path(netns), c.argv, log_dir / f"{c.name}.log"))
+                log_file = log_dir / f"{c.name}.log"
+                started.append(start_process(resolve_netns(netns), c.argv, log_file))
     except BaseException:
         for rec in started:
             stop_process(rec)
@@ -58,25 +70,25 @@ def start_containers(
 def wait_ready(netns: str, containers: list[ContainerSpec]) -> bool:
     """Wait until every declared port listens in the pod; True when ready."""
     return wait_listening(
-        netns_path(netns),
+        resolve_netns(netns),
         tcp=[p for c in containers for p in c.tcp_ports],
         udp=[p for c in containers for p in c.udp_ports],
         timeout=READY_TIMEOUT,
     )
 
 
-def destroy_pod(netns: str, ifname: str, ipv4: str, processes: list[ProcessRecord]) -> None:
-    """Stop the pod's processes and remove its network (idempotent)."""
+def remove_sandbox(netns: str, processes: list[ProcessRecord]) -> None:
+    """Stop the pod's processes and delete its namespace (idempotent)."""
     for rec in processes:
         stop_process(rec)
     kill_netns_processes(netns)
-    remove_pod_network(netns, ifname, ipv4)
+    delete_netns(netns)
 
 
 def kill_netns_processes(netns: str) -> int:
     """Kill every process living in a pod namespace (even ones the agent lost track of)."""
     try:
-        target = os.stat(netns_path(netns)).st_ino
+        target = os.stat(resolve_netns(netns)).st_ino
     except FileNotFoundError:
         return 0
     killed = 0

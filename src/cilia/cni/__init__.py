@@ -1,0 +1,1 @@
+"""The CNI plugin `cilia-cni` and its installer."""
