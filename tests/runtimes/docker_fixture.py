@@ -19,16 +19,22 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import pytest
+from pyroute2 import IPRoute
 
+from cilia.runtime.docker_plugin import DockerNetworkPlugin
+from cilia.runtime.owner import EndpointPatch, EndpointRequest
 from cilia.runtime.processes import ProcessRecord, process_alive, start_process, stop_process
 
 BUSYBOX = Path("/bin/busybox")
@@ -201,3 +207,141 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
     # docker_gwbridge (a host bridge) is what dockerd makes for a container its driver
     # gave no gateway: the Cilia driver must never cause it.
     assert "docker_gwbridge" not in left, "dockerd had to create docker_gwbridge"
+
+
+@dataclass
+class FakeOwner:
+    """An in-test `EndpointOwner` that plumbs like the agent does for Docker: a veth
+    pair whose container end stays in the host namespace (Docker moves it), a /32 route
+    to the container and the gateway `gateway`, an address of the host (on `lo`).
+    Every call is recorded; `fail` makes `endpoint_put` refuse."""
+
+    tag: str
+    gateway: str
+    addresses: list[str]
+    puts: list[EndpointRequest] = field(default_factory=list)
+    patches: list[tuple[str, EndpointPatch]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fail: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def endpoint_put(self, req: EndpointRequest) -> dict[str, Any]:
+        with self.lock:
+            self.puts.append(req)
+            key = f"container-id:{req.container_id}"
+            if key in self.views:
+                return self.views[key]
+            if self.fail:
+                raise RuntimeError(self.fail)
+            host = f"{self.tag}h{len(self.puts)}"
+            assert req.ipv4 is not None
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=host, kind="veth", peer=req.interface_name)
+                index = ipr.link_lookup(ifname=host)[0]
+                ipr.link("set", index=index, state="up")
+                Path(f"/proc/sys/net/ipv4/conf/{host}/forwarding").write_text("1")
+                ipr.route(
+                    "add", dst=req.ipv4, dst_len=32, oif=index, scope="link", prefsrc=self.gateway
+                )
+            view = {
+                "id": len(self.puts),
+                "container-id": req.container_id,
+                "runtime": req.runtime,
+                "interface": host,
+                "labels": req.labels,
+                "name": req.name,
+                "addressing": {
+                    "ipv4": req.ipv4,
+                    "gateway": self.gateway,
+                    "routes": [
+                        {"dst": f"{self.gateway}/32"},
+                        {"dst": "0.0.0.0/0", "gw": self.gateway},
+                    ],
+                },
+            }
+            self.views[key] = view
+            return view
+
+    def endpoint_patch(self, key: str, patch: EndpointPatch) -> dict[str, Any]:
+        with self.lock:
+            self.patches.append((key, patch))
+            view = self.views.get(key)
+            if view is None:
+                raise KeyError(f"no endpoint {key}")
+            view["labels"], view["name"] = patch.labels, patch.name
+            return view
+
+    def endpoint_remove(self, key: str) -> bool:
+        with self.lock:
+            self.removed.append(key)
+            view = self.views.pop(key, None)
+            if view is None:
+                return False
+            with IPRoute() as ipr:
+                for index in ipr.link_lookup(ifname=view["interface"]):
+                    ipr.link("del", index=index)  # takes the route along
+            return True
+
+    def endpoint_views(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.views.values())
+
+    def ipam_allocate(self) -> str:
+        with self.lock:
+            return self.addresses.pop(0)
+
+    def ipam_release(self, ip: str) -> None:
+        with self.lock:
+            self.released.append(ip)
+            if ip not in self.addresses:
+                self.addresses.append(ip)
+
+    def devices(self) -> list[str]:
+        """Host devices of this owner: its veths and the container ends it was asked for."""
+        with self.lock:
+            ends = {req.interface_name for req in self.puts}
+        with IPRoute() as ipr:
+            names = [str(link.get("IFLA_IFNAME")) for link in ipr.link("dump")]
+        return [n for n in names if n.startswith(self.tag) or n in ends]
+
+
+@dataclass
+class PluginNetwork:
+    """The Cilia driver served for a fake owner, and a Docker network of it."""
+
+    daemon: DockerDaemon
+    owner: FakeOwner
+    plugin: DockerNetworkPlugin
+    network: str
+
+
+@pytest.fixture(scope="session")
+def plugin_network(dockerd: DockerDaemon) -> Iterator[PluginNetwork]:
+    """`docker network create --driver P --ipam-driver P` on a per-run plugin name,
+    with a FakeOwner; its gateway address lives on `lo` until the end."""
+    tag = f"cd{dockerd.tag}"
+    third = int(dockerd.tag[:2], 16)
+    gateway = f"10.251.{third}.254"
+    owner = FakeOwner(tag, gateway, [f"10.251.{third}.{n}" for n in range(2, 40)])
+    plugin = DockerNetworkPlugin(owner, tag, gateway=gateway)
+    with IPRoute() as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=gateway, prefixlen=32)
+    try:
+        plugin.start()
+        with dockerd.client() as client:
+            client.networks.create(tag, driver=tag, ipam=docker.types.IPAMConfig(driver=tag))
+        yield PluginNetwork(dockerd, owner, plugin, tag)
+    finally:
+        try:
+            dockerd.clean()
+            plugin.stop()
+        finally:
+            with IPRoute() as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                with suppress(Exception):
+                    ipr.addr("del", index=lo, address=gateway, prefixlen=32)
+                for name in owner.devices():
+                    for index in ipr.link_lookup(ifname=name):
+                        ipr.link("del", index=index)
