@@ -170,13 +170,18 @@ class DockerDaemon:
             if "sha256:" not in str(out):
                 raise RuntimeError(f"image import failed: {out}")
 
-    def clean(self) -> list[str]:
-        """Remove every container and user network the tests left; the networks' names."""
-        removed = []
+    def clean_containers(self) -> None:
+        """Remove every container."""
         with self.client() as client:
             for container in client.containers.list(all=True):
                 with suppress(docker.errors.NotFound):
                     container.remove(force=True)
+
+    def clean(self) -> list[str]:
+        """Remove every container and user network the tests left; the networks' names."""
+        self.clean_containers()
+        removed = []
+        with self.client() as client:
             for network in client.networks.list():
                 if network.name not in ("none", "host"):
                     with suppress(docker.errors.NotFound):
