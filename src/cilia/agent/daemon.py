@@ -49,10 +49,13 @@ from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import is_netns
 from cilia.datapath.overlay import VXLAN_OVERHEAD
 from cilia.datapath.pod_network import (
+    GATEWAY_IP,
     PodNetwork,
+    ensure_host_peer_veth,
     ensure_pod_network,
     host_ipv4_addresses,
     remove_pod_network,
+    restore_host_peer_veth,
 )
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.identity import HOST, INIT, RESERVED_LABELS, IdentityAllocator, IdentitySource
@@ -204,12 +207,15 @@ class Agent:
             self.cidr.restore(self.identities.items())
         self.repo = PolicyRepository.from_json(state["policy"])
         self.objects = ObjectStore.from_state(state["objects"])
+        self.ipam_reserved = set(state.get("ipam_reserved", []))
+        self.ipam.used |= self.ipam_reserved
         for raw in state["endpoints"]:
             ep = Endpoint.from_state(raw)
             if not ep.is_local_pod and not is_netns(ep.netns):
                 log.info("container %s went away while the agent was down", ep.container_id)
                 remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
                 self.identities.release(ep.identity)
+                self._give_back_address(ep)
                 continue
             self.endpoints[ep.id] = ep
             self.ipam.used.add(ep.ipv4)
@@ -235,6 +241,7 @@ class Agent:
                 "policy": self.repo.to_json(),
                 "objects": self.objects.to_state(),
                 "endpoints": [ep.to_state() for ep in self.endpoints.values()],
+                "ipam_reserved": sorted(self.ipam_reserved),
             },
         )
 
@@ -483,6 +490,14 @@ class Agent:
         # In tunnel mode what a pod sends must fit the VXLAN encapsulation, while its
         # device keeps the full MTU so that it receives 1500-byte packets unfragmented.
         tunnel = self.cluster is not None
+        if ep.peer_in_host:
+            # The runtime sets the workload's routes: only the device MTU can fit the tunnel.
+            if ep.network is not None:
+                return restore_host_peer_veth(ep.network, route_src=self.config.host_router_ip)
+            mtu = self.config.mtu - VXLAN_OVERHEAD if tunnel else self.config.mtu
+            return ensure_host_peer_veth(
+                ep.netns, ep.ifname, ep.pod_ifname, ep.ipv4, mtu, self.config.host_router_ip
+            )
         return ensure_pod_network(
             ep.netns,
             ep.ifname,
@@ -554,6 +569,9 @@ class Agent:
             container_id=req.container_id,
             runtime=req.runtime,
             pod_ifname=req.interface_name,
+            peer_in_host=req.peer_in_host,
+            gateway=self.config.host_router_ip if req.peer_in_host else GATEWAY_IP,
+            address_reserved=req.ipv4 is not None,
             runtime_labels=None if req.labels is None else labels,
         )
         self.ipam_reserved.discard(ep.ipv4)
@@ -583,7 +601,7 @@ class Agent:
             if ep.network is not None:
                 self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
             remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
-            self.ipam.release(ep.ipv4)
+            self._give_back_address(ep)
             if identity_taken:
                 self.identities.release(ep.identity)
             raise
@@ -606,9 +624,18 @@ class Agent:
         if ep.is_local_pod:
             pods.remove_sandbox(self._local_netns(ep.namespace, ep.pod), ep.processes)
         remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
-        self.ipam.release(ep.ipv4)
+        self._give_back_address(ep)
         self.identities.release(ep.identity)
         self.endpoints.pop(ep.id, None)
+
+    def _give_back_address(self, ep: Endpoint) -> None:
+        """Free an endpoint's address, or return it to the reservations of the runtime
+        that took it with `POST /v1/ipam` (the runtime releases it itself)."""
+        if ep.address_reserved:
+            self.ipam.used.add(ep.ipv4)
+            self.ipam_reserved.add(ep.ipv4)
+        else:
+            self.ipam.release(ep.ipv4)
 
     def _log_dir(self, ep: Endpoint) -> Path:
         return self.config.state_dir / "logs" / ep.namespace / ep.pod

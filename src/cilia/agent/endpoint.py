@@ -63,6 +63,14 @@ class Endpoint:
     container_id: str = ""
     runtime: str = "local"
     pod_ifname: str = POD_IFNAME
+    peer_in_host: bool = False
+    """The runtime moves the workload end of the veth into its namespace (Docker)."""
+    gateway: str = GATEWAY_IP
+    """The workload's next hop: the link-local gateway, or the router address for
+    runtimes that configure the workload side themselves (no permanent neighbour)."""
+    address_reserved: bool = False
+    """The address came from `POST /v1/ipam`: it goes back to the reservations (the
+    runtime releases it) when the endpoint goes."""
     runtime_labels: Labels | None = None
     """Labels a runtime gave (None: not known yet, the endpoint holds the init
     identity); local pods take theirs from the Pod object instead."""
@@ -101,13 +109,13 @@ class Endpoint:
         route_mtu = {"mtu": net.route_mtu} if net and net.route_mtu else {}
         return {
             "ipv4": self.ipv4,
-            "gateway": GATEWAY_IP,
+            "gateway": self.gateway,
             "mac": net.pod_mac if net else None,
             "host-mac": net.host_mac if net else None,
             "mtu": net.mtu if net else None,
             "routes": [
-                {"dst": f"{GATEWAY_IP}/32", **route_mtu},
-                {"dst": "0.0.0.0/0", "gw": GATEWAY_IP, **route_mtu},
+                {"dst": f"{self.gateway}/32", **route_mtu},
+                {"dst": "0.0.0.0/0", "gw": self.gateway, **route_mtu},
             ],
         }
 
@@ -148,6 +156,9 @@ class Endpoint:
             "container_id": self.container_id,
             "runtime": self.runtime,
             "pod_ifname": self.pod_ifname,
+            "peer_in_host": self.peer_in_host,
+            "gateway": self.gateway,
+            "address_reserved": self.address_reserved,
             "runtime_labels": (
                 None if self.runtime_labels is None else self.runtime_labels.to_list()
             ),
@@ -171,6 +182,9 @@ class Endpoint:
             container_id=d.get("container_id") or local_container_id(d["namespace"], d["pod"]),
             runtime=d.get("runtime", "local"),
             pod_ifname=d.get("pod_ifname", POD_IFNAME),
+            peer_in_host=bool(d.get("peer_in_host", False)),
+            gateway=d.get("gateway", GATEWAY_IP),
+            address_reserved=bool(d.get("address_reserved", False)),
             runtime_labels=None if runtime_labels is None else Labels.parse(runtime_labels),
             ifname=d["ifname"],
             ipv4=d["ipv4"],

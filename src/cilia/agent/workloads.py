@@ -49,7 +49,7 @@ class Workloads:
         labels = (
             RESERVED_LABELS[INIT] if req.labels is None else _parse_labels(req.labels, "labels")
         )
-        if not is_netns(req.netns):
+        if not req.peer_in_host and not is_netns(req.netns):
             raise AgentError(f"netns: {req.netns} is not a network namespace")
         agent = self.agent
         with agent.lock:

@@ -326,6 +326,69 @@ def ensure_pod_network(
     return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, route_mtu, pod_ifname)
 
 
+@_off_loop
+def ensure_host_peer_veth(
+    netns: str,
+    host_ifname: str,
+    peer_ifname: str,
+    ipv4: str,
+    mtu: int = 1500,
+    route_src: str | None = None,
+) -> PodNetwork:
+    """A veth pair whose workload end the runtime moves into its sandbox itself
+    (Docker does, renaming it eth0 and configuring it from the driver's answer).
+
+    The pair is made with the peer named *peer_ifname* left down in the host
+    namespace; an existing host end is reused (its peer may have moved already).
+    The host side is set up as for pods: up, forwarding, the /32 route and the
+    permanent neighbour to the peer's MAC (which survives the move).
+    """
+    _validate((host_ifname, peer_ifname), ipv4, mtu)
+    undo: list[Callable[[], None]] = []
+    try:
+        with _ipr() as host:
+            hlink = get_link(host, ifname=host_ifname)
+            if hlink is None:
+                peer = {"ifname": peer_ifname, "mtu": mtu}
+                host.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer=peer)
+                undo.append(lambda: _delete_link(host_ifname))
+                hlink = get_link(host, ifname=host_ifname)
+            plink = get_link(host, ifname=peer_ifname)
+            if hlink is None or link_kind(hlink) != "veth":
+                raise FileExistsError(errno.EEXIST, f"{host_ifname} exists but is not a veth")
+            if plink is None or plink["index"] != hlink.get("IFLA_LINK"):
+                raise FileExistsError(
+                    errno.EEXIST, f"{peer_ifname} is not the host-side peer of {host_ifname}"
+                )
+            hidx = hlink["index"]
+            host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
+            _ensure_mtu_up(host, hlink, mtu)
+            set_interface_sysctl(host_ifname, "forwarding", "1")
+            if _ensure_route(host, ipv4, hidx, src=route_src):
+                undo.append(lambda: _delete_route(ipv4, hidx))
+            _ensure_neigh(host, ipv4, pod_mac, hidx)
+    except BaseException:
+        for step in reversed(undo):
+            with suppress(Exception):
+                step()
+        raise
+    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, None, POD_IFNAME)
+
+
+@_off_loop
+def restore_host_peer_veth(net: PodNetwork, route_src: str | None = None) -> PodNetwork:
+    """Re-check the host side of an `ensure_host_peer_veth` pair after a restart (the
+    peer lives in the sandbox by now); FileNotFoundError when the device is gone."""
+    with _ipr() as host:
+        hlink = get_link(host, ifname=net.host_ifname)
+        if hlink is None or hlink["index"] != net.host_ifindex or link_kind(hlink) != "veth":
+            raise FileNotFoundError(errno.ENODEV, "device is gone", net.host_ifname)
+        _ensure_mtu_up(host, hlink, net.mtu)
+        _ensure_route(host, net.ipv4, hlink["index"], src=route_src)
+        _ensure_neigh(host, net.ipv4, net.pod_mac, hlink["index"])
+    return net
+
+
 def _fib_match(ipr: Any, dst: str) -> list[Any]:
     """The route the kernel would take to *dst* (none when unreachable)."""
     try:

@@ -38,6 +38,13 @@ class EndpointRequest(BaseModel):
     namespace: str | None = Field(None, description="workload namespace (k8s or runtime)")
     name: str | None = Field(None, description="workload name (pod or container name)")
     ipv4: str | None = Field(None, description="address reserved before (Docker IPAM)")
+    peer_in_host: bool = Field(
+        False,
+        alias="peer-in-host",
+        description="leave the workload end of the veth down in the host namespace, named"
+        " interface-name, for the runtime to move into netns itself (Docker does, after"
+        " the driver's Join); netns need not exist yet",
+    )
 
     @field_validator("container_id")
     @classmethod
