@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from cilia.datapath.netns import create_netns, delete_netns, netns_path, popen_in_netns
+from cilia.datapath.netns import delete_netns, popen_in_netns
 from cilia.runtime.probe import probe
+from tests.integration.cni_tool import cni, plugin_conf, sandbox
 from tests.integration.harness import Cilia, running_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
-
-PLUGIN = str(Path(sys.executable).parent / "cilia-cni")
 
 WEB = """
 apiVersion: v1
@@ -53,12 +49,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
 
 @pytest.fixture
 def conf(agent: Cilia) -> dict[str, Any]:
-    return {
-        "cniVersion": "1.1.0",
-        "name": "cilia",
-        "type": "cilia-cni",
-        "agent-socket": str(agent.config.socket_path),
-    }
+    return plugin_conf(agent.config.socket_path)
 
 
 @pytest.fixture
@@ -68,31 +59,6 @@ def sandboxes() -> Iterator[list[str]]:
     yield made
     for name in made:
         delete_netns(name)
-
-
-def sandbox(made: list[str]) -> str:
-    name = f"cnitest-{secrets.token_hex(3)}"
-    create_netns(name)
-    made.append(name)
-    return netns_path(name)
-
-
-def cni(command: str, conf: Any, cid: str = "", netns: str = "", **env: str) -> tuple[int, Any]:
-    """Run the plugin as a runtime does; (exit code, decoded stdout or None)."""
-    full = {
-        "PATH": os.environ["PATH"],
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": cid,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": str(Path(PLUGIN).parent),
-        **env,
-    }
-    stdin = conf if isinstance(conf, str) else json.dumps(conf)
-    proc = subprocess.run(
-        [PLUGIN], input=stdin, env=full, capture_output=True, text=True, timeout=120
-    )
-    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
 def reaches(netns: str, ip: str, port: int = 80) -> bool:
