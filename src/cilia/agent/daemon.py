@@ -41,6 +41,7 @@ from cilia.agent.objects import (
     display,
 )
 from cilia.agent.observe import StateWatcher
+from cilia.agent.runtimes import Runtimes
 from cilia.agent.state import load_state, save_state
 from cilia.agent.workloads import Workloads
 from cilia.datapath import conntrack
@@ -124,6 +125,7 @@ class Agent:
         )
         self.cluster: ClusterMode | None = None
         self.workloads = Workloads(self)
+        self.runtimes = Runtimes()
         self.ct_gc = CtGc(
             self.datapath,
             self.monitor,
@@ -168,6 +170,7 @@ class Agent:
             self.save()
         if self.cluster is not None:
             self.cluster.start()
+        self.runtimes = Runtimes.start(self.config, self.workloads)
         self.controllers.add("sync-datapath", self.config.sync_interval, self._sync_controller)
         self.ct_gc.controller = self.controllers.add(
             "ct-gc", self.config.ct_gc_interval, self.ct_gc.run
@@ -187,6 +190,7 @@ class Agent:
 
     def stop(self) -> None:
         """Stop controllers and close the datapath; pods and enforcement stay in place."""
+        self.runtimes.stop()
         self.controllers.stop()
         if self.cluster is not None:
             self.cluster.stop()
@@ -790,6 +794,7 @@ class Agent:
                 "proxy": self.l7.status(),
                 "uptime-seconds": round(time.time() - self.started_at, 1),
                 "kvstore": kvstore,
+                "container-runtimes": self.runtimes.health(),
             }
 
     @staticmethod

@@ -357,6 +357,15 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("KVStore:            none (one node)")
+    runtimes = data.get("container-runtimes", [])
+    if not runtimes:
+        lines.append("ContainerRuntime:   none")
+    for rt in runtimes:
+        health = "Ok" if rt.get("healthy") else "Unhealthy"
+        lines.append(
+            f"ContainerRuntime:   {rt.get('runtime')}: {health} ({rt.get('endpoint')}), "
+            f"{rt.get('message', '')}"
+        )
     now = time.time()
     for c in data.get("controller-list", []):
         ago = f"{now - c['last-success']:.0f}s ago" if c["last-success"] else "never"
