@@ -142,10 +142,16 @@ state = "{self.base / "state"}"
   sandbox_image = "{self.image}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # sandboxes get oom_score_adj -998, which this machine (itself a container without
+  # CAP_SYS_RESOURCE) refuses: runc fails "failed to update /proc/self/oom_score_adj"
+  restrict_oom_score_adj = true
 
 {cri[:-1]}.cni]
   bin_dir = "{self.cni_bin_dir}"
   conf_dir = "{self.cni_conf_dir}"
+
+{cri[:-1]}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
 
 {cri[:-1]}.containerd.runtimes.runc.options]
   Root = "{self.base / "runc"}"

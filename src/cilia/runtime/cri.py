@@ -100,7 +100,7 @@ class CriClient(grpc_protos.Client):
         ns_opts = pb("runtime.v1.NamespaceOption")(network=NETWORK_MODES[network])
         config = pb("runtime.v1.PodSandboxConfig")(
             metadata=pb("runtime.v1.PodSandboxMetadata")(name=name, namespace=namespace, uid=uid),
-            hostname=name,
+            hostname=name if network == "pod" else "",  # a host-network pod has the node's
             log_directory=log_directory,
             labels=dict(labels),
             linux=pb("runtime.v1.LinuxPodSandboxConfig")(
