@@ -2,14 +2,16 @@
 
 Why etcd3gw: it is synchronous like the agent's threads, speaks etcd's own HTTP gateway
 (`/v3/...`, JSON) so there is no gRPC/protobuf version to clash with the rest of the
-environment, and it is maintained (OpenStack). We use its client for transport (one
-`requests` session per endpoint, HTTP errors mapped to its exceptions) and build the
-requests ourselves, because its convenience methods drop the response header (the
-revisions a watch or a compare needs) and encode `str` keys as latin-1.
+environment, and it is maintained (OpenStack). We use its client to post (one per
+endpoint, HTTP errors mapped to its exceptions) and build the requests ourselves,
+because its convenience methods drop the response header (the revisions a watch or a
+compare needs) and encode `str` keys as latin-1. Under it, instead of its `requests`
+session, a `transport.GatewaySession`: `requests` cost four times the CPU per call,
+which decided how fast identities are allocated (measurements in transport.py).
 
 Why not etcd3gw's watcher: it silently ignores `compact_revision` and `canceled`
 responses, so a watch that lost its history would just go quiet. `Watch` reads the
-gateway's watch stream itself (one JSON object per line) over a plain socket, which
+gateway's watch stream itself (one JSON object per line, `transport.Stream`), which
 it can also shut down from another thread to cancel at once.
 
 This wrapper is the one place for error mapping, endpoint fail-over, the
@@ -20,24 +22,22 @@ This wrapper is the one place for error mapping, endpoint fail-over, the
 from __future__ import annotations
 
 import base64
-import contextlib
-import http.client
 import json
 import logging
 import queue
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import requests
 from etcd3gw import exceptions as gw_exceptions
 from etcd3gw.client import Etcd3Client
-from requests.adapters import HTTPAdapter
+
+from cilia.kvstore.transport import GatewaySession, Stream
 
 log = logging.getLogger("cilia.kvstore")
 
@@ -295,9 +295,9 @@ class Etcd:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"unsupported etcd endpoint {url!r} (http://HOST:PORT)")
-        session = requests.Session()
-        session.trust_env = False  # no proxy/netrc look-ups per request (a third of its cost)
-        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE))
+        # etcd3gw types its session as a requests.Session; with `api_path` given it only
+        # ever calls post() and close(), which GatewaySession provides (see transport.py).
+        session = cast(requests.Session, GatewaySession(url, pool_size=_POOL_SIZE))
         return Etcd3Client(
             host=parts.hostname,
             port=parts.port or 2379,
@@ -467,8 +467,8 @@ class Etcd:
         failures: list[str] = []
         for idx in self._ordered():
             try:
-                stream = _WatchStream.open(self.endpoints[idx], request, self.timeout)
-            except (OSError, http.client.HTTPException) as exc:
+                stream = Stream.open(self.endpoints[idx], "/v3/watch", request, self.timeout)
+            except OSError as exc:
                 failures.append(f"{self.endpoints[idx]}: {exc}")
                 continue
             self._preferred = idx
@@ -488,60 +488,6 @@ class Etcd:
             client.session.close()
 
 
-_KEEPALIVE_OPTS = (
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
-)
-
-
-class _WatchStream:
-    """One POST /v3/watch with its response read line by line."""
-
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
-        self._conn = conn
-        self._response = response
-        self._sock = conn.sock
-
-    @classmethod
-    def open(cls, url: str, request: Mapping[str, Any], timeout: float) -> _WatchStream:
-        parts = urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 2379, timeout=timeout)
-        try:
-            conn.request(
-                "POST",
-                "/v3/watch",
-                body=json.dumps(request),
-                headers={"Content-Type": "application/json"},
-            )
-            response = conn.getresponse()
-            if response.status != http.client.OK:
-                raise http.client.HTTPException(
-                    f"watch refused: HTTP {response.status} {response.read(300)!r}"
-                )
-            if conn.sock is not None:
-                conn.sock.settimeout(None)  # a quiet watch is fine; keepalive finds dead peers
-                for level, opt, value in _KEEPALIVE_OPTS:
-                    conn.sock.setsockopt(level, opt, value)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, response)
-
-    def readline(self) -> bytes:
-        return self._response.readline()
-
-    def shutdown(self) -> None:
-        """Wake a blocked reader (close() alone would not)."""
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._conn.close()
-
-
 def _watch_event(raw: Mapping[str, Any]) -> WatchEvent:
     kv = raw["kv"]
     deleted = raw.get("type") == "DELETE"
@@ -556,12 +502,26 @@ def _watch_event(raw: Mapping[str, Any]) -> WatchEvent:
     )
 
 
+def _watch_end(message: Mapping[str, Any]) -> str:
+    """Why a watch response ends the watch (error, compaction, cancel), or ""."""
+    if "error" in message:
+        error = message["error"]
+        return f"watch error: {error.get('message', error)}"
+    result = message.get("result", {})
+    compacted = int(result.get("compact_revision", 0))
+    if compacted:
+        return f"compacted at revision {compacted}"
+    if result.get("canceled"):
+        return f"watch canceled by etcd: {result.get('cancel_reason', 'no reason given')}"
+    return ""
+
+
 class Watch:
     """A running watch; `cancel()` ends it without calling `on_lost`."""
 
     def __init__(
         self,
-        stream: _WatchStream,
+        stream: Stream,
         prefix: str,
         on_event: Callable[[list[WatchEvent]], None],
         on_lost: Callable[[str], None],
@@ -576,7 +536,7 @@ class Watch:
     def _run(self) -> None:
         try:
             reason = self._read()
-        except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             reason = f"watch stream failed: {exc}"
         except Exception as exc:  # a callback failed: the consumer must resync
             log.exception("watch callback failed")
@@ -587,26 +547,31 @@ class Watch:
             self._on_lost(reason)
 
     def _read(self) -> str:
+        """Deliver events until the stream ends; returns why. The events of responses
+        that arrived together are delivered as one batch (one hand-over to the consumer
+        per batch, not per response: under load that is most of a watch's CPU)."""
+        batch: list[WatchEvent] = []
+        reason = "cancelled"
         while not self._cancelled.is_set():
+            if batch and not self._stream.line_ready():
+                self._on_event(batch)
+                batch = []
+                continue
             line = self._stream.readline()
             if not line:
-                return "watch stream closed by etcd"
+                reason = "watch stream closed by etcd"
+                break
             if not line.strip():
                 continue
             message = json.loads(line)
-            if "error" in message:
-                error = message["error"]
-                return f"watch error: {error.get('message', error)}"
-            result = message.get("result", {})
-            compacted = int(result.get("compact_revision", 0))
-            if compacted:
-                return f"compacted at revision {compacted}"
-            if result.get("canceled"):
-                return f"watch canceled by etcd: {result.get('cancel_reason', 'no reason given')}"
-            events = result.get("events")
-            if events and not self._cancelled.is_set():
-                self._on_event([_watch_event(e) for e in events])
-        return "cancelled"
+            ended = _watch_end(message)
+            if ended:
+                reason = ended
+                break
+            batch.extend(_watch_event(e) for e in message.get("result", {}).get("events", ()))
+        if batch and not self._cancelled.is_set():
+            self._on_event(batch)
+        return reason
 
     def cancel(self) -> None:
         """Stop the watch; waits for its thread unless called from a callback."""
@@ -674,7 +639,9 @@ class Reflector:
         self._last_error = ""
         self._stop = threading.Event()
         self._retry = threading.Event()
-        self._queue: queue.Queue[tuple[int, list[WatchEvent] | str | None]] = queue.Queue()
+        self._queue: queue.SimpleQueue[tuple[int, list[WatchEvent] | str | None]] = (
+            queue.SimpleQueue()
+        )
         self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
 
@@ -805,16 +772,28 @@ class Reflector:
             watch.cancel()
 
     def _pump(self, generation: int) -> str:
+        held: tuple[int, list[WatchEvent] | str | None] | None = None
         while True:
-            tag, item = self._queue.get()
+            tag, item = held if held is not None else self._queue.get()
+            held = None
             if item is None:
                 return "stopped"
             if tag != generation:
                 continue
             if isinstance(item, str):
                 return item
+            events = item
+            while True:  # what this watch queued meanwhile is applied as one change
+                try:
+                    held = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if held[0] != generation or not isinstance(held[1], list):
+                    break
+                events = [*events, *held[1]]
+                held = None
             try:
-                self._apply(item)
+                self._apply(events)
             except Exception as exc:
                 log.exception("%s: change callback failed", self.prefix)
                 return f"change callback failed: {exc}"
