@@ -37,7 +37,9 @@ from tests.runtimes.docker_fixture import BUSYBOX, HOST_NETNS, busybox_rootfs
 __all__ = ["BUSYBOX", "Containerd", "oci_image_tar"]
 
 CRI_NAMESPACE = "k8s.io"  # where containerd's CRI plugin keeps its images and sandboxes
+CTR_DEFAULT = "default"  # ctr's namespace, watched by the agent
 RUNC_STATE = Path("/run/containerd/runc")
+REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 IMAGE_CMD = ["/bin/sleep", "infinity"]  # also the pod sandbox's process
@@ -110,6 +112,11 @@ class Containerd:
         return f"cilia-test-{self.tag}"
 
     @property
+    def namespaces(self) -> tuple[str, ...]:
+        """Where the image is and tests make containers (all private to this daemon)."""
+        return (self.namespace, CTR_DEFAULT, CRI_NAMESPACE)
+
+    @property
     def image(self) -> str:
         return f"cilia.test/busybox-{self.tag}:1"
 
@@ -145,6 +152,7 @@ state = "{self.base / "state"}"
   # sandboxes get oom_score_adj -998, which this machine (itself a container without
   # CAP_SYS_RESOURCE) refuses: runc fails "failed to update /proc/self/oom_score_adj"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true  # sandboxes' namespaces under our state, not /run/netns
 
 {cri[:-1]}.cni]
   bin_dir = "{self.cni_bin_dir}"
@@ -187,6 +195,9 @@ state = "{self.base / "state"}"
         """Start the daemon and wait until its Version call answers."""
         for folder in (self.base, self.cni_conf_dir, self.cni_bin_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        loopback = self.cni_bin_dir / "loopback"  # the CRI plugin sets up every sandbox's lo
+        if not loopback.exists():
+            loopback.symlink_to(REFERENCE_PLUGINS / "loopback")
         argv = ["containerd", "--config", str(self.write_config()), "--log-level", "info"]
         self.proc = start_process(HOST_NETNS, argv, self.log)
         deadline = time.monotonic() + START_TIMEOUT
@@ -226,24 +237,32 @@ state = "{self.base / "state"}"
         tar = self.base / "busybox-oci.tar"
         tar.write_bytes(oci_image_tar(self.image))
         try:
-            for namespace in (self.namespace, CRI_NAMESPACE):
+            for namespace in self.namespaces:
                 self.ctr("images", "import", str(tar), namespace=namespace)
         finally:
             tar.unlink()
 
     def remove_container(self, cid: str, namespace: str | None = None) -> None:
-        """Kill and delete a `ctr` container's task, then the container (and snapshot)."""
+        """Kill and delete a `ctr` container's task, then the container (and snapshot);
+        nothing when there is no such container."""
+        with self.client(namespace) as client:
+            if client.container(cid) is None:
+                return
         with suppress(AssertionError):
             self.ctr("tasks", "delete", "--force", cid, namespace=namespace)
         self.ctr("containers", "delete", cid, namespace=namespace)
 
-    def clean(self) -> None:
-        """Remove every pod sandbox and container the tests left."""
+    def remove_sandboxes(self) -> None:
+        """Stop and remove every pod sandbox (before its CNI network config goes)."""
         with self.cri() as cri:
             for sandbox in cri.list_sandboxes():
                 cri.stop_sandbox(sandbox.id)
                 cri.remove_sandbox(sandbox.id)
-        for namespace in (self.namespace, CRI_NAMESPACE):
+
+    def clean(self) -> None:
+        """Remove every pod sandbox and container the tests left."""
+        self.remove_sandboxes()
+        for namespace in self.namespaces:
             with self.client(namespace) as client:
                 for container in client.containers():
                     self.remove_container(container.id, namespace)
@@ -259,13 +278,16 @@ state = "{self.base / "state"}"
         return pids
 
     def leftovers(self) -> list[str]:
-        """Shims, mounts and cgroups of this run still there (after `clean` and `stop`)."""
+        """Shims, mounts and cgroups of this run still there (after `clean` and `stop`).
+
+        Empty runc and cgroup folders are removed (ctr's `default` runc folder too: no
+        other containerd of this machine uses it)."""
         left = [f"shim {pid}" for pid in self.shims()]
         mounts = Path("/proc/self/mounts").read_text().splitlines()
         left += [f"mount {m}" for m in mounts if str(self.base) in m]
         # runc leaves the empty parents of its cgroups, and ctr's runc state folder
         # (ctr sets no runc root: /run/containerd/runc/<namespace>)
-        folders = [RUNC_STATE / self.namespace]
+        folders = [RUNC_STATE / self.namespace, RUNC_STATE / CTR_DEFAULT]
         for controller in Path("/sys/fs/cgroup").iterdir():
             folders += [controller / self.namespace, controller / self.cgroup_parent.strip("/")]
         for folder in folders:

@@ -1,0 +1,141 @@
+"""End to end: a real agent, the private containerd and `cilia-cni`.
+
+`ctr run --cni` reads only /etc/cni/net.d and /opt/cni/bin: `cilia cni install` writes
+there for the test (no other file may sort before 00-cilia.conflist) and everything is
+removed at the end. The agent watches containerd's `default` namespace (its fixed
+list), so the ctr containers run there, their cgroups under this run's parent. The CRI
+path goes through containerd's CRI plugin, whose CNI folders are private to the run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cilia.cli.client import ApiError
+from tests.integration.harness import Cilia, running_agent
+from tests.runtimes.containerd_fixture import CTR_DEFAULT, Containerd
+from tests.runtimes.fake_owner import wait_for
+
+pytestmark = pytest.mark.integration
+
+CTR_NAMESPACE = CTR_DEFAULT  # one of the agent's watched containerd namespaces
+CNI_CONF_DIR = Path("/etc/cni/net.d")
+CNI_BIN_DIR = Path("/opt/cni/bin")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, containerd: Containerd) -> Iterator[Cilia]:
+    env = {
+        "CILIA_CONTAINER_RUNTIME": '["containerd"]',
+        "CILIA_CONTAINER_RUNTIME_ENDPOINT": json.dumps({"containerd": containerd.socket}),
+    }
+    with running_agent(tmp_path, **env) as agent:
+        made = [d for d in (CNI_CONF_DIR, CNI_BIN_DIR) if not d.exists()]
+        if not made and any(p.name < "00-cilia.conflist" for p in CNI_CONF_DIR.iterdir()):
+            pytest.skip(f"{CNI_CONF_DIR} has a file sorting before Cilia's")
+        socket = str(agent.config.socket_path)
+        for conf_dir, bin_dir in (
+            (CNI_CONF_DIR, CNI_BIN_DIR),
+            (containerd.cni_conf_dir, containerd.cni_bin_dir),
+        ):
+            agent.run(
+                "cni",
+                "install",
+                f"--conf-dir={conf_dir}",
+                f"--bin-dir={bin_dir}",
+                f"--agent-socket={socket}",
+            )
+            _libcni_1_1(conf_dir / "00-cilia.conflist")
+        try:
+            yield agent
+        finally:
+            containerd.remove_sandboxes()  # their CNI DEL needs the config
+            for conf_dir, bin_dir in (
+                (CNI_CONF_DIR, CNI_BIN_DIR),
+                (containerd.cni_conf_dir, containerd.cni_bin_dir),
+            ):
+                agent.run("cni", "uninstall", f"--conf-dir={conf_dir}", f"--bin-dir={bin_dir}")
+            for folder in reversed(made):
+                folder.rmdir()
+                if folder.parent.name in ("cni",) and not any(folder.parent.iterdir()):
+                    folder.parent.rmdir()
+
+
+def _libcni_1_1(conflist: Path) -> None:
+    """containerd 1.6's libcni (1.1) reads only `cniVersion` (not `cniVersions`) and
+    refuses a 1.1.0 result: "unsupported CNI result version". Until `cilia cni install`
+    writes cniVersion 1.0.0 (see /work/notes/requests-containerd.md), lower it here."""
+    conf = json.loads(conflist.read_text())
+    conf["cniVersion"] = "1.0.0"
+    conflist.write_text(json.dumps(conf))
+
+
+def _endpoint(agent: Cilia, cid: str) -> dict[str, Any] | None:
+    try:
+        view: dict[str, Any] = agent.client.request("GET", f"/endpoint/container-id:{cid}")
+    except ApiError:
+        return None
+    return view
+
+
+def test_ctr_run_cni_gets_labels_and_leaves_nothing(agent: Cilia, containerd: Containerd) -> None:
+    cid = f"web-{secrets.token_hex(3)}"
+    cni_id = f"{CTR_NAMESPACE}-{cid}"
+    cgroup = f"{containerd.cgroup_parent}/{cid}"
+    try:
+        containerd.ctr(
+            "run",
+            "-d",
+            "--cni",
+            "--cgroup",
+            cgroup,
+            "--label",
+            "app=web",
+            containerd.image,
+            cid,
+            namespace=CTR_NAMESPACE,
+        )
+        view = _endpoint(agent, cni_id)
+        assert view is not None, "ctr run --cni returned before the endpoint existed"
+        assert wait_for(
+            lambda: "container:app=web" in ((_endpoint(agent, cni_id) or {}).get("labels") or [])
+        )
+        device = str(view["interface"])
+        assert Path(f"/sys/class/net/{device}").exists()
+        containerd.ctr("tasks", "kill", "-s", "SIGKILL", cid, namespace=CTR_NAMESPACE)
+        assert wait_for(lambda: _endpoint(agent, cni_id) is None), "endpoint left after exit"
+        assert wait_for(lambda: not Path(f"/sys/class/net/{device}").exists())
+    finally:
+        containerd.remove_container(cid, CTR_NAMESPACE)
+
+
+def test_cri_sandbox_through_cilia_cni(agent: Cilia, containerd: Containerd) -> None:
+    tag = secrets.token_hex(3)
+    with containerd.cri() as cri:
+        sid = cri.run_sandbox(
+            f"db-{tag}",
+            f"ns-{tag}",
+            uid=tag,
+            labels={"app": "db"},
+            cgroup_parent=containerd.cgroup_parent,
+        )
+        try:
+            view = _endpoint(agent, sid)
+            assert view is not None
+            status = cri.sandbox_status(sid)
+            assert status is not None and status.ip == view["ipv4"]
+            want = {"k8s:app=db", f"k8s:io.kubernetes.pod.namespace=ns-{tag}"}
+            assert wait_for(lambda: want <= set((_endpoint(agent, sid) or {}).get("labels") or []))
+            device = str(view["interface"])
+            cri.stop_sandbox(sid)  # containerd sends the CNI DEL
+            assert _endpoint(agent, sid) is None
+            assert not Path(f"/sys/class/net/{device}").exists()
+        finally:
+            cri.stop_sandbox(sid)
+            cri.remove_sandbox(sid)
