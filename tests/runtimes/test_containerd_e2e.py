@@ -9,6 +9,7 @@ path goes through containerd's CRI plugin, whose CNI folders are private to the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from cilia.cli.client import ApiError
+from cilia.runtime.probe import probe
 from tests.integration.harness import Cilia, running_agent
 from tests.runtimes.containerd_fixture import CTR_DEFAULT, Containerd
 from tests.runtimes.fake_owner import wait_for
@@ -139,3 +141,117 @@ def test_cri_sandbox_through_cilia_cni(agent: Cilia, containerd: Containerd) -> 
         finally:
             cri.stop_sandbox(sid)
             cri.remove_sandbox(sid)
+
+
+WEB = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  containers: [{name: srv, ports: [{containerPort: 80}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: clients-to-web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {"container:app": client}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"""
+
+
+def _reaches(netns: str, ip: str) -> bool:
+    return asyncio.run(probe(netns, ip, 80, "TCP", 0.6)).result == "allowed"
+
+
+def test_policy_between_ctr_container_and_local_pod(agent: Cilia, containerd: Containerd) -> None:
+    """Real packets from the container's namespace to a local pod under one policy; a
+    label change moves the container to another identity and flips the verdict."""
+    agent.apply(WEB)
+    web = agent.client.request("GET", "/endpoint/default/web")
+    cid = f"cl-{secrets.token_hex(3)}"
+    cni_id = f"{CTR_NAMESPACE}-{cid}"
+    try:
+        containerd.ctr(
+            "run",
+            "-d",
+            "--cni",
+            "--cgroup",
+            f"{containerd.cgroup_parent}/{cid}",
+            "--label",
+            "app=other",
+            containerd.image,
+            cid,
+            namespace=CTR_NAMESPACE,
+        )
+
+        def labels() -> list[str]:
+            return list((_endpoint(agent, cni_id) or {}).get("labels") or [])
+
+        assert wait_for(lambda: "container:app=other" in labels())
+        view = _endpoint(agent, cni_id)
+        assert view is not None
+        netns, other_identity = str(view["netns"]), view["identity"]
+        assert not _reaches(netns, web["ipv4"]), "app=other reached web"
+
+        containerd.ctr("containers", "label", cid, "app=client", namespace=CTR_NAMESPACE)
+        assert wait_for(lambda: "container:app=client" in labels())
+        view = _endpoint(agent, cni_id)
+        assert view is not None and view["identity"] != other_identity
+        assert wait_for(lambda: _reaches(netns, web["ipv4"]), timeout=5), "app=client denied"
+    finally:
+        containerd.remove_container(cid, CTR_NAMESPACE)
+        agent.delete(WEB)
+    assert wait_for(lambda: _endpoint(agent, cni_id) is None)
+
+
+def test_containerd_restart_keeps_running_containers(agent: Cilia, containerd: Containerd) -> None:
+    """containerd restarts under a running container: its endpoint stays, and the
+    agent's watcher reconnects (a container started after gets its labels)."""
+    tag = secrets.token_hex(3)
+    before, after = f"rb-{tag}", f"ra-{tag}"
+    try:
+        containerd.ctr(
+            "run",
+            "-d",
+            "--cni",
+            "--cgroup",
+            f"{containerd.cgroup_parent}/{before}",
+            "--label",
+            "app=before",
+            containerd.image,
+            before,
+            namespace=CTR_NAMESPACE,
+        )
+        key = f"{CTR_NAMESPACE}-{before}"
+        assert wait_for(
+            lambda: "container:app=before" in ((_endpoint(agent, key) or {}).get("labels") or [])
+        )
+        containerd.restart()
+        containerd.ctr(
+            "run",
+            "-d",
+            "--cni",
+            "--cgroup",
+            f"{containerd.cgroup_parent}/{after}",
+            "--label",
+            "app=after",
+            containerd.image,
+            after,
+            namespace=CTR_NAMESPACE,
+        )
+        key_after = f"{CTR_NAMESPACE}-{after}"
+        assert wait_for(
+            lambda: (
+                "container:app=after" in ((_endpoint(agent, key_after) or {}).get("labels") or [])
+            ),
+            timeout=20,
+        )
+        view = _endpoint(agent, key)
+        assert view is not None and "container:app=before" in view["labels"]
+        assert Path(f"/sys/class/net/{view['interface']}").exists()
+    finally:
+        for cid in (before, after):
+            containerd.remove_container(cid, CTR_NAMESPACE)
+    assert wait_for(lambda: _endpoint(agent, f"{CTR_NAMESPACE}-{before}") is None)
