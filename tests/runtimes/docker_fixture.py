@@ -33,6 +33,7 @@ import docker.types
 import pytest
 from pyroute2 import IPRoute
 
+from cilia.cli.client import ApiError, Client
 from cilia.runtime.docker_plugin import DockerNetworkPlugin
 from cilia.runtime.owner import EndpointPatch, EndpointRequest
 from cilia.runtime.processes import ProcessRecord, process_alive, start_process, stop_process
@@ -155,6 +156,19 @@ class DockerDaemon:
             time.sleep(0.05)
         stop_process(self.proc)
         self.proc = None
+        self.unmount()
+
+    def unmount(self) -> None:
+        """Detach mounts dockerd left under its folder (after a restart it keeps the
+        private bind mount of its data root)."""
+        points = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4].replace("\\040", " ")
+                if Path(point).is_relative_to(self.base):
+                    points.append(point)
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=True)
 
     def restart(self) -> None:
         """Stop and start the daemon on the same data (live restore keeps containers)."""
@@ -241,7 +255,7 @@ class FakeOwner:
             if self.fail:
                 raise RuntimeError(self.fail)
             host = f"{self.tag}h{len(self.puts)}"
-            assert req.ipv4 is not None
+            assert req.ipv4 is not None and req.peer_in_host
             with IPRoute() as ipr:
                 ipr.link("add", ifname=host, kind="veth", peer=req.interface_name)
                 index = ipr.link_lookup(ifname=host)[0]
@@ -350,3 +364,42 @@ def plugin_network(dockerd: DockerDaemon) -> Iterator[PluginNetwork]:
                 for name in owner.devices():
                     for index in ipr.link_lookup(ifname=name):
                         ipr.link("del", index=index)
+
+
+@dataclass
+class ApiOwner:
+    """The `EndpointOwner` calls over a real agent's REST API, so the driver and the
+    watcher can run in the test process against a real agent and datapath."""
+
+    client: Client
+
+    def endpoint_put(self, req: EndpointRequest) -> dict[str, Any]:
+        body = req.model_dump(by_alias=True, exclude_none=True)
+        view: dict[str, Any] = self.client.request(
+            "PUT", f"/endpoint/container-id:{req.container_id}", json=body
+        )
+        return view
+
+    def endpoint_patch(self, key: str, patch: EndpointPatch) -> dict[str, Any]:
+        body = patch.model_dump(by_alias=True, exclude_none=True)
+        view: dict[str, Any] = self.client.request("PATCH", f"/endpoint/{key}", json=body)
+        return view
+
+    def endpoint_remove(self, key: str) -> bool:
+        try:
+            self.client.request("DELETE", f"/endpoint/{key}")
+        except ApiError as exc:
+            if "not found" in str(exc):
+                return False
+            raise
+        return True
+
+    def endpoint_views(self) -> list[dict[str, Any]]:
+        views: list[dict[str, Any]] = self.client.request("GET", "/endpoint")
+        return views
+
+    def ipam_allocate(self) -> str:
+        return str(self.client.request("POST", "/ipam")["ipv4"])
+
+    def ipam_release(self, ip: str) -> None:
+        self.client.request("DELETE", f"/ipam/{ip}")

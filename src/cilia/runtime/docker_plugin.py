@@ -252,6 +252,7 @@ class DockerNetworkPlugin:
                 interface_name=ifname,
                 runtime="docker",
                 ipv4=ipv4,
+                peer_in_host=True,
             )
         )
         addressing = view["addressing"]
