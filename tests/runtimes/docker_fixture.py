@@ -156,7 +156,6 @@ class DockerDaemon:
             time.sleep(0.05)
         stop_process(self.proc)
         self.proc = None
-        self.unmount()
 
     def unmount(self) -> None:
         """Detach mounts dockerd left under its folder (after a restart it keeps the
@@ -223,6 +222,7 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
                 left = daemon.clean()
         finally:
             daemon.stop()
+            daemon.unmount()  # never on a restart: live sandboxes' namespaces are mounts
     # docker_gwbridge (a host bridge) is what dockerd makes for a container its driver
     # gave no gateway: the Cilia driver must never cause it.
     assert "docker_gwbridge" not in left, "dockerd had to create docker_gwbridge"

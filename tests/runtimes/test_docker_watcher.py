@@ -84,11 +84,6 @@ def test_resync_labels_running_containers(plugin_network: PluginNetwork) -> None
         net.daemon.clean_containers()
 
 
-@pytest.mark.xfail(
-    reason="intermittent: a live-restore restart sometimes removes the container's endpoint "
-    "(DeleteEndpoint during restore); not yet understood",
-    strict=False,
-)
 def test_daemon_restart(plugin_network: PluginNetwork, watcher: DockerWatcher) -> None:
     net = plugin_network
     key = _endpoint(net, f"cilia-test-{secrets.token_hex(3)}", app="api")
