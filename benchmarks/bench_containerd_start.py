@@ -108,7 +108,6 @@ def main() -> int:
                     ],
                 },
             }
-            confs["cilia"]["cniVersion"] = "1.0.0"  # containerd 1.6's libcni: no 1.1.0
             client = cilia.client
             for i in range(rounds):
                 order = ("cilia", "bridge") if i % 2 == 0 else ("bridge", "cilia")

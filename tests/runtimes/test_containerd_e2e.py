@@ -53,7 +53,6 @@ def agent(tmp_path: Path, containerd: Containerd) -> Iterator[Cilia]:
                 f"--bin-dir={bin_dir}",
                 f"--agent-socket={socket}",
             )
-            _libcni_1_1(conf_dir / "00-cilia.conflist")
         try:
             yield agent
         finally:
@@ -67,15 +66,6 @@ def agent(tmp_path: Path, containerd: Containerd) -> Iterator[Cilia]:
                 folder.rmdir()
                 if folder.parent.name in ("cni",) and not any(folder.parent.iterdir()):
                     folder.parent.rmdir()
-
-
-def _libcni_1_1(conflist: Path) -> None:
-    """containerd 1.6's libcni (1.1) reads only `cniVersion` (not `cniVersions`) and
-    refuses a 1.1.0 result: "unsupported CNI result version". Until `cilia cni install`
-    writes cniVersion 1.0.0 (see /work/notes/requests-containerd.md), lower it here."""
-    conf = json.loads(conflist.read_text())
-    conf["cniVersion"] = "1.0.0"
-    conflist.write_text(json.dumps(conf))
 
 
 def _endpoint(agent: Cilia, cid: str) -> dict[str, Any] | None:

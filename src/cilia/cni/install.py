@@ -13,16 +13,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from cilia.cni.plugin import SPEC_VERSION, SUPPORTED_VERSIONS
+from cilia.cni.plugin import SUPPORTED_VERSIONS
 
 CONFLIST_NAME = "00-cilia.conflist"
 PLUGIN_TYPE = "cilia-cni"
 
 
+CONFLIST_VERSION = "1.0.0"
+"""What the conflist declares: containerd 1.6's libcni reads only `cniVersion` and
+refuses a 1.1.0 result; newer libcni picks the highest of `cniVersions` (1.1.0)."""
+
+
 def conflist(network: str, agent_socket: Path) -> dict[str, object]:
     """The network configuration list naming the plugin and the agent's socket."""
     return {
-        "cniVersion": SPEC_VERSION,
+        "cniVersion": CONFLIST_VERSION,
         "cniVersions": SUPPORTED_VERSIONS,
         "name": network,
         "plugins": [{"type": PLUGIN_TYPE, "agent-socket": str(agent_socket)}],
