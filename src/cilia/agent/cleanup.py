@@ -89,7 +89,8 @@ def remove_everything(config: AgentConfig) -> list[str]:
             procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
             remove_sandbox(os.path.basename(ep["netns"]), procs)
         remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
-        removed.append(f"endpoint {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
+        what = "pod" if ep.get("runtime", "local") == "local" else f"{ep['runtime']} endpoint"
+        removed.append(f"{what} {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
     for name in list_netns():
         if name.startswith(f"{config.name_prefix}_"):
             kill_netns_processes(name)
