@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.types
 import pytest
 
 from cilia.cli.client import ApiError
 from cilia.runtime.probe import probe
 from tests.integration.harness import Cilia, running_agent
 from tests.runtimes.containerd_fixture import CTR_DEFAULT, Containerd
+from tests.runtimes.docker_fixture import DockerDaemon, dockerd
 from tests.runtimes.fake_owner import wait_for
+
+__all__ = ["dockerd"]
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +38,15 @@ CNI_BIN_DIR = Path("/opt/cni/bin")
 
 
 @pytest.fixture
-def agent(tmp_path: Path, containerd: Containerd) -> Iterator[Cilia]:
+def agent(tmp_path: Path, containerd: Containerd, dockerd: DockerDaemon) -> Iterator[Cilia]:
+    """An agent following the private containerd and dockerd (serving the Docker
+    driver under a per-run name, which is also its Docker network's name)."""
     env = {
-        "CILIA_CONTAINER_RUNTIME": '["containerd"]',
-        "CILIA_CONTAINER_RUNTIME_ENDPOINT": json.dumps({"containerd": containerd.socket}),
+        "CILIA_CONTAINER_RUNTIME": '["containerd", "docker"]',
+        "CILIA_CONTAINER_RUNTIME_ENDPOINT": json.dumps(
+            {"containerd": containerd.socket, "docker": str(dockerd.socket)}
+        ),
+        "CILIA_DOCKER_PLUGIN_NAME": f"ce{secrets.token_hex(3)}",
     }
     with running_agent(tmp_path, **env) as agent:
         made = [d for d in (CNI_CONF_DIR, CNI_BIN_DIR) if not d.exists()]
@@ -245,3 +256,122 @@ def test_containerd_restart_keeps_running_containers(agent: Cilia, containerd: C
         for cid in (before, after):
             containerd.remove_container(cid, CTR_NAMESPACE)
     assert wait_for(lambda: _endpoint(agent, f"{CTR_NAMESPACE}-{before}") is None)
+
+
+THREE = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  containers: [{name: srv, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lclient, namespace: default, labels: {role: client}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 81}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: clients-to-web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints:
+        - matchLabels: {role: client}
+        - matchLabels: {"container:role": client}
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"""
+
+
+def _sandbox(container: Any) -> str:
+    return str(container.attrs["NetworkSettings"]["SandboxKey"])
+
+
+def test_three_runtimes_under_one_policy_and_an_agent_restart(
+    agent: Cilia, containerd: Containerd, dockerd: DockerDaemon
+) -> None:
+    """A ctr container, Docker containers and local pods under one CiliumNetworkPolicy,
+    real packets; the agent killed and restarted while they run keeps every verdict
+    and every endpoint's identity."""
+    agent.apply(THREE)
+    web = agent.client.request("GET", "/endpoint/default/web")["ipv4"]
+    lclient = agent.client.request("GET", "/pods/default/lclient/netns")["netns"]
+    network = agent.env["CILIA_DOCKER_PLUGIN_NAME"]
+    cid = f"tc-{secrets.token_hex(3)}"
+    ctr_key = f"container-id:{CTR_NAMESPACE}-{cid}"
+    with dockerd.client() as docker_client:
+        docker_client.networks.create(
+            network, driver=network, ipam=docker.types.IPAMConfig(driver=network)
+        )
+        try:
+            containerd.ctr(
+                "run",
+                "-d",
+                "--cni",
+                "--cgroup",
+                f"{containerd.cgroup_parent}/{cid}",
+                "--label",
+                "role=client",
+                containerd.image,
+                cid,
+                namespace=CTR_NAMESPACE,
+            )
+            containers = {
+                role: docker_client.containers.run(
+                    dockerd.image,
+                    ["sleep", "600"],
+                    network=network,
+                    labels={"role": role},
+                    detach=True,
+                )
+                for role in ("client", "other")
+            }
+            for c in containers.values():
+                c.reload()
+            keys = {
+                role: "container-id:docker:"
+                + c.attrs["NetworkSettings"]["Networks"][network]["EndpointID"]
+                for role, c in containers.items()
+            }
+
+            def view(key: str) -> dict[str, Any]:
+                return dict(agent.client.request("GET", f"/endpoint/{key}"))
+
+            def labelled(key: str, label: str) -> bool:
+                try:
+                    return label in view(key)["labels"]
+                except ApiError:
+                    return False
+
+            assert wait_for(lambda: labelled(ctr_key, "container:role=client"))
+            for role, key in keys.items():
+                assert wait_for(lambda k=key, r=role: labelled(k, f"container:role={r}"))
+            sources = {
+                "ctr client": (view(ctr_key)["netns"], True),
+                "docker client": (
+                    containers["client"].attrs["NetworkSettings"]["SandboxKey"],
+                    True,
+                ),
+                "docker other": (containers["other"].attrs["NetworkSettings"]["SandboxKey"], False),
+                "local client": (lclient, True),
+            }
+
+            def verdicts() -> dict[str, bool]:
+                return {name: _reaches(ns, web) for name, (ns, _) in sources.items()}
+
+            want = {name: allowed for name, (_, allowed) in sources.items()}
+            assert wait_for(lambda: verdicts() == want, timeout=5), verdicts()
+            identities = {k: view(k)["identity"] for k in (ctr_key, *keys.values())}
+
+            pid = int(agent.config.pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            assert verdicts() == want, "the kernel enforces while the agent is away"
+            agent.start()
+            assert verdicts() == want
+            assert {k: view(k)["identity"] for k in identities} == identities
+        finally:
+            containerd.remove_container(cid, CTR_NAMESPACE)
+            for c in docker_client.containers.list(all=True, filters={"network": network}):
+                c.remove(force=True)
+            docker_client.networks.get(network).remove()
