@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(clang-19 llvm-19 libbpf-dev iproute2 iptables iperf3 iputils-ping procps prometheus curl wrk etcd-server tcpdump containerd runc docker.io containernetworking-plugins busybox-static)
+APT_PACKAGES=(clang-19 llvm-19 libbpf-dev iproute2 iptables iperf3 iputils-ping procps prometheus curl wrk etcd-server tcpdump containerd runc docker.io containernetworking-plugins busybox-static podman)
 
 if [ "$(id -u)" != "0" ]; then
   echo "install.sh: run as root (it installs packages and programs the kernel)" >&2
