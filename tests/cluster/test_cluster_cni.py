@@ -3,24 +3,15 @@ its identity is the cluster's, and pods of other nodes see it by that identity."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from cilia.datapath.netns import delete_netns
 from tests.cluster.harness import ClusterHandle
 from tests.cluster.workload import eventually, reaches, workload
-from tests.integration.cni_tool import cni, plugin_conf, sandbox
+from tests.integration.cni_tool import cni, plugin_conf, sandbox, sandboxes
+
+__all__ = ["sandboxes"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
-
-
-@pytest.fixture
-def sandboxes() -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for name in made:
-        delete_netns(name)
 
 
 def test_cni_container_is_a_cluster_endpoint(cluster: ClusterHandle, sandboxes: list[str]) -> None:

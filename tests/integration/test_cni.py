@@ -15,27 +15,12 @@ import pytest
 
 from cilia.datapath.netns import delete_netns, popen_in_netns
 from cilia.runtime.probe import probe
-from tests.integration.cni_tool import cni, plugin_conf, sandbox
+from tests.integration.cni_tool import WEB, cni, plugin_conf, sandbox, sandboxes
+
+__all__ = ["sandboxes"]
 from tests.integration.harness import Cilia, running_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
-
-WEB = """
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: default, labels: {app: web}}
-spec:
-  containers: [{name: srv, ports: [{containerPort: 80}]}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: clients-to-web, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {"container:app": client}}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +35,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
 @pytest.fixture
 def conf(agent: Cilia) -> dict[str, Any]:
     return plugin_conf(agent.config.socket_path)
-
-
-@pytest.fixture
-def sandboxes() -> Iterator[list[str]]:
-    """Namespaces standing for containers; every one is removed at the end."""
-    made: list[str] = []
-    yield made
-    for name in made:
-        delete_netns(name)
 
 
 def reaches(netns: str, ip: str, port: int = 80) -> bool:

@@ -23,6 +23,7 @@ import pytest
 
 from cilia.cli.client import ApiError
 from cilia.runtime.probe import probe
+from tests.integration.cni_tool import WEB
 from tests.integration.harness import Cilia, running_agent
 from tests.runtimes.containerd_fixture import CTR_DEFAULT, Containerd
 from tests.runtimes.docker_fixture import DockerDaemon, dockerd
@@ -142,24 +143,6 @@ def test_cri_sandbox_through_cilia_cni(agent: Cilia, containerd: Containerd) -> 
         finally:
             cri.stop_sandbox(sid)
             cri.remove_sandbox(sid)
-
-
-WEB = """
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: default, labels: {app: web}}
-spec:
-  containers: [{name: srv, ports: [{containerPort: 80}]}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: clients-to-web, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {"container:app": client}}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
 
 
 def _reaches(netns: str, ip: str) -> bool:

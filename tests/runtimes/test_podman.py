@@ -22,28 +22,13 @@ from pathlib import Path
 import pytest
 
 from cilia.runtime.probe import probe
+from tests.integration.cni_tool import WEB
 from tests.integration.harness import Cilia, running_agent
 from tests.runtimes.docker_fixture import busybox_rootfs
 
 pytestmark = pytest.mark.integration
 
 ULIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
-WEB = """
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: default, labels: {app: web}}
-spec:
-  containers: [{name: srv, ports: [{containerPort: 80}]}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: clients-to-web, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {"container:app": client}}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
 
 
 @dataclass
