@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from cilia.runtime.docker_plugin import endpoint_key
 from cilia.runtime.probe import probe
 from tests.integration.harness import Cilia, running_agent
 from tests.runtimes.docker_fixture import DockerDaemon, dockerd
+from tests.runtimes.fake_owner import wait_for
 
 __all__ = ["dockerd"]
 
@@ -55,14 +55,6 @@ spec:
         - matchLabels: {"container:role": client}
       toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 """
-
-
-def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -142,12 +134,12 @@ def test_containers_and_pods_under_one_policy(on_agent: DockerOnAgent) -> None:
         return all(line["healthy"] for line in lines) and len(lines) == 2
 
     assert watcher_healthy()
-    _until(lambda: env.view(web_key)["identity"] != INIT)
+    assert wait_for(lambda: env.view(web_key)["identity"] != INIT, timeout=20.0)
     view = env.view(web_key)
     assert "container:app=web" in view["labels"], view
     assert view["pod"] == f"docker/{web.name}"
-    _until(lambda: env.view(env.key(dclient))["identity"] != INIT)
-    _until(lambda: env.view(env.key(other))["identity"] != INIT)
+    assert wait_for(lambda: env.view(env.key(dclient))["identity"] != INIT, timeout=20.0)
+    assert wait_for(lambda: env.view(env.key(other))["identity"] != INIT, timeout=20.0)
 
     client_ns, _ = env.pod("client")
     server_ns, server_ip = env.pod("server")
@@ -155,14 +147,16 @@ def test_containers_and_pods_under_one_policy(on_agent: DockerOnAgent) -> None:
     web_ns = web.attrs["NetworkSettings"]["SandboxKey"]
     assert env.reaches(client_ns, web_ip)  # local pod -> container: allowed
     assert env.reaches(dclient_ns, web_ip)  # container -> container: allowed
-    _until(lambda: not env.reaches(other_ns, web_ip))  # denied since its labels came
+    assert wait_for(
+        lambda: not env.reaches(other_ns, web_ip), timeout=20.0
+    )  # denied since its labels came
     assert env.reaches(web_ns, server_ip)  # container -> local pod
     assert env.reaches(server_ns, web_ip) is False  # pod not role=client: denied
 
     # The daemon restarts under running containers (live restore): flows go on,
     # the endpoints stay, the watcher reconnects.
     env.daemon.restart()
-    _until(watcher_healthy, timeout=30)
+    assert wait_for(watcher_healthy, timeout=30)
     assert env.reaches(client_ns, web_ip)
     assert not env.reaches(other_ns, web_ip)
     assert env.view(web_key)["identity"] == view["identity"]

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from cilia.runtime.docker import DockerWatcher, available, security_labels
 from cilia.runtime.docker_plugin import endpoint_key
 from tests.runtimes.docker_fixture import PluginNetwork, dockerd, plugin_network
+from tests.runtimes.fake_owner import wait_for
 
 __all__ = ["dockerd", "plugin_network"]
 
 pytestmark = pytest.mark.integration
-
-
-def _until(check: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -31,7 +24,7 @@ def watcher(plugin_network: PluginNetwork) -> Iterator[DockerWatcher]:
     w = DockerWatcher(str(plugin_network.daemon.socket), resync_interval=0.5)
     w.start(plugin_network.owner)
     try:
-        _until(lambda: w.health()["healthy"])
+        assert wait_for(lambda: w.health()["healthy"], timeout=15.0)
         yield w
     finally:
         w.stop()
@@ -63,7 +56,7 @@ def test_labels_arrive_after_init(plugin_network: PluginNetwork, watcher: Docker
     key = _endpoint(net, name, app="web", tier="front")
     put = next(r for r in net.owner.puts if f"container-id:{r.container_id}" == key)
     assert put.labels is None  # init identity until the watcher knows the labels
-    _until(lambda: _labels_of(net, key) is not None)
+    assert wait_for(lambda: _labels_of(net, key) is not None, timeout=15.0)
     assert _labels_of(net, key) == ["container:app=web", "container:tier=front"]
     assert net.owner.views[key]["name"] == name
     count = len(net.owner.patches)
@@ -78,7 +71,7 @@ def test_resync_labels_running_containers(plugin_network: PluginNetwork) -> None
     late = DockerWatcher(str(net.daemon.socket), resync_interval=60)
     try:
         late.start(net.owner)  # started after the container: the first resync finds it
-        _until(lambda: _labels_of(net, key) == ["container:app=db"])
+        assert wait_for(lambda: _labels_of(net, key) == ["container:app=db"], timeout=15.0)
     finally:
         late.stop()
         net.daemon.clean_containers()
@@ -87,16 +80,16 @@ def test_resync_labels_running_containers(plugin_network: PluginNetwork) -> None
 def test_daemon_restart(plugin_network: PluginNetwork, watcher: DockerWatcher) -> None:
     net = plugin_network
     key = _endpoint(net, f"cilia-test-{secrets.token_hex(3)}", app="api")
-    _until(lambda: _labels_of(net, key) == ["container:app=api"])
+    assert wait_for(lambda: _labels_of(net, key) == ["container:app=api"], timeout=15.0)
     net.daemon.restart()  # live restore: the container and its endpoint stay
-    _until(lambda: watcher.health()["healthy"], timeout=30)
+    assert wait_for(lambda: watcher.health()["healthy"], timeout=30)
     assert key in net.owner.views and key not in net.owner.removed
     with net.daemon.client() as client:
         (c,) = client.containers.list(filters={"label": "app=api"})
         code, out = c.exec_run(["ping", "-c1", "-W3", net.owner.gateway])
         assert code == 0, out
     new = _endpoint(net, f"cilia-test-{secrets.token_hex(3)}", app="new")  # plugin still works
-    _until(lambda: _labels_of(net, new) == ["container:app=new"])
+    assert wait_for(lambda: _labels_of(net, new) == ["container:app=new"], timeout=15.0)
 
 
 def test_available(plugin_network: PluginNetwork, tmp_path: object) -> None:

@@ -39,9 +39,6 @@ class Workloads:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    def view(self, ep: Endpoint) -> dict[str, Any]:
-        return ep.to_api()
-
     def endpoint_put(self, req: EndpointRequest) -> dict[str, Any]:
         """Create the endpoint of a container; returns once its policy is enforced."""
         if req.runtime == "local":
@@ -61,7 +58,7 @@ class Workloads:
                         f"on {existing.netns} ({existing.pod_ifname})",
                         status=409,
                     )
-                return self.view(existing)
+                return existing.to_api()
             try:
                 ep = agent._create_endpoint(req, labels)
             except IpamExhausted as exc:
@@ -80,7 +77,7 @@ class Workloads:
                 ep.ipv4,
                 ep.identity,
             )
-            return self.view(ep)
+            return ep.to_api()
 
     def endpoint_patch(self, key: str, patch: EndpointPatch) -> dict[str, Any]:
         """Change a container endpoint's labels or names; it moves to its new identity
@@ -103,7 +100,7 @@ class Workloads:
             agent.relabel_endpoints()
             agent.regenerate(f"endpoint {ep.id} changed by its runtime")
             agent.save()
-            return self.view(ep)
+            return ep.to_api()
 
     def endpoint_remove(self, key: str) -> bool:
         """Remove a container's endpoint; False when there is none."""
@@ -125,7 +122,7 @@ class Workloads:
 
     def endpoint_views(self) -> list[dict[str, Any]]:
         with self.agent.lock:
-            return [self.view(ep) for ep in self.agent.endpoints.values()]
+            return [ep.to_api() for ep in self.agent.endpoints.values()]
 
     def endpoint_check(self, key: str) -> list[str]:
         """What is wrong with an endpoint's device, address, routes or programs."""
