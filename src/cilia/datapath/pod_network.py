@@ -35,7 +35,7 @@ from cilia.datapath.netns import create_netns, delete_netns, is_netns, resolve_n
 GATEWAY_IP = "169.254.1.1"
 POD_IFNAME = "eth0"
 IFNAMSIZ = 15
-NUD_PERMANENT = 0x80
+LOOPBACK_IFINDEX = 1  # the kernel registers every namespace's lo first
 RTM_F_FIB_MATCH = 0x2000
 MAIN_TABLE = 254
 
@@ -191,16 +191,26 @@ def _ensure_route(
 
 
 def _ensure_neigh(ipr: Any, ip: str, mac: str, ifindex: int) -> None:
-    try:
-        current = ipr.neigh("get", dst=ip, ifindex=ifindex)
-    except NetlinkError as exc:
-        if exc.code != errno.ENOENT:
-            raise
-        current = []
-    for n in current:
-        if n["state"] == NUD_PERMANENT and n.get("NDA_LLADDR") == mac:
-            return
+    # A replace is idempotent and costs one round trip, as would reading it first.
     ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=ifindex, state="permanent")
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """Index and MAC of both ends of a pod's veth; `created` by this call or reused."""
+
+    host_index: int
+    host_mac: str
+    pod_index: int
+    pod_mac: str
+    created: bool
+
+
+def _random_mac() -> str:
+    """A random locally administered unicast MAC, as the kernel would pick for a veth."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def _ensure_veth(
@@ -210,27 +220,57 @@ def _ensure_veth(
     path: str,
     mtu: int,
     undo: list[Callable[[], None]],
-) -> tuple[Any, Any]:
-    """Return (host link, pod link), creating the pair if neither end exists."""
+) -> _Pair:
+    """Create the pair, or reuse it when both ends exist and are peers. A new pair gets
+    MACs chosen here and comes up at once, so nothing of it needs reading back (each
+    netlink read costs about as much as creating the pair)."""
+    host_ifname, pod_ifname = names
+    host_mac, pod_mac = _random_mac(), _random_mac()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        peer = {"ifname": pod_ifname, "net_ns_fd": fd, "mtu": mtu, "address": pod_mac}
+        host.link(
+            "add",
+            ifname=host_ifname,
+            kind="veth",
+            mtu=mtu,
+            address=host_mac,
+            state="up",
+            peer=peer,
+        )
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+        return _existing_veth(host, pod, names, path, mtu)
+    finally:
+        os.close(fd)
+    undo.append(lambda: _delete_link(host_ifname))
+    host_index = socket.if_nametoindex(host_ifname)
+    with setns(path):
+        pod_index = socket.if_nametoindex(pod_ifname)
+    pod.link("set", index=pod_index, state="up")
+    return _Pair(host_index, host_mac, pod_index, pod_mac, created=True)
+
+
+def _existing_veth(host: Any, pod: Any, names: tuple[str, str], path: str, mtu: int) -> _Pair:
+    """The pair as it is (MTU and state fixed), if its two ends are peers."""
     host_ifname, pod_ifname = names
     hlink = get_link(host, ifname=host_ifname)
     plink = get_link(pod, ifname=pod_ifname)
-    if hlink is None and plink is None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            peer = {"ifname": pod_ifname, "net_ns_fd": fd, "mtu": mtu}
-            host.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer=peer)
-        finally:
-            os.close(fd)
-        undo.append(lambda: _delete_link(host_ifname))
-        hlink = get_link(host, ifname=host_ifname)
-        plink = get_link(pod, ifname=pod_ifname)
     if hlink is None or plink is None or not _paired(host, hlink, plink, path):
         raise FileExistsError(
             errno.EEXIST,
             f"{host_ifname} exists but is not the veth peer of {pod_ifname} in {path}",
         )
-    return hlink, plink
+    _ensure_mtu_up(host, hlink, mtu)
+    _ensure_mtu_up(pod, plink, mtu)
+    return _Pair(
+        hlink["index"],
+        hlink.get("IFLA_ADDRESS"),
+        plink["index"],
+        plink.get("IFLA_ADDRESS"),
+        created=False,
+    )
 
 
 def _paired(host: Any, hlink: Any, plink: Any, path: str) -> bool:
@@ -256,27 +296,26 @@ def _ensure_mtu_up(ipr: Any, link: Any, mtu: int) -> None:
         ipr.link("set", index=link["index"], **changes)
 
 
-def _ensure_pod_side(
-    pod: Any, plink: Any, ipv4: str, host_mac: str, mtu: int, route_mtu: int | None
-) -> None:
-    idx = plink["index"]
-    lo = get_link(pod, ifname="lo")
-    if lo is not None and not lo["flags"] & 1:
-        pod.link("set", index=lo["index"], state="up")
-    have = [
-        (a.get("IFA_ADDRESS"), a["prefixlen"])
-        for a in pod.addr("dump", family=socket.AF_INET)
-        if a["index"] == idx
-    ]
+def _ensure_pod_side(pod: Any, pair: _Pair, ipv4: str, route_mtu: int | None) -> None:
+    idx = pair.pod_index
+    pod.link("set", index=LOOPBACK_IFINDEX, state="up")
+    have = (
+        []
+        if pair.created
+        else [
+            (a.get("IFA_ADDRESS"), a["prefixlen"])
+            for a in pod.addr("dump", family=socket.AF_INET)
+            if a["index"] == idx
+        ]
+    )
     for addr, plen in have:
         if (addr, plen) != (ipv4, 32):
             pod.addr("del", index=idx, address=addr, prefixlen=plen)
     if (ipv4, 32) not in have:
         pod.addr("add", index=idx, address=ipv4, prefixlen=32)
-    _ensure_mtu_up(pod, plink, mtu)
     _ensure_route(pod, GATEWAY_IP, idx, mtu=route_mtu)
     _ensure_route(pod, "default", idx, gateway=GATEWAY_IP, mtu=route_mtu)
-    _ensure_neigh(pod, GATEWAY_IP, host_mac, idx)
+    _ensure_neigh(pod, GATEWAY_IP, pair.host_mac, idx)
 
 
 @_off_loop
@@ -309,21 +348,21 @@ def ensure_pod_network(
             undo.append(lambda: delete_netns(netns))
         with _ipr() as host, _ipr(path) as pod:
             names = (host_ifname, pod_ifname)
-            hlink, plink = _ensure_veth(host, pod, names, path, mtu, undo)
-            hidx = hlink["index"]
-            host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
-            _ensure_mtu_up(host, hlink, mtu)
+            pair = _ensure_veth(host, pod, names, path, mtu, undo)
+            hidx = pair.host_index
             set_interface_sysctl(host_ifname, "forwarding", "1")
-            _ensure_pod_side(pod, plink, ipv4, host_mac, mtu, route_mtu)
+            _ensure_pod_side(pod, pair, ipv4, route_mtu)
             if _ensure_route(host, ipv4, hidx, src=route_src):
                 undo.append(lambda: _delete_route(ipv4, hidx))
-            _ensure_neigh(host, ipv4, pod_mac, hidx)
+            _ensure_neigh(host, ipv4, pair.pod_mac, hidx)
     except BaseException:
         for step in reversed(undo):
             with suppress(Exception):
                 step()
         raise
-    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, route_mtu, pod_ifname)
+    return PodNetwork(
+        netns, host_ifname, hidx, pair.host_mac, pair.pod_mac, ipv4, mtu, route_mtu, pod_ifname
+    )
 
 
 @_off_loop
