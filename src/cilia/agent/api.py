@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from cilia import __version__
 from cilia.agent.api_cluster import cluster_router
+from cilia.agent.api_cni import cni_router
 from cilia.agent.api_endpoint import endpoint_router
 from cilia.agent.api_observe import observe_router
 from cilia.agent.daemon import Agent
@@ -329,5 +330,6 @@ def create_app(agent: Agent) -> FastAPI:
             for (reason, direction), (packets, nbytes) in sorted(counters.items())
         ]
 
+    app.include_router(cni_router(agent.workloads))
     app.include_router(endpoint_router(agent.workloads))
     return app

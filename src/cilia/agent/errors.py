@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from cilia.runtime.owner import EndpointError
 
-class AgentError(Exception):
+
+class AgentError(EndpointError):
     """A request the agent refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from cilia.cni.plugin import SUPPORTED_VERSIONS
+import cilia
+from cilia.cni.spec import SUPPORTED_VERSIONS
 
 CONFLIST_NAME = "00-cilia.conflist"
 PLUGIN_TYPE = "cilia-cni"
@@ -34,26 +34,36 @@ def conflist(network: str, agent_socket: Path) -> dict[str, object]:
     }
 
 
-def plugin_executable() -> Path:
-    """The `cilia-cni` console script installed beside this Python."""
-    script = Path(sys.executable).parent / PLUGIN_TYPE
-    if script.exists():
-        return script
-    found = shutil.which(PLUGIN_TYPE)
-    if found is None:
-        raise FileNotFoundError(f"{PLUGIN_TYPE} is not installed (pip install cilia)")
-    return Path(found)
+LAUNCHER = """#!{python} -IS
+# cilia-cni, written by `cilia cni install`. Isolated and without site: the plugin
+# runs once per container and starts in a few milliseconds this way.
+import sys
+
+sys.path.insert(0, {root!r})
+from cilia.cni.plugin import main
+
+main()
+"""
+
+
+def launcher() -> str:
+    """The plugin's launcher: this Python, told where the `cilia` package is, so it
+    needs neither `site` (the .pth files of a virtualenv) nor pip's wrapper."""
+    root = str(Path(cilia.__file__).resolve().parent.parent)
+    return LAUNCHER.format(python=sys.executable, root=root)
 
 
 def install(conf_dir: Path, bin_dir: Path, network: str, agent_socket: Path) -> list[Path]:
-    """Write the conflist and link the plugin into bin_dir (atomically); returns both."""
+    """Write the conflist and the plugin's launcher into bin_dir (each atomically);
+    returns both."""
     conf_dir.mkdir(parents=True, exist_ok=True)
     bin_dir.mkdir(parents=True, exist_ok=True)
     target = bin_dir / PLUGIN_TYPE
-    tmp_link = bin_dir / f".{PLUGIN_TYPE}.{os.getpid()}"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(plugin_executable())
-    tmp_link.replace(target)
+    tmp_plugin = bin_dir / f".{PLUGIN_TYPE}.{os.getpid()}"
+    tmp_plugin.unlink(missing_ok=True)
+    tmp_plugin.write_text(launcher())
+    tmp_plugin.chmod(0o755)
+    tmp_plugin.replace(target)
     conf = conf_dir / CONFLIST_NAME
     tmp_conf = conf_dir / f".{CONFLIST_NAME}.{os.getpid()}"
     tmp_conf.write_text(json.dumps(conflist(network, agent_socket), indent=2) + "\n")

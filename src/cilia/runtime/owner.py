@@ -17,6 +17,15 @@ CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,191}$")
 IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 
 
+class EndpointError(Exception):
+    """A request the owner refuses; `status` says why as an HTTP status (409 a
+    conflict, 503 come back later, 5xx a failure)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class EndpointRequest(BaseModel):
     """`PUT /v1/endpoint/container-id:<id>`: attach a workload's network namespace.
 
@@ -93,6 +102,9 @@ class EndpointOwner(Protocol):
 
     def endpoint_views(self) -> list[dict[str, Any]]:
         """Every endpoint of this node."""
+
+    def endpoint_check(self, key: str) -> list[str]:
+        """What differs between an endpoint's kernel state and its desired state."""
 
     def ipam_allocate(self) -> str:
         """Reserve an address of the node's pod range."""
