@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cilia.defaults import RUN_DIR, SOCKET_NAME
+
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
 
@@ -22,7 +24,7 @@ class AgentConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CILIA_", extra="forbid")
 
-    run_dir: Path = Field(Path("/var/run/cilia"), description="socket, pid file and log")
+    run_dir: Path = Field(Path(RUN_DIR), description="socket, pid file and log")
     state_dir: Path = Field(Path("/var/lib/cilia"), description="endpoint and policy state")
     bpf_dir: Path = Field(Path("/sys/fs/bpf/cilia"), description="pins of maps and links")
     cache_dir: Path = Field(Path("/var/cache/cilia"), description="compiled BPF objects")
@@ -161,7 +163,7 @@ class AgentConfig(BaseSettings):
     @property
     def socket_path(self) -> Path:
         """The REST API's unix socket."""
-        return self.run_dir / "cilia.sock"
+        return self.run_dir / SOCKET_NAME
 
     @property
     def pid_file(self) -> Path:

@@ -1,56 +1,18 @@
-"""`cilia cluster up|down|status`, `cilia kvstore get|set|delete`, `cilia get nodes`, and
-the node selection (`--node`) every other command follows."""
+"""`cilia cluster up|down|status`, `cilia kvstore get|set|delete` and `cilia get nodes`."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from cilia.agent.config import AgentConfig
+from cilia.cli.api import call
 from cilia.cli.output import emit, output_option, table
-from cilia.cluster.state import ClusterError, cluster_dir, load_state
-
-LOCAL_COMMANDS = {"agent", "up", "down"}
-"""Commands that run or remove the local agent itself: node selection does not apply."""
-
-_call: Callable[..., Any]
-
-
-def select_node(node: str | None, command: str | None) -> None:
-    """Point this process's CILIA_* settings at the agent of `node`, or, when neither
-    --node/CILIA_NODE nor CILIA_RUN_DIR is given, at the first node of a running cluster."""
-    if command == "cluster":
-        return
-    if command in LOCAL_COMMANDS:
-        if node:
-            raise click.UsageError(
-                f"--node/CILIA_NODE does not apply to `cilia {command}`: the agents of a "
-                "cluster are started and removed by `cilia cluster up|down`"
-            )
-        return
-    if node is None and "CILIA_RUN_DIR" in os.environ:
-        return
-    directory = cluster_dir()
-    try:
-        state = load_state(directory)
-        if state is None or not state.nodes:
-            if node:
-                raise ClusterError(
-                    f"no cluster in {directory} (start one with `cilia cluster up`, "
-                    "or set CILIA_CLUSTER_DIR)"
-                )
-            return
-        chosen = state.node(node) if node else state.nodes[0]
-    except ClusterError as exc:
-        raise click.ClickException(str(exc)) from None
-    os.environ.update(chosen.env)
-
+from cilia.defaults import cluster_dir
 
 # -- cluster ------------------------------------------------------------------
 
@@ -72,9 +34,7 @@ def cluster() -> None:
 )
 @click.option(
     "--cluster-pod-cidr",
-    default=AgentConfig.model_fields["cluster_pod_cidr"].default,
-    show_default=True,
-    help="Range the agents carve their pod ranges from.",
+    help="Range the agents carve their pod ranges from (default: the agents' default).",
 )
 @click.option("--lease-ttl", type=int, help="Seconds each node's etcd lease lives.")
 @click.option("--lease-keepalive", type=float, help="Seconds between lease refreshes.")
@@ -92,7 +52,7 @@ def cluster() -> None:
 def cluster_up(
     nodes: int,
     kvstore_endpoint: str | None,
-    cluster_pod_cidr: str,
+    cluster_pod_cidr: str | None,
     lease_ttl: int | None,
     lease_keepalive: float | None,
     agent_args: tuple[str, ...],
@@ -102,11 +62,12 @@ def cluster_up(
     """Build the cluster and wait until every agent is healthy; on any failure remove what
     was built and exit 1."""
     from cilia.cluster.lifecycle import ClusterSpec, up  # the CLI starts faster without
+    from cilia.cluster.state import ClusterError
 
     spec = ClusterSpec(
         nodes=nodes,
         kvstore_endpoints=tuple(u for u in (kvstore_endpoint or "").split(",") if u.strip()),
-        cluster_pod_cidr=cluster_pod_cidr,
+        cluster_pod_cidr=cluster_pod_cidr or ClusterSpec.cluster_pod_cidr,
         lease_ttl=lease_ttl,
         lease_keepalive=lease_keepalive,
         agent_args=agent_args,
@@ -115,7 +76,7 @@ def cluster_up(
     # A SIGTERM (a cancelled CI job) unwinds like Ctrl-C: `up` removes what it built.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        state = up(cluster_dir(), spec, lambda line: click.echo(line, err=fmt != "table"))
+        state = up(Path(cluster_dir()), spec, lambda line: click.echo(line, err=fmt != "table"))
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     emit(state.model_dump(), fmt)
@@ -126,9 +87,10 @@ def cluster_down() -> None:
     """Stop the agents and etcd; remove every namespace, device, pin, process and the etcd
     data of the cluster (also after a kill -9 of any part; running it twice is fine)."""
     from cilia.cluster.lifecycle import down
+    from cilia.cluster.state import ClusterError
 
     try:
-        complete = down(cluster_dir(), click.echo)
+        complete = down(Path(cluster_dir()), click.echo)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if complete else 1)
@@ -154,9 +116,10 @@ def cluster_status(fmt: str) -> None:
     """etcd health and every node's agent (alive, healthy, node, pod range); exit 1 when
     something is down."""
     from cilia.cluster.lifecycle import status
+    from cilia.cluster.state import ClusterError
 
     try:
-        data = status(cluster_dir())
+        data = status(Path(cluster_dir()))
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     if not emit(data, fmt):
@@ -198,7 +161,7 @@ def _heartbeat(value: Any) -> str:
 
 def show_nodes(name: str | None, fmt: str) -> None:
     """`cilia get nodes [NAME]`: the cluster's nodes as the agent sees them in etcd."""
-    nodes = _call("GET", "/cluster/nodes")
+    nodes = call("GET", "/cluster/nodes")
     if name:
         nodes = [n for n in nodes if n["name"] == name]
         if not nodes:
@@ -231,7 +194,7 @@ def kvstore() -> None:
 @output_option()
 def kvstore_get(recursive: bool, key: str, fmt: str) -> None:
     """Print KEY (or every key under it) as `key => value`."""
-    pairs = _call("GET", "/kvstore", key=key, recursive=recursive)
+    pairs = call("GET", "/kvstore", key=key, recursive=recursive)
     if not pairs and not recursive:
         raise click.ClickException(f"key {key} not found")
     if emit(pairs, fmt):
@@ -245,7 +208,7 @@ def kvstore_get(recursive: bool, key: str, fmt: str) -> None:
 @click.argument("value")
 def kvstore_set(key: str, value: str) -> None:
     """Set KEY to VALUE."""
-    _call("PUT", "/kvstore", {"key": key, "value": value})
+    call("PUT", "/kvstore", {"key": key, "value": value})
     click.echo(f"{key} => {value}")
 
 
@@ -253,13 +216,5 @@ def kvstore_set(key: str, value: str) -> None:
 @click.argument("key")
 def kvstore_delete(key: str) -> None:
     """Delete KEY."""
-    res = _call("DELETE", "/kvstore", key=key)
+    res = call("DELETE", "/kvstore", key=key)
     click.echo(f"deleted {res['deleted']} key{'s' if res['deleted'] != 1 else ''}")
-
-
-def register(main: click.Group, call: Callable[..., Any]) -> None:
-    """Add `cluster` and `kvstore` to the `cilia` command; `call` is the CLI's API helper."""
-    global _call
-    _call = call
-    main.add_command(cluster)
-    main.add_command(kvstore)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cilia.agent.config import AgentConfig
 from cilia.cli.output import emit, output_option
+from cilia.defaults import socket_path
 
 
 @click.group()
@@ -43,7 +43,7 @@ def install(
     """Write 00-cilia.conflist and put cilia-cni where the runtime looks."""
     from cilia.cni.install import install as do_install
 
-    sock = agent_socket or AgentConfig().socket_path
+    sock = agent_socket or Path(socket_path())
     try:
         written = do_install(conf_dir, bin_dir, network, sock)
     except OSError as exc:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import click
 
-from cilia.agent.config import AgentConfig
+from cilia.cli.api import call
 from cilia.cli.client import ApiError, Client
 from cilia.cli.output import emit, table
-from cilia.cluster.state import ClusterError, cluster_dir, load_state
+from cilia.defaults import cluster_dir, cluster_exists, socket_path
 
 Key = tuple[str, str, int, str]
 
@@ -27,14 +28,18 @@ Key = tuple[str, str, int, str]
 def cluster_agents() -> dict[str, Client]:
     """Every node's agent, by node name, when the agent this command talks to is a node
     of the cluster on this machine; empty otherwise (a local agent, or no cluster)."""
+    if not cluster_exists():
+        return {}
+    from cilia.cluster.state import ClusterError, load_state  # pydantic: only for a cluster
+
     try:
-        state = load_state(cluster_dir())
+        state = load_state(Path(cluster_dir()))
     except ClusterError:
         return {}
     if state is None:
         return {}
     sockets = {n.name: n.config.socket_path for n in state.nodes}
-    if AgentConfig().socket_path not in sockets.values():
+    if Path(socket_path()) not in sockets.values():
         return {}
     return {name: Client(path) for name, path in sockets.items()}
 
@@ -90,7 +95,7 @@ def missing(
     return [k for k in wanted if k not in have]
 
 
-def show_matrix(body: dict[str, Any], fmt: str, call: Callable[[str, str, Any], Any]) -> None:
+def show_matrix(body: dict[str, Any], fmt: str) -> None:
     """Probe and print the table ('.' allowed, 'X' denied, '?' not probed): rows are
     every pod of the cluster when every node is asked, else the agent's own pods. Exit 1
     when a pair was not probed."""

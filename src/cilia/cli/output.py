@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
-import yaml
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +32,8 @@ def emit(data: Any, fmt: str) -> bool:
         click.echo(json.dumps(data, indent=2, sort_keys=False))
         return True
     if fmt == "yaml":
+        import yaml  # only here: it takes longer to import than a whole request
+
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
         return True
     return False

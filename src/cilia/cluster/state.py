@@ -7,27 +7,20 @@ derive from the cluster's prefix, which is how leftovers are also found).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
 from cilia.agent.config import AgentConfig
+from cilia.defaults import CLUSTER_STATE_FILE as STATE_FILE
 
-DEFAULT_CLUSTER_DIR = Path("/var/run/cilia-cluster")
-STATE_FILE = "cluster.json"
 UNDERLAY_DEVICE = "ul0"
 """Name of each node's underlay device, inside its namespace."""
 
 
 class ClusterError(RuntimeError):
     """A cluster operation failed; the message says why."""
-
-
-def cluster_dir() -> Path:
-    """The cluster directory: CILIA_CLUSTER_DIR, or /var/run/cilia-cluster."""
-    return Path(os.environ.get("CILIA_CLUSTER_DIR") or DEFAULT_CLUSTER_DIR)
 
 
 class EtcdState(BaseModel):
