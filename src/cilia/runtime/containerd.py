@@ -205,7 +205,7 @@ class ContainerdWatcher:
 
     def _failed(self, exc: BaseException) -> None:
         self._connected = False
-        self._error = f"{type(exc).__name__}: {exc}"
+        self._error = grpc_protos.describe(exc)
         log.warning("containerd watcher on %s: %s", self.socket_path, self._error)
 
     def _resync_loop(self) -> None:

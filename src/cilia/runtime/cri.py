@@ -222,7 +222,7 @@ class CriWatcher:
                     self._connected, self._error = True, ""
                 except Exception as exc:
                     self._connected = False
-                    self._error = f"{type(exc).__name__}: {exc}"
+                    self._error = grpc_protos.describe(exc)
                     log.warning("CRI watcher on %s: %s", self.socket_path, self._error)
                     next_check = elapsed  # check again on the next tick
                 self._stop.wait(self.poll_interval)

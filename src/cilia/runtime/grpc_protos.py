@@ -208,3 +208,11 @@ def rpc_code(exc: BaseException) -> str:
     """The gRPC status code name of a failed call ("UNAVAILABLE", "NOT_FOUND", ...)."""
     code = getattr(exc, "code", None)
     return str(code().name) if callable(code) else "UNKNOWN"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure: a call's status code and details, or the exception."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if isinstance(exc, grpc.RpcError) and callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return f"{type(exc).__name__}: {exc}"
