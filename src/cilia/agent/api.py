@@ -266,7 +266,8 @@ def create_app(agent: Agent) -> FastAPI:
                     obj["status"] = agent.policy_status(key, annotations)
             if fmt == "rows":
                 return items
-            return present.k8s_list(_k8s_item(kind, i, _host_ips()) for i in items)
+            hosts = _host_ips()
+            return present.k8s_list(_k8s_item(kind, i, hosts) for i in items)
 
     def _host_ips() -> dict[str, str]:
         """Node name -> the address a pod's `status.hostIP` shows: the underlay address
