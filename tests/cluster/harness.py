@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cilia.cli.client import Client
 from cilia.cluster.nodes import start_agent, wait_healthy
@@ -102,6 +103,14 @@ class ClusterHandle:
         """`cilia ARGS...` against `node` (None: the CLI's default, the first node)."""
         return cilia(self.env(node), *args, input=input)
 
+    def get_nodes(self, node: str | None) -> list[dict[str, Any]]:
+        """`cilia get nodes -o json` against `node`, each Kubernetes Node as the row of
+        GET /v1/cluster/nodes it shows: name, underlay-ip (InternalIP), pod-cidr
+        (spec.podCIDR), health (`ok` while Ready)."""
+        res = self.run(node, "get", "nodes", "-o", "json")
+        assert res.code == 0, res.stderr
+        return [node_row(item) for item in res.json()["items"]]
+
     def cluster(self, *args: str) -> CommandResult:
         """`cilia cluster ARGS...` for this cluster."""
         return cilia(self.env(), "cluster", *args)
@@ -135,6 +144,20 @@ class ClusterHandle:
         for log in [*self.directory.glob("*/run/cilia.log"), self.directory / "etcd/etcd.log"]:
             if log.exists():
                 shutil.copy(log, into / f"{log.parts[-3]}-{log.name}")
+
+
+def node_row(item: dict[str, Any]) -> dict[str, Any]:
+    """A Kubernetes Node of `cilia get nodes -o json` as a GET /v1/cluster/nodes row."""
+    assert item["kind"] == "Node", item
+    status = item["status"]
+    addresses = {a["type"]: a["address"] for a in status["addresses"]}
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    return {
+        "name": item["metadata"]["name"],
+        "underlay-ip": addresses.get("InternalIP"),
+        "pod-cidr": item["spec"].get("podCIDR"),
+        "health": "ok" if ready["status"] == "True" else "stale",
+    }
 
 
 def leftovers(prefix: str, device_prefix: str, directory: Path) -> list[str]:

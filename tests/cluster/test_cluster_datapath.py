@@ -524,7 +524,7 @@ def test_tunnel_map_and_ipcache_show_remote_entries(cluster: ClusterHandle) -> N
         w.apply(
             w.namespace_doc(), *(w.pod(p, n, {"app": p}, ports=(80,)) for p, n in names.items())
         )
-        nodes = {n["name"]: n for n in cluster.run(None, "get", "nodes", "-o", "json").json()}
+        nodes = {n["name"]: n for n in cluster.get_nodes(None)}
         for node in cluster.nodes:
             tunnels = cluster.run(node, "bpf", "tunnel", "list", "-o", "json")
             assert tunnels.code == 0, tunnels.stderr

@@ -163,7 +163,7 @@ def test_node_killed_for_good_is_cleaned_out_then_joins_again(small: ClusterHand
     with workload(small, "leave") as w:
         n1, n2 = _pairs(w)
         a, b = w.info("a"), w.info("b")
-        nodes = {n["name"]: n for n in small.run(n1, "get", "nodes", "-o", "json").json()}
+        nodes = {n["name"]: n for n in small.get_nodes(n1)}
         assert [k for k in _store(small, IDENTITIES) if k.endswith(f"/{n2}")], "references"
         pod_netns = Path(w.netns("b"))
 
@@ -172,7 +172,7 @@ def test_node_killed_for_good_is_cleaned_out_then_joins_again(small: ClusterHand
         try:
 
             def cleaned_out() -> bool:
-                listed = small.run(n1, "get", "nodes", "-o", "json").json()
+                listed = small.get_nodes(n1)
                 tunnels = small.run(n1, "bpf", "tunnel", "list", "-o", "json").json()
                 entries = small.run(n1, "bpf", "ipcache", "list", "-o", "json").json()
                 return (
@@ -195,7 +195,7 @@ def test_node_killed_for_good_is_cleaned_out_then_joins_again(small: ClusterHand
             small.restart_agent(n2)
 
         def joined() -> bool:
-            listed = {n["name"]: n for n in small.run(n1, "get", "nodes", "-o", "json").json()}
+            listed = {n["name"]: n for n in small.get_nodes(n1)}
             return n2 in listed and listed[n2]["pod-cidr"] == nodes[n2]["pod-cidr"]
 
         eventually(joined, "node2 joins again with its pod range")
@@ -254,11 +254,8 @@ def _kvstore_up(cluster: ClusterHandle, node: str) -> bool:
 
 
 def _pod_state(cluster: ClusterHandle, node: str, w: Workload, name: str) -> str:
-    rows = cluster.run(node, "get", "pods", "-o", "json").json()
-    states = [
-        r.get("state", "") for r in rows if (r["namespace"], r["name"]) == (w.namespace, name)
-    ]
-    return states[0] if states else ""
+    res = cluster.run(node, "get", "pod", name, "-n", w.namespace, "-o", "json")
+    return str(res.json()["status"]["cilia"]["state"]) if res.code == 0 else ""
 
 
 def test_etcd_outage_keeps_flows_and_policy_and_converges_after(small: ClusterHandle) -> None:

@@ -149,13 +149,20 @@ def test_get_nodes_shows_every_node_from_any_node(cluster: ClusterHandle) -> Non
     for name in cluster.nodes:
         res = cluster.run(name, "get", "nodes", "-o", "json")
         assert res.code == 0, res.stderr
-        nodes = res.json()
-        assert [n["name"] for n in nodes] == cluster.nodes
+        listing = res.json()  # Kubernetes Nodes, as kubectl prints them
+        assert listing["kind"] == "List" and listing["apiVersion"] == "v1"
+        nodes = listing["items"]
+        assert [n["metadata"]["name"] for n in nodes] == cluster.nodes
         for n in nodes:
-            assert n["underlay-ip"] == cluster.node(n["name"]).underlay_ip
-            assert ipaddress.IPv4Network(n["pod-cidr"]).subnet_of(cluster_range)
-            assert n["health"] == "ok"
-        assert len({n["pod-cidr"] for n in nodes}) == len(nodes)
+            assert n["kind"] == "Node"
+            internal = [a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP"]
+            assert internal == [cluster.node(n["metadata"]["name"]).underlay_ip]
+            assert ipaddress.IPv4Network(n["spec"]["podCIDR"]).subnet_of(cluster_range)
+            ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
+            assert [c["status"] for c in ready] == ["True"]
+        assert len({n["spec"]["podCIDR"] for n in nodes}) == len(nodes)
+    node3 = cluster.run(None, "get", "node", "node3", "-o", "json").json()
+    assert node3["kind"] == "Node" and node3["metadata"]["name"] == "node3"
     table = cluster.run(None, "get", "no", "node3")
     assert table.code == 0
     assert re.search(

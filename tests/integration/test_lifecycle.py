@@ -56,7 +56,7 @@ spec:
     assert res.code == 1
     assert "document 4 (CiliumNetworkPolicy default/bad)" in res.stderr, res.stderr
     assert field in res.stderr, res.stderr
-    assert cilia.run("get", "pods", "-o", "json").json() == []
+    assert cilia.run("get", "pods", "-A", "-o", "json").json()["items"] == []
     assert cilia.client.request("GET", "/policy")["rules"] == []
 
 
@@ -80,7 +80,7 @@ def test_second_file_bad_means_first_file_not_applied(cilia: Cilia, tmp_path: Pa
     )
     res = cilia.run("apply", "-f", str(good), "-f", str(bad), check=False)
     assert res.code == 1 and "containerPort" in res.stderr
-    assert cilia.run("get", "pods", "-o", "json").json() == []
+    assert cilia.run("get", "pods", "-A", "-o", "json").json()["items"] == []
 
 
 def test_refused_policy_import_changes_no_map(cilia: Cilia, tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_failed_pod_leaves_nothing_behind(cilia: Cilia) -> None:
         check=False,
     )
     assert res.code == 1 and "broken" in res.stderr
-    assert cilia.run("get", "pods", "-o", "json").json() == []
+    assert cilia.run("get", "pods", "-A", "-o", "json").json()["items"] == []
     assert cilia.client.request("GET", "/endpoint") == []
     netns = f"{cilia.config.name_prefix}_default_broken"
     assert not Path(f"/run/netns/{netns}").exists()

@@ -8,12 +8,12 @@ import time
 from dataclasses import asdict
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cilia import __version__
-from cilia.agent.api_cluster import cluster_router
+from cilia.agent.api_cluster import HEALTHY_HEARTBEATS, cluster_router
 from cilia.agent.api_cni import cni_router
 from cilia.agent.api_endpoint import endpoint_router
 from cilia.agent.api_observe import observe_router
@@ -21,8 +21,10 @@ from cilia.agent.daemon import Agent
 from cilia.agent.errors import AgentError
 from cilia.agent.trace import TraceError, TraceRequest, trace_api
 from cilia.datapath.drop_reasons import reason_name
+from cilia.k8s import present
 from cilia.k8s.manifests import ManifestError, parse_manifests
 from cilia.labels import Labels
+from cilia.labels.query import parse_selector, selects
 from cilia.policy import ValidationError, parse_rules
 from cilia.runtime.probe import probe
 
@@ -229,19 +231,71 @@ def create_app(agent: Agent) -> FastAPI:
         return {"results": agent.delete(manifests), "revision": agent.repo.revision}
 
     @app.get("/v1/objects/{kind}")
-    def objects_list(kind: str) -> list[dict[str, Any]]:
+    def objects_list(
+        kind: str,
+        fmt: Literal["rows", "k8s"] = Query("rows", alias="format"),
+        namespace: str = "",
+        labelSelector: str = "",  # the Kubernetes API's name
+        name: str = "",
+    ) -> Any:
+        """`cilia get KIND`: the agent's rows, or (`format=k8s`) a Kubernetes `List`;
+        filtered by namespace (namespaced kinds), label selector and name."""
+        selector = parse_selector(labelSelector)
+
+        def wanted(meta: dict[str, Any], namespaced: bool) -> bool:
+            return (
+                (not namespace or not namespaced or meta.get("namespace") == namespace)
+                and (not name or meta.get("name") == name)
+                and selects(selector, meta.get("labels") or {})
+            )
+
+        if kind == "nodes" and fmt == "k8s":
+            nodes = _k8s_nodes()
+            return present.k8s_list(n for n in nodes if wanted(n["metadata"], False))
         with agent.lock:
             try:
                 items = agent.objects.listing(kind, agent.pod_status())
             except ValueError as exc:
                 raise AgentError(str(exc), status=404) from None
+            items = [i for i in items if wanted(i["object"]["metadata"], kind != "namespaces")]
             for item in items:
                 obj = item["object"]
                 if obj.get("kind") == "CiliumNetworkPolicy":
                     key = f"CiliumNetworkPolicy/{item['namespace']}/{item['name']}"
                     annotations = obj["metadata"].get("annotations", {})
                     obj["status"] = agent.policy_status(key, annotations)
-            return items
+            if fmt == "rows":
+                return items
+            hosts = _host_ips()
+            return present.k8s_list(_k8s_item(kind, i, hosts) for i in items)
+
+    def _host_ips() -> dict[str, str]:
+        """Node name -> the address a pod's `status.hostIP` shows: the underlay address
+        in a cluster, the router address (the host's address towards pods) alone."""
+        if agent.cluster is None:
+            return {agent.config.node_name: agent.config.host_router_ip}
+        return {n.name: n.underlay_ip for n in agent.cluster.member.nodes().values()}
+
+    def _k8s_item(kind: str, item: dict[str, Any], hosts: dict[str, str]) -> dict[str, Any]:
+        if kind == "pods":
+            return present.pod(item["object"], item, hosts.get(item.get("node") or ""))
+        if kind == "namespaces":
+            return present.namespace(item["object"])
+        if kind == "policies":
+            return present.policy(item["object"], item["rules"])
+        return present.service(item["object"], item["backends"])
+
+    def _k8s_nodes() -> list[dict[str, Any]]:
+        if agent.cluster is None:
+            raise AgentError("this agent does not run in cluster mode (--kvstore etcd)", 409)
+        stale_after = HEALTHY_HEARTBEATS * agent.config.lease_keepalive
+        now = time.time()
+        return [
+            present.node(
+                n.name, n.underlay_ip, n.pod_cidr, n.heartbeat, now - n.heartbeat < stale_after
+            )
+            for n in sorted(agent.cluster.member.nodes().values(), key=lambda n: n.name)
+        ]
 
     @app.delete("/v1/pods/{namespace}/{name}")
     def pod_delete(namespace: str, name: str) -> dict[str, Any]:

@@ -159,15 +159,25 @@ def _heartbeat(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def show_nodes(name: str | None, fmt: str) -> None:
-    """`cilia get nodes [NAME]`: the cluster's nodes as the agent sees them in etcd."""
+def show_nodes(name: str | None, fmt: str, selector: str | None = None) -> None:
+    """`cilia get nodes [NAME]`: the cluster's nodes as the agent sees them in etcd;
+    -o json|yaml prints Kubernetes Nodes (a List; with NAME the Node itself)."""
+    if fmt in ("json", "yaml"):
+        params = {"format": "k8s", **({"name": name} if name else {})}
+        listing = call("GET", "/objects/nodes", **params, **_selector(selector))
+        if name and not listing["items"]:
+            raise click.ClickException(f"node {name} not found")
+        emit(listing["items"][0] if name else listing, fmt)
+        return
     nodes = call("GET", "/cluster/nodes")
     if name:
         nodes = [n for n in nodes if n["name"] == name]
         if not nodes:
             raise click.ClickException(f"node {name} not found")
-    if emit(nodes, fmt):
-        return
+    if selector:  # the agent matches node labels (kubernetes.io/hostname)
+        listing = call("GET", "/objects/nodes", format="k8s", **_selector(selector))
+        names = {n["metadata"]["name"] for n in listing["items"]}
+        nodes = [n for n in nodes if n["name"] in names]
     table(
         [
             (
@@ -181,6 +191,10 @@ def show_nodes(name: str | None, fmt: str) -> None:
         ],
         ["NAME", "UNDERLAY-IP", "POD-CIDR", "HEALTH", "LAST-HEARTBEAT"],
     )
+
+
+def _selector(selector: str | None) -> dict[str, str]:
+    return {"labelSelector": selector} if selector else {}
 
 
 @click.group()

@@ -84,98 +84,134 @@ def delete_pod(ref: str) -> None:
     click.echo(f"pod {ns}/{name} deleted")
 
 
+KINDS = {
+    "pods": "pods",
+    "pod": "pods",
+    "po": "pods",
+    "namespaces": "namespaces",
+    "namespace": "namespaces",
+    "ns": "namespaces",
+    "policies": "policies",
+    "networkpolicies": "policies",
+    "netpol": "policies",
+    "cnp": "policies",
+    "services": "services",
+    "service": "services",
+    "svc": "services",
+    "nodes": "nodes",
+    "node": "nodes",
+    "no": "nodes",
+}
+"""Kind names and short names `get` accepts -> the listing they name."""
+
+
 @click.command()
-@click.argument(
-    "kind",
-    type=click.Choice(
-        [
-            "pods",
-            "namespaces",
-            "policies",
-            "services",
-            "pod",
-            "ns",
-            "networkpolicies",
-            "cnp",
-            "netpol",
-            "svc",
-            "nodes",
-            "node",
-            "no",
-        ]
-    ),
-)
+@click.argument("kind", type=click.Choice(list(KINDS)), metavar="KIND")
 @click.argument("name", required=False)
-@click.option("-n", "--namespace", help="Only this namespace.")
-@output_option()
-def get(kind: str, name: str | None, namespace: str | None, fmt: str) -> None:
-    """List pods, namespaces, policies, services or the cluster's nodes; with NAME,
-    -o json|yaml prints the object itself (a CiliumNetworkPolicy with its per-node status)."""
-    canonical = {
-        "pod": "pods",
-        "ns": "namespaces",
-        "networkpolicies": "policies",
-        "cnp": "policies",
-        "netpol": "policies",
-        "svc": "services",
-        "node": "nodes",
-        "no": "nodes",
-    }.get(kind, kind)
+@click.option("-n", "--namespace", help="This namespace (default: default).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace (overrides -n).")
+@click.option(
+    "-l",
+    "--selector",
+    metavar="SELECTOR",
+    help="Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k (comma: and).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["table", "wide", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Output format: json|yaml are Kubernetes objects (a List), as kubectl prints them.",
+)
+def get(
+    kind: str,
+    name: str | None,
+    namespace: str | None,
+    all_namespaces: bool,
+    selector: str | None,
+    fmt: str,
+) -> None:
+    """List pods, namespaces, policies (cnp, netpol), services or the cluster's nodes,
+    as kubectl does: of the `default` namespace unless -n NS or -A; -o json|yaml prints
+    a Kubernetes `List` (with NAME: the object itself). Cilia's own fields (endpoint id,
+    identity, endpoint state) are under `status.cilia`."""
+    canonical = KINDS[kind]
+    params: dict[str, str] = {"format": "k8s"}
+    if canonical in ("pods", "policies", "services") and not all_namespaces:
+        params["namespace"] = namespace or "default"
+    if selector:
+        params["labelSelector"] = selector
+    if name:
+        params["name"] = name
     if canonical == "nodes":
         from cilia.cli.cluster import show_nodes
 
-        show_nodes(name, fmt)
+        show_nodes(name, fmt, selector)
         return
-    items = call("GET", f"/objects/{canonical}")
-    if namespace:
-        items = [i for i in items if i.get("namespace") == namespace]
-    if name:
-        items = [i for i in items if i["name"] == name]
-        if not items:
-            fail(f"{kind} {name} not found")
-        if len(items) == 1 and emit(items[0]["object"], fmt):
-            return
-    if emit(items, fmt):
+    listing = call("GET", f"/objects/{canonical}", **params)
+    items: list[dict[str, Any]] = listing["items"]
+    if name and not items:
+        where = f" in namespace {params['namespace']}" if "namespace" in params else ""
+        fail(f'{canonical} "{name}" not found{where}')
+    if name and len(items) == 1 and emit(items[0], fmt):
         return
-    if canonical == "pods":
-        table(
-            [
-                (
-                    i["namespace"],
-                    i["name"],
-                    i.get("node", ""),
-                    i.get("ipv4", ""),
-                    i.get("identity", ""),
-                    i.get("state", ""),
-                    ",".join(f"{k}={v}" for k, v in i["labels"].items()),
-                )
-                for i in items
-            ],
-            ["NAMESPACE", "NAME", "NODE", "IPV4", "IDENTITY", "STATE", "LABELS"],
-        )
-    elif canonical == "namespaces":
-        table(
-            [(i["name"], ",".join(f"{k}={v}" for k, v in i["labels"].items())) for i in items],
-            ["NAME", "LABELS"],
-        )
-    elif canonical == "services":
-        table(
-            [
-                (
-                    i["namespace"],
-                    i["name"],
-                    ",".join(f"{k}={v}" for k, v in (i["selector"] or {}).items()) or "<none>",
-                    ",".join(i["backends"]),
-                )
-                for i in items
-            ],
-            ["NAMESPACE", "NAME", "SELECTOR", "BACKENDS"],
-        )
+    if emit(listing, fmt):
+        return
+    _get_table(canonical, items, all_namespaces, wide=fmt == "wide")
+
+
+def _labels_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items()) or "<none>"
+
+
+def _get_table(kind: str, items: list[dict[str, Any]], all_namespaces: bool, wide: bool) -> None:
+    """kubectl-style columns; NAMESPACE only with -A, -o wide adds Cilia's columns."""
+    rows: list[list[Any]] = []
+    headers: list[str]
+    for item in items:
+        meta, status = item["metadata"], item.get("status", {})
+        row = [meta["namespace"]] if all_namespaces and kind != "namespaces" else []
+        row.append(meta["name"])
+        cilia = status.get("cilia", {})
+        if kind == "pods":
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]
+            )
+            containers = len(item["spec"].get("containers", []))
+            row += [f"{containers if ready else 0}/{containers}", status["phase"], cilia["state"]]
+            if wide:
+                row += [
+                    status.get("podIP", "<none>"),
+                    item["spec"].get("nodeName") or "<none>",
+                    cilia.get("identity", "<none>"),
+                    cilia.get("endpointID", "<none>"),
+                    _labels_text(meta["labels"]),
+                ]
+        elif kind == "namespaces":
+            row += [status.get("phase", ""), _labels_text(meta["labels"])]
+        elif kind == "services":
+            row += [
+                _labels_text(item["spec"].get("selector") or {}),
+                ",".join(cilia.get("backends", [])) or "<none>",
+            ]
+        else:
+            row += [item["kind"], cilia.get("rules", "")]
+        rows.append(row)
+    if kind == "pods":
+        headers = ["NAME", "READY", "STATUS", "STATE"]
+        if wide:
+            headers += ["IP", "NODE", "IDENTITY", "ENDPOINT", "LABELS"]
+    elif kind == "namespaces":
+        headers = ["NAME", "STATUS", "LABELS"]
+    elif kind == "services":
+        headers = ["NAME", "SELECTOR", "BACKENDS"]
     else:
-        table(
-            [(i["namespace"], i["name"], i["kind"], i.get("rules", "")) for i in items],
-            ["NAMESPACE", "NAME", "KIND", "RULES"],
-        )
+        headers = ["NAME", "KIND", "RULES"]
+    if all_namespaces and kind != "namespaces":
+        headers.insert(0, "NAMESPACE")
+    table(rows, headers)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
