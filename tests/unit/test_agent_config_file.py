@@ -198,3 +198,11 @@ def test_the_config_command_stays_light() -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_a_value_found_at_run_time_gets_its_own_source(tmp_path: Path) -> None:
+    path = _file(tmp_path, "mtu: 1400\n")
+    cfg = AgentConfig.load({"config_file": str(path)}).updated("kvstore", pod_cidr="10.9.0.0/24")
+    assert cfg.pod_cidr == "10.9.0.0/24"
+    assert cfg.effective()["pod-cidr"] == {"value": "10.9.0.0/24", "source": "kvstore"}
+    assert cfg.effective()["mtu"]["source"] == f"file {path}"

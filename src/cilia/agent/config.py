@@ -119,6 +119,12 @@ class AgentConfig(BaseSettings):
         config._sources = sources
         return config
 
+    def updated(self, source: str, **values: Any) -> AgentConfig:
+        """A copy with values found at run time (the pod range from the kvstore)."""
+        copy = self.model_copy(update=values)
+        copy._sources = {**self._sources, **dict.fromkeys(values, source)}
+        return copy
+
     def effective(self) -> dict[str, dict[str, Any]]:
         """Every setting by its flag's name: {"value": ..., "source": "default" | "file PATH"
         | "env CILIA_X" | "flag --x"}."""
