@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from cilia.runtime.processes import ProcessRecord, process_alive
 from tests.integration.cni_tool import cni, plugin_conf, sandbox, sandboxes
 from tests.integration.harness import Cilia, running_agent
 from tests.integration.test_enforcement import DS, RULE1, STARWARS, TF, XW
+from tests.integration.test_l7_http import PODS, SA_POLICY
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -92,6 +94,30 @@ def test_clean_state_removes_what_a_crashed_agent_left(tmp_path: Path) -> None:
         # The clean agent works: pods come up and policy is enforced.
         c.apply(STARWARS + "---\n" + RULE1)
         assert c.probe(TF, DS) and not c.probe(XW, DS)
+    finally:
+        left = c.stop()
+    assert left == []
+
+
+def test_clean_state_stops_the_envoy_a_crashed_agent_left(tmp_path: Path) -> None:
+    c = Cilia(tmp_path)
+    try:
+        c.start()
+        c.apply(PODS + "---\n" + SA_POLICY)
+        envoy = subprocess.run(
+            ["pgrep", "-f", f"{c.config.state_dir}/proxy/envoy"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(envoy) == 1
+        stat = Path(f"/proc/{envoy[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        proc = ProcessRecord(int(envoy[0]), int(stat[19]), ("envoy",))
+        _kill9(c)
+        assert process_alive(proc), "Envoy outlives a killed agent"
+
+        c.run("up", "--clean-state")
+        assert not process_alive(proc)  # at most a zombie nobody reaped yet
+        log = c.config.log_file.read_text()
+        assert f"removed process {envoy[0]} (" in log and "process=1 route=1" in log, log
+        assert c.client.request("GET", "/endpoint") == []
     finally:
         left = c.stop()
     assert left == []
