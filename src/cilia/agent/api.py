@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from cilia import __version__
 from cilia.agent.api_cluster import HEALTHY_HEARTBEATS, cluster_router
 from cilia.agent.api_cni import cni_router
+from cilia.agent.api_config import config_router
 from cilia.agent.api_endpoint import endpoint_router
 from cilia.agent.api_observe import observe_router
 from cilia.agent.daemon import Agent
@@ -98,6 +99,7 @@ def create_app(agent: Agent) -> FastAPI:
     )
     app.include_router(observe_router(agent))
     app.include_router(cluster_router(agent))
+    app.include_router(config_router(lambda: agent.config))
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:

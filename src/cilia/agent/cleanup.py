@@ -13,14 +13,16 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.state import load_state
 from cilia.datapath import bpffs
+from cilia.datapath.attach import pinned_devices
 from cilia.datapath.host_address import remove_host_address
 from cilia.datapath.netns import delete_netns, list_netns
 from cilia.datapath.overlay import remove_overlay_device
-from cilia.datapath.pod_network import remove_pod_network
+from cilia.datapath.pod_network import remove_host_veth, remove_pod_network
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.local import kill_netns_processes, remove_sandbox
@@ -60,15 +62,30 @@ def stop_agent(config: AgentConfig, timeout: float = 15.0) -> bool:
     return True
 
 
+def _ancestors() -> set[int]:
+    """This process and its ancestors (`cilia up`, a shell...), which may carry the marker."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            break
+        pid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return pids
+
+
 def agent_processes(config: AgentConfig) -> list[tuple[int, str]]:
     """Processes started by this agent (proxies, containers) that are still alive.
 
-    They are recognised by the agent's CILIA_NAME_PREFIX in their environment.
+    They are recognised by the agent's CILIA_NAME_PREFIX in their environment; this
+    process and its ancestors are never among them.
     """
     marker = f"CILIA_NAME_PREFIX={config.name_prefix}\0".encode()
+    spared = _ancestors()
     found: list[tuple[int, str]] = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in spared:
             continue
         with contextlib.suppress(OSError):
             if marker in Path(f"/proc/{entry}/environ").read_bytes():
@@ -77,45 +94,78 @@ def agent_processes(config: AgentConfig) -> list[tuple[int, str]]:
     return found
 
 
+class Removed(NamedTuple):
+    """One thing removed: its kind (for counts) and a line naming it."""
+
+    kind: str
+    text: str
+
+
 def remove_everything(config: AgentConfig) -> list[str]:
     """Delete pods, namespaces, devices, routes, pins and state; returns what was removed."""
-    removed: list[str] = []
-    state = load_state(config.state_file) or {}
+    return [r.text for r in remove_state(config)]
+
+
+def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed]:
+    """Delete what this agent left: pods, runtime endpoints' network, namespaces, processes,
+    devices, routes, pins and state files (`cilia down`, and `--clean-state` on start).
+
+    `starting`: an agent about to start cleans up before itself; its run directory (pid
+    file, log) and the compiled objects, which are keyed by their sources' hash, stay.
+    """
+    removed: list[Removed] = []
+    try:
+        state = load_state(config.state_file) or {}
+    except ValueError as exc:  # unreadable state: what the kernel shows is still removed
+        log.warning("state file %s is unreadable (%s); removing it", config.state_file, exc)
+        state = {}
     if state.get("pod_cidr"):  # in cluster mode the range came from the store
         config = config.model_copy(update={"pod_cidr": state["pod_cidr"]})
     for ep in state.get("endpoints", []):
         # A runtime's container keeps running: only its Cilia network goes.
-        if ep.get("runtime", "local") == "local":
+        local = ep.get("runtime", "local") == "local"
+        if local:
             procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
             remove_sandbox(os.path.basename(ep["netns"]), procs)
         remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
-        what = "pod" if ep.get("runtime", "local") == "local" else f"{ep['runtime']} endpoint"
-        removed.append(f"{what} {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
+        what = "pod" if local else f"{ep['runtime']} endpoint"
+        removed.append(
+            Removed(
+                "pod" if local else "endpoint",
+                f"{what} {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})",
+            )
+        )
     for name in list_netns():
         if name.startswith(f"{config.name_prefix}_"):
             kill_netns_processes(name)
             delete_netns(name)
-            removed.append(f"netns {name}")
+            removed.append(Removed("netns", f"netns {name}"))
+    # Without a state file (lost, unreadable), the link pins still name the devices: a
+    # runtime container's veth, whose namespace is not ours, is found that way.
+    for ifname, ifindex in pinned_devices(config.bpf_dir / "links").items():
+        if ifname.startswith("lxc") and remove_host_veth(ifname, ifindex):
+            removed.append(Removed("device", f"device {ifname} (attached, not in the state)"))
     for pid, argv in agent_processes(config):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        removed.append(f"process {pid} ({argv})")
+        removed.append(Removed("process", f"process {pid} ({argv})"))
     if (config.state_dir / "proxy").exists():
         remove_proxy_routing()
-        removed.append("proxy routing rule")
+        removed.append(Removed("route", "proxy routing rule"))
     if remove_proxy_device(proxy_device_name(config.name_prefix)):
-        removed.append(f"device {proxy_device_name(config.name_prefix)}")
+        removed.append(Removed("device", f"device {proxy_device_name(config.name_prefix)}"))
     if remove_overlay_device(config.overlay_device):
-        removed.append(f"device {config.overlay_device} (and its routes)")
+        removed.append(Removed("device", f"device {config.overlay_device} (and its routes)"))
     if remove_host_address(config.host_router_ip):
-        removed.append(f"router address {config.host_router_ip}")
+        removed.append(Removed("address", f"router address {config.host_router_ip}"))
     if config.bpf_dir.exists():
         bpffs.remove_pins(config.bpf_dir)
-        removed.append(f"pins {config.bpf_dir}")
-    for path in (config.state_dir, config.cache_dir):
+        removed.append(Removed("pins", f"pins {config.bpf_dir}"))
+    for path in (config.state_dir,) if starting else (config.state_dir, config.cache_dir):
         if path.exists():
             shutil.rmtree(path)
-            removed.append(f"state {path}")
-    for f in (config.pid_file, config.socket_path):
-        f.unlink(missing_ok=True)
+            removed.append(Removed("state", f"state {path}"))
+    if not starting:
+        for f in (config.pid_file, config.socket_path):
+            f.unlink(missing_ok=True)
     return removed

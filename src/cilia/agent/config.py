@@ -1,16 +1,19 @@
-"""Agent configuration: defaults, overridable by CILIA_* environment variables and flags."""
+"""Agent configuration: defaults < config file < CILIA_* environment variables < flags."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cilia.agent import config_file as cf
 from cilia.defaults import RUN_DIR, SOCKET_NAME
 
 KVSTORE_OPTIONS = {"etcd.address"}
@@ -28,6 +31,8 @@ class AgentConfig(BaseSettings):
     state_dir: Path = Field(Path("/var/lib/cilia"), description="endpoint and policy state")
     bpf_dir: Path = Field(Path("/sys/fs/bpf/cilia"), description="pins of maps and links")
     cache_dir: Path = Field(Path("/var/cache/cilia"), description="compiled BPF objects")
+    config_file: Path | None = Field(None, description="YAML file of settings (flags' keys)")
+    clean_state: bool = Field(False, description="remove every earlier state before starting")
     name_prefix: str = Field("cilia", description="prefix of pod network namespace names")
     pod_cidr: str = Field("10.200.0.0/16", description="IPv4 range of local pods")
     node_name: str = Field(default_factory=socket.gethostname)
@@ -81,6 +86,53 @@ class AgentConfig(BaseSettings):
     docker_plugin_dir: Path = Field(
         Path("/run/docker/plugins"), description="where Docker looks for plugin sockets"
     )
+
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        flags = getattr(init_settings, "init_kwargs", {})
+        path = cf.config_file_path(flags, os.environ)
+        return init_settings, env_settings, cf.AgentFileSource(settings_cls, path)
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any] | None = None) -> AgentConfig:
+        """The configuration from flags, environment, file and defaults, recording where each
+        value came from; errors name the file and key, or the field and its source."""
+        flags = dict(flags or {})
+        path = cf.config_file_path(flags, os.environ)
+        if flags.get("config_file"):
+            flags["config_file"] = path
+        in_file = cf.read_config_file(path, cls.model_fields) if path else {}
+        sources = cf.value_sources(cls.model_fields, flags, os.environ, path, in_file)
+        try:
+            config = cls(**flags)
+        except ValidationError as exc:
+            raise ValueError(cf.explain(exc, sources)) from None
+        config._sources = sources
+        return config
+
+    def updated(self, source: str, **values: Any) -> AgentConfig:
+        """A copy with values found at run time (the pod range from the kvstore)."""
+        copy = self.model_copy(update=values)
+        copy._sources = {**self._sources, **dict.fromkeys(values, source)}
+        return copy
+
+    def effective(self) -> dict[str, dict[str, Any]]:
+        """Every setting by its flag's name: {"value": ..., "source": "default" | "file PATH"
+        | "env CILIA_X" | "flag --x"}."""
+        values = self.model_dump(mode="json")
+        return {
+            cf.file_key(k): {"value": v, "source": self._sources.get(k, "unknown")}
+            for k, v in values.items()
+        }
 
     @field_validator("pod_cidr")
     @classmethod

@@ -146,7 +146,7 @@ class Agent:
         if self.config.cluster_mode:
             self.cluster = ClusterMode(self)
             pod_cidr = self.cluster.join((state or {}).get("pod_cidr"))
-            self.config = self.config.model_copy(update={"pod_cidr": pod_cidr})
+            self.config = self.config.updated("kvstore", pod_cidr=pod_cidr)
             self.ipam = Ipam(pod_cidr, {self.config.host_router_ip})
             self.identities = self.cluster.member.identities
         self.datapath.start()

@@ -10,8 +10,10 @@ import sys
 import uvicorn
 
 from cilia.agent.api import create_app
+from cilia.agent.clean_state import clean_state
 from cilia.agent.config import AgentConfig
 from cilia.agent.daemon import Agent
+from cilia.agent.errors import AgentError
 
 log = logging.getLogger("cilia.agent")
 
@@ -29,6 +31,11 @@ def run_agent(config: AgentConfig, log_level: str = "info") -> None:
     # Every process the agent starts (containers, Envoy) inherits this, which is how
     # `cilia down` finds them even after a crash.
     os.environ["CILIA_NAME_PREFIX"] = config.name_prefix
+    if config.clean_state:
+        try:
+            clean_state(config)
+        except AgentError as exc:
+            raise SystemExit(str(exc)) from None
     agent = Agent(config)
     agent.start()
     sock = config.socket_path

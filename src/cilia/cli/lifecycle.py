@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from cilia.agent.config import AgentConfig
 
 
-def _config() -> AgentConfig:
+def _config(flags: dict[str, Any] | None = None) -> AgentConfig:
     """The agent's configuration: only for the commands that run or remove the agent (it
     imports pydantic, which costs more than a request to the agent)."""
     from cilia.agent.config import AgentConfig
 
-    return AgentConfig()
+    try:
+        return AgentConfig.load(_overrides(flags or {}))
+    except ValueError as exc:
+        fail(f"invalid agent configuration: {exc}")
 
 
 _AGENT_FLAGS = {
@@ -39,11 +42,30 @@ _AGENT_FLAGS = {
     "--identity-gc-interval": "identity_gc_interval",
     "--mtu": "mtu",
     "--docker-plugin-name": "docker_plugin_name",
+    "--config-file": "config_file",
 }
+
+
+def config_file_option(fn: F) -> F:
+    """--config-file, for every command that reads the agent's configuration."""
+    return click.option(
+        "--config-file",
+        type=click.Path(dir_okay=False),
+        help="YAML file of agent settings, keys as the flags (pod-cidr: ...; also"
+        " CILIA_CONFIG_FILE). Flags > CILIA_* environment > file > defaults.",
+    )(fn)
 
 
 def agent_options(fn: F) -> F:
     """Options shared by `agent` and `up` (which hands them to the agent it starts)."""
+    fn = config_file_option(fn)
+    fn = click.option(
+        "--clean-state",
+        is_flag=True,
+        default=None,
+        help="Remove every earlier state of this agent (pods, devices, namespaces, pins,"
+        " state files, proxies) before starting, instead of restoring it.",
+    )(fn)
     fn = click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")(fn)
     fn = click.option(
         "--prometheus-serve-addr",
@@ -111,6 +133,8 @@ def _overrides(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         field: v for field in _AGENT_FLAGS.values() if (v := values.get(field)) is not None
     }
+    if values.get("clean_state"):
+        out["clean_state"] = True
     if values.get("kvstore_opt"):
         out["kvstore_opt"] = _key_values(values["kvstore_opt"], "--kvstore-opt")
     if values.get("container_runtime"):
@@ -142,14 +166,9 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 )
 def agent(log_level: str, **flags: Any) -> None:
     """Run the agent in the foreground."""
-    from cilia.agent.config import AgentConfig
     from cilia.agent.server import run_agent
 
-    try:
-        config = AgentConfig(**_overrides(flags))
-    except ValueError as exc:
-        fail(f"invalid agent configuration: {exc}")
-    run_agent(config, log_level)
+    run_agent(_config(flags), log_level)
 
 
 @click.command()
@@ -161,16 +180,20 @@ def up(timeout: float, **flags: Any) -> None:
 
     from cilia.agent.cleanup import read_pid
 
-    cfg = _config()
+    cfg = _config(flags)  # refuses a bad file or value before anything starts
     client = Client(cfg.socket_path)
     if read_pid(cfg) is not None and client.healthy():
+        if flags.get("clean_state"):
+            fail(f"--clean-state: an agent is running (pid {read_pid(cfg)}); stop it first")
         click.echo(f"agent already running (pid {read_pid(cfg)}, socket {cfg.socket_path})")
         return
     cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [sys.executable, "-m", "cilia.cli.main", "agent"]
     for flag, field in _AGENT_FLAGS.items():
         if flags.get(field) is not None:
-            argv += [flag, str(flags[field])]
+            argv += [flag, str(cfg.config_file if field == "config_file" else flags[field])]
+    if flags.get("clean_state"):
+        argv.append("--clean-state")
     for option in ("kvstore_opt", "container_runtime", "container_runtime_endpoint"):
         for value in flags.get(option) or ():
             argv += ["--" + option.replace("_", "-"), value]
@@ -197,11 +220,12 @@ def up(timeout: float, **flags: Any) -> None:
 
 
 @click.command()
-def down() -> None:
+@config_file_option
+def down(config_file: str | None) -> None:
     """Stop the agent and remove every pod, device, route, pin and state file Cilia made."""
     from cilia.agent.cleanup import remove_everything, stop_agent
 
-    cfg = _config()
+    cfg = _config({"config_file": config_file})
     if stop_agent(cfg):
         click.echo("agent stopped")
     for line in remove_everything(cfg):

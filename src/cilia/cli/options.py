@@ -1,10 +1,15 @@
-"""`cilia config` and `cilia endpoint config`: runtime options (TraceNotification)."""
+"""`cilia config` and `cilia endpoint config`: runtime options (TraceNotification), and
+`cilia config --agent`: the agent's effective configuration and where each value came from."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import click
 
 from cilia.cli.api import call
+from cilia.cli.output import emit, output_option, table
 
 
 def _bool(value: str) -> bool:
@@ -39,12 +44,36 @@ def endpoint_config(key: str, options: tuple[str, ...]) -> None:
     click.echo(f"TraceNotification   {'Enabled' if res['TraceNotification'] else 'Disabled'}")
 
 
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 @click.command("config")
 @click.argument("options", nargs=-1)
-def node_config(options: tuple[str, ...]) -> None:
-    """Show or change node-wide options: cilia config TraceNotification=true."""
+@click.option(
+    "--agent",
+    "agent_config",
+    is_flag=True,
+    help="Show the agent's effective configuration: each setting, its value and its source"
+    " (default, file PATH, env CILIA_X, flag --x).",
+)
+@output_option()
+def node_config(options: tuple[str, ...], agent_config: bool, fmt: str) -> None:
+    """Show or change node-wide options: cilia config TraceNotification=true.
+
+    With --agent, show the agent's settings and where each came from instead.
+    """
+    if agent_config:
+        if options:
+            raise click.UsageError("--agent shows the configuration; it takes no OPTIONS")
+        settings = call("GET", "/config/agent")
+        if not emit(settings, fmt):
+            rows = [(k, _shown(s["value"]), s["source"]) for k, s in settings.items()]
+            table(rows, ("KEY", "VALUE", "SOURCE"))
+        return
     if options:
         res = call("PATCH", "/config/options", _options(options, ("TraceNotification",)))
     else:
         res = call("GET", "/config/options")
-    click.echo(f"TraceNotification   {'Enabled' if res['TraceNotification'] else 'Disabled'}")
+    if not emit(res, fmt):
+        click.echo(f"TraceNotification   {'Enabled' if res['TraceNotification'] else 'Disabled'}")

@@ -91,3 +91,25 @@ def detach_device(links_dir: Path, ifname: str, hooks: Hooks = HOOKS) -> None:
     for hook in hooks:
         with suppress(FileNotFoundError):
             link_pin(links_dir, ifname, hook).unlink()
+
+
+def pinned_devices(links_dir: Path) -> dict[str, int]:
+    """Device name -> ifindex of each pinned link's device (0 once the device is gone)."""
+    found: dict[str, int] = {}
+    if not links_dir.is_dir():
+        return found
+    for pin in sorted(links_dir.iterdir()):
+        ifname, sep, _ = pin.name.rpartition("_")
+        if not sep:
+            continue
+        try:
+            fd = libbpf.obj_get(str(pin))
+        except OSError:
+            continue
+        try:
+            found[ifname] = max(found.get(ifname, 0), libbpf.link_target(fd)[0])
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return found

@@ -500,6 +500,15 @@ def remove_pod_network(netns: str, host_ifname: str, ipv4: str) -> None:
 
 
 @_off_loop
+def remove_host_veth(host_ifname: str, ifindex: int) -> bool:
+    """Delete a host-side veth if `ifindex` still names it (its routes go with it)."""
+    if not ifindex or interface_index(host_ifname) != ifindex:
+        return False
+    _delete_link(host_ifname)
+    return True
+
+
+@_off_loop
 def host_ipv4_addresses() -> list[str]:
     """All IPv4 addresses of the host namespace (loopback included), sorted."""
     with _ipr() as host:
