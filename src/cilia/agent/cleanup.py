@@ -24,7 +24,7 @@ from cilia.datapath.pod_network import remove_pod_network
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.local import kill_netns_processes, remove_sandbox
-from cilia.runtime.processes import ProcessRecord
+from cilia.runtime.supervisor import ContainerStatus
 
 log = logging.getLogger("cilia.cleanup")
 
@@ -86,8 +86,8 @@ def remove_everything(config: AgentConfig) -> list[str]:
     for ep in state.get("endpoints", []):
         # A runtime's container keeps running: only its Cilia network goes.
         if ep.get("runtime", "local") == "local":
-            procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
-            remove_sandbox(os.path.basename(ep["netns"]), procs)
+            containers = [ContainerStatus.from_dict(c) for c in ep.get("containers", [])]
+            remove_sandbox(os.path.basename(ep["netns"]), containers)
         remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
         what = "pod" if ep.get("runtime", "local") == "local" else f"{ep['runtime']} endpoint"
         removed.append(f"{what} {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})")
