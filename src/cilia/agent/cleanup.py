@@ -26,7 +26,7 @@ from cilia.datapath.pod_network import remove_host_veth, remove_pod_network
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.local import kill_netns_processes, remove_sandbox
-from cilia.runtime.processes import ProcessRecord
+from cilia.runtime.supervisor import ContainerStatus
 
 log = logging.getLogger("cilia.cleanup")
 
@@ -125,8 +125,8 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
         # A runtime's container keeps running: only its Cilia network goes.
         local = ep.get("runtime", "local") == "local"
         if local:
-            procs = [ProcessRecord.from_dict(p) for p in ep.get("processes", [])]
-            remove_sandbox(os.path.basename(ep["netns"]), procs)
+            containers = [ContainerStatus.from_dict(c) for c in ep.get("containers", [])]
+            remove_sandbox(os.path.basename(ep["netns"]), containers)
         remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
         what = "pod" if local else f"{ep['runtime']} endpoint"
         removed.append(

@@ -37,7 +37,6 @@ from cilia.agent.monitor import Monitor
 from cilia.agent.objects import (
     ObjectConflict,
     ObjectStore,
-    container_specs,
     display,
 )
 from cilia.agent.observe import StateWatcher
@@ -69,11 +68,13 @@ from cilia.policy.chain import chain_local_ingress, has_egress_redirects
 from cilia.policy.cidr import rule_prefixes
 from cilia.policy.services import ServiceTranslator
 from cilia.runtime import local as pods
+from cilia.runtime import supervisor
 from cilia.runtime.owner import EndpointRequest
-from cilia.runtime.processes import process_alive, stop_process
 
 log = logging.getLogger("cilia.agent")
 
+PROCESS_INTERVAL = 1.0
+"""Seconds between checks of local pods' processes and readiness probes."""
 INIT_ANNOTATION = "cilia.io/init-labels"
 """Pod annotation: with value `hold` the pod keeps the init identity until its labels
 are released (`cilia endpoint labels`, or an apply removing the annotation)."""
@@ -180,7 +181,7 @@ class Agent:
         if self.config.prometheus_serve_addr:
             bound = self.metrics.serve(self.config.prometheus_serve_addr)
             log.info("serving Prometheus metrics on http://%s/metrics", bound)
-        self.controllers.add("pod-processes", 5.0, self._process_controller)
+        self.controllers.add("pod-processes", PROCESS_INTERVAL, self._process_controller)
         self.controllers.start()
         log.info(
             "agent ready: %d endpoints restored, policy revision %d",
@@ -229,7 +230,7 @@ class Agent:
                 # Reuses the devices and routes when they are intact.
                 ep.network = self._pod_network(ep)
                 self.datapath.attach(ep.ifname, ep.network.host_ifindex)
-                self._restart_dead_processes(ep)
+                self._supervise(ep)
                 ep.set_state(EndpointState.WAITING_TO_REGENERATE, "restored after agent restart")
             except Exception as exc:  # keep the others; this one is reported
                 ep.set_state(EndpointState.NOT_READY, f"restore failed: {exc}")
@@ -541,10 +542,12 @@ class Agent:
         ep: Endpoint | None = None
         try:
             ep = self._create_endpoint(req, self._security_labels(pod))
-            containers = container_specs(pod)
-            ep.processes = pods.start_containers(netns, containers, self._log_dir(ep))
-            if not pods.wait_ready(netns, containers):
-                raise AgentError("containers did not start listening on their ports in time")
+            specs = pods.container_specs(pod)
+            ep.containers = supervisor.start_containers(path, specs, self._log_dir(ep), time.time())
+            for spec, status in zip(specs, ep.containers, strict=True):
+                status.ready = spec.readiness is None  # else its probe decides
+            if not supervisor.wait_builtin_ready(path, specs, pods.READY_TIMEOUT):
+                raise AgentError("the built-in responder did not listen on its ports in time")
         except BaseException:
             if ep is not None:
                 self._destroy_endpoint(ep)
@@ -626,7 +629,7 @@ class Agent:
             self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
         conntrack.flush(self.datapath.ct, ep.id)
         if ep.is_local_pod:
-            pods.remove_sandbox(self._local_netns(ep.namespace, ep.pod), ep.processes)
+            pods.remove_sandbox(self._local_netns(ep.namespace, ep.pod), ep.containers)
         remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
         self._give_back_address(ep)
         self.identities.release(ep.identity)
@@ -644,19 +647,37 @@ class Agent:
     def _log_dir(self, ep: Endpoint) -> Path:
         return self.config.state_dir / "logs" / ep.namespace / ep.pod
 
-    def _restart_dead_processes(self, ep: Endpoint) -> bool:
-        """Restart a pod's processes if any died; True when it did."""
+    def _supervise(self, ep: Endpoint) -> bool:
+        """Restart a local pod's exited containers per its restartPolicy; True when
+        something changed."""
         pod = self.objects.pod(ep.namespace, ep.pod) if ep.is_local_pod else None
-        if pod is None or all(process_alive(p) for p in ep.processes):
+        if pod is None:
             return False
-        for p in ep.processes:
-            stop_process(p)
-        netns = self._local_netns(ep.namespace, ep.pod)
-        ep.processes = pods.start_containers(netns, container_specs(pod), self._log_dir(ep))
-        ep.log.append(
-            {"time": time.time(), "state": ep.state.value, "message": "processes restarted"}
-        )
-        return True
+        specs, now, log_dir = pods.container_specs(pod), time.time(), self._log_dir(ep)
+        if [c.name for c in ep.containers] != [s.name for s in specs]:
+            supervisor.stop_containers(ep.containers)  # state of an older agent
+            pods.kill_netns_processes(self._local_netns(ep.namespace, ep.pod))
+            ep.containers = supervisor.start_containers(ep.netns, specs, log_dir, now)
+            events = ["containers started again"]
+        else:
+            policy = pod.spec.restartPolicy
+            events = supervisor.supervise(ep.netns, specs, ep.containers, policy, log_dir, now)
+        for event in events:
+            log.info("pod %s: %s", ep.name, event)
+            ep.log.append({"time": now, "state": ep.state.value, "message": event})
+        return bool(events)
+
+    def _probes_due(self) -> list[tuple[Endpoint, supervisor.ContainerSpec, int]]:
+        """(endpoint, container, index) of every readiness check due now."""
+        now, due = time.time(), []
+        for ep in self.endpoints.values():
+            pod = self.objects.pod(ep.namespace, ep.pod) if ep.is_local_pod else None
+            if pod is None:
+                continue
+            for i, spec in enumerate(pods.container_specs(pod)):
+                if i < len(ep.containers) and supervisor.probe_due(spec, ep.containers[i], now):
+                    due.append((ep, spec, i))
+        return due
 
     def regenerate_endpoint(self, key: str) -> Endpoint:
         """Re-attach the programs of one endpoint if they are missing and reprogram it."""
@@ -799,11 +820,19 @@ class Agent:
 
     @staticmethod
     def pod_row(ep: Endpoint) -> dict[str, Any]:
+        containers = ep.containers
         return {
             "ipv4": ep.ipv4,
             "identity": ep.identity,
             "endpoint": ep.id,
             "state": ep.state.value,
+            "phase": supervisor.pod_phase(containers),
+            "ready": f"{sum(c.ready for c in containers)}/{len(containers)}",
+            "restarts": sum(c.restarts for c in containers),
+            "containers": [
+                {k: c.to_dict()[k] for k in ("name", "ready", "state", "restarts", "exit_code")}
+                for c in containers
+            ],
         }
 
     def pod_status(self) -> dict[str, dict[str, Any]]:
@@ -831,10 +860,20 @@ class Agent:
             return f"{len(report.repaired)} repairs"
 
     def _process_controller(self) -> str:
+        """Restarts exited containers, then runs the readiness checks that are due
+        (outside the lock: a probe may take its timeout)."""
         with self.lock:
-            restarted = [
-                ep.name for ep in self.endpoints.values() if self._restart_dead_processes(ep)
-            ]
-            if restarted:
+            changed = {ep.name for ep in self.endpoints.values() if self._supervise(ep)}
+            due = self._probes_due()
+        results = [(ep, spec, i, supervisor.check_ready(ep.netns, spec)) for ep, spec, i in due]
+        with self.lock:
+            now = time.time()
+            for ep, spec, i, ok in results:
+                current = self.endpoints.get(ep.id) is ep and i < len(ep.containers)
+                if current and supervisor.record_probe(spec, ep.containers[i], ok, now):
+                    changed.add(ep.name)
+            if changed:
                 self.save()
-        return f"restarted {', '.join(restarted)}" if restarted else "all running"
+                if self.cluster is not None:
+                    self.cluster.publish()
+        return f"changed {', '.join(sorted(changed))}" if changed else "no change"

@@ -13,7 +13,7 @@ from cilia.datapath.netns import resolve_netns
 from cilia.datapath.pod_network import GATEWAY_IP, POD_IFNAME, PodNetwork
 from cilia.labels import Labels
 from cilia.policy.desired import EndpointPolicy
-from cilia.runtime.processes import ProcessRecord
+from cilia.runtime.supervisor import ContainerStatus
 
 
 class EndpointState(StrEnum):
@@ -77,7 +77,8 @@ class Endpoint:
     identity: int = 0
     state: EndpointState = EndpointState.CREATING
     network: PodNetwork | None = None
-    processes: list[ProcessRecord] = field(default_factory=list)
+    containers: list[ContainerStatus] = field(default_factory=list)
+    """A local pod's containers: their processes, restarts and readiness."""
     policy: EndpointPolicy = field(default_factory=EndpointPolicy)
     policy_revision: int = 0
     extra_labels: Labels = field(default_factory=Labels)
@@ -163,7 +164,7 @@ class Endpoint:
                 None if self.runtime_labels is None else self.runtime_labels.to_list()
             ),
             "network": self.network.to_dict() if self.network else None,
-            "processes": [p.to_dict() for p in self.processes],
+            "containers": [c.to_dict() for c in self.containers],
             "extra_labels": self.extra_labels.to_list(),
             "labels_released": self.labels_released,
             "trace": self.trace,
@@ -192,7 +193,7 @@ class Endpoint:
             identity=d["identity"],
             state=EndpointState.RESTORING,
             network=PodNetwork.from_dict(d["network"]) if d.get("network") else None,
-            processes=[ProcessRecord.from_dict(p) for p in d.get("processes", [])],
+            containers=[ContainerStatus.from_dict(c) for c in d.get("containers", [])],
             extra_labels=Labels.parse(d.get("extra_labels", [])),
             labels_released=bool(d.get("labels_released", False)),
             trace=bool(d.get("trace", False)),

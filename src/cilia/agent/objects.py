@@ -18,9 +18,8 @@ from cilia.k8s.manifests import (
     parse_manifest,
 )
 from cilia.policy.services import ServiceBackends
-from cilia.runtime.local import ContainerSpec, responder_argv
 
-__all__ = ["ObjectConflict", "ObjectStore", "container_specs", "display", "dump"]
+__all__ = ["ObjectConflict", "ObjectStore", "display", "dump"]
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -34,19 +33,6 @@ _APPLY_ORDER = {
     "Endpoints": 1,
     "Pod": 2,
 }
-
-
-def container_specs(pod: Pod) -> list[ContainerSpec]:
-    """What to run: the container's command, or the built-in responder for its ports."""
-    specs = []
-    for c in pod.spec.containers:
-        tcp = [p.containerPort for p in c.ports if p.protocol == "TCP"]
-        udp = [p.containerPort for p in c.ports if p.protocol == "UDP"]
-        argv = [*(c.command or []), *(c.args or [])]
-        if not argv and (tcp or udp):
-            argv = responder_argv(f"{pod.namespace}/{pod.name}", tcp, udp)
-        specs.append(ContainerSpec(c.name, argv, tcp, udp))
-    return specs
 
 
 class ObjectStore:

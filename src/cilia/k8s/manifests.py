@@ -153,8 +153,56 @@ class ContainerPort(_Model):
         return value
 
 
+ProbePort = Annotated[int, Field(strict=True), AfterValidator(_port_in_range)] | str
+"""A probe's port: a number, or the name of one of the container's ports."""
+
+
+class TCPSocketAction(_Model):
+    """Ready when a TCP connection to the port opens."""
+
+    port: ProbePort
+
+
+class HTTPGetAction(_Model):
+    """Ready when GET `path` on the port answers 200-399."""
+
+    port: ProbePort
+    path: str = "/"
+    scheme: Literal["HTTP"] = "HTTP"
+
+
+class ExecAction(_Model):
+    """Ready when the command, run in the pod, exits 0."""
+
+    command: list[str] = Field(min_length=1)
+
+
+class Probe(_Model):
+    """A readinessProbe: one handler and Kubernetes' timing fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    tcpSocket: TCPSocketAction | None = None
+    httpGet: HTTPGetAction | None = None
+    exec_: ExecAction | None = Field(None, alias="exec")
+    initialDelaySeconds: int = Field(0, ge=0)
+    periodSeconds: int = Field(10, ge=1)
+    timeoutSeconds: int = Field(1, ge=1)
+    successThreshold: int = Field(1, ge=1)
+    failureThreshold: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Probe:
+        given = [n for n in ("tcpSocket", "httpGet", "exec_") if getattr(self, n) is not None]
+        if len(given) != 1:
+            fail("give exactly one of tcpSocket, httpGet, exec")
+        return self
+
+
 class Container(_Model):
-    """A container: `command`/`args` run in the pod; `image` and `env` are accepted and ignored."""
+    """A container: `command`/`args` run in the pod; `image` and `env` are accepted and
+    ignored. `ports` are informational, as in Kubernetes; `readinessProbe` says when the
+    container is ready (without one: once its process runs)."""
 
     name: str
     image: str | None = None
@@ -162,6 +210,16 @@ class Container(_Model):
     args: list[str] | None = None
     ports: list[ContainerPort] = Field(default_factory=list)
     env: list[dict[str, Any]] | None = None
+    readinessProbe: Probe | None = None
+
+    @model_validator(mode="after")
+    def _probe_port_named(self) -> Container:
+        probe = self.readinessProbe
+        action = (probe.tcpSocket or probe.httpGet) if probe else None
+        port = action.port if action else None
+        if isinstance(port, str) and port not in {p.name for p in self.ports}:
+            fail(f"no container port named {port!r}", "readinessProbe.port")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -175,6 +233,7 @@ class PodSpec(_Model):
     """The parts of a pod spec Cilia runs."""
 
     containers: list[Container] = Field(min_length=1)
+    restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
     serviceAccountName: str | None = None
     nodeName: str | None = Field(
         None, description="the node the pod runs on (cluster mode); unset: the scheduler picks"

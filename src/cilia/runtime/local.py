@@ -11,25 +11,16 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
 from cilia.datapath.netns import create_netns, delete_netns, netns_exists, resolve_netns
-from cilia.runtime.processes import ProcessRecord, start_process, stop_process, wait_listening
+from cilia.k8s.manifests import Container, Pod
+from cilia.runtime.supervisor import ContainerSpec, ContainerStatus, Readiness, stop_containers
 
 log = logging.getLogger("cilia.agent")
 
 READY_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """What the runtime needs of one container."""
-
-    name: str
-    argv: list[str]
-    tcp_ports: list[int]
-    udp_ports: list[int]
+"""Seconds a pod's built-in responders have to listen on their ports."""
 
 
 def responder_argv(pod: str, tcp: list[int], udp: list[int]) -> list[str]:
@@ -42,6 +33,41 @@ def responder_argv(pod: str, tcp: list[int], udp: list[int]) -> list[str]:
     return argv
 
 
+def _readiness(container: Container) -> Readiness | None:
+    probe = container.readinessProbe
+    if probe is None:
+        return None
+    timing = (
+        float(probe.initialDelaySeconds),
+        float(probe.periodSeconds),
+        float(probe.timeoutSeconds),
+        probe.successThreshold,
+        probe.failureThreshold,
+    )
+    if probe.exec_ is not None:
+        return Readiness("exec", 0, "/", tuple(probe.exec_.command), *timing)
+    action = probe.tcpSocket or probe.httpGet
+    assert action is not None  # the manifest's validation: exactly one handler
+    names = {p.name: p.containerPort for p in container.ports if p.name}
+    port = names[action.port] if isinstance(action.port, str) else action.port
+    path = probe.httpGet.path if probe.httpGet is not None else "/"
+    return Readiness("http" if probe.httpGet else "tcp", port, path, (), *timing)
+
+
+def container_specs(pod: Pod) -> list[ContainerSpec]:
+    """What to run: each container's command, or the built-in responder for its ports."""
+    specs = []
+    for c in pod.spec.containers:
+        tcp = [p.containerPort for p in c.ports if p.protocol == "TCP"]
+        udp = [p.containerPort for p in c.ports if p.protocol == "UDP"]
+        argv = [*(c.command or []), *(c.args or [])]
+        builtin = not argv and bool(tcp or udp)
+        if builtin:
+            argv = responder_argv(f"{pod.namespace}/{pod.name}", tcp, udp)
+        specs.append(ContainerSpec(c.name, argv, tcp, udp, builtin, _readiness(c)))
+    return specs
+
+
 def create_sandbox(netns: str) -> str:
     """Create (or reuse) the pod's named network namespace; returns its path."""
     if not netns_exists(netns):
@@ -49,38 +75,9 @@ def create_sandbox(netns: str) -> str:
     return resolve_netns(netns)
 
 
-def start_containers(
-    netns: str, containers: list[ContainerSpec], log_dir: Path
-) -> list[ProcessRecord]:
-    """Start every container's process inside the pod; stops them all if one fails."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    started: list[ProcessRecord] = []
-    try:
-        for c in containers:
-            if c.argv:
-                log_file = log_dir / f"{c.name}.log"
-                started.append(start_process(resolve_netns(netns), c.argv, log_file))
-    except BaseException:
-        for rec in started:
-            stop_process(rec)
-        raise
-    return started
-
-
-def wait_ready(netns: str, containers: list[ContainerSpec]) -> bool:
-    """Wait until every declared port listens in the pod; True when ready."""
-    return wait_listening(
-        resolve_netns(netns),
-        tcp=[p for c in containers for p in c.tcp_ports],
-        udp=[p for c in containers for p in c.udp_ports],
-        timeout=READY_TIMEOUT,
-    )
-
-
-def remove_sandbox(netns: str, processes: list[ProcessRecord]) -> None:
+def remove_sandbox(netns: str, containers: Sequence[ContainerStatus]) -> None:
     """Stop the pod's processes and delete its namespace (idempotent)."""
-    for rec in processes:
-        stop_process(rec)
+    stop_containers(containers)
     kill_netns_processes(netns)
     delete_netns(netns)
 

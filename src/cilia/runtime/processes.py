@@ -18,8 +18,10 @@ from typing import Any
 
 from cilia.datapath.netns import popen_in_netns, setns
 
-# Children started by this process, so they are reaped (no zombies, no warnings).
+# Children started by this process, so they are reaped (no zombies, no warnings),
+# and the exit status of those reaped, by PID, until asked for or stopped.
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_exited: dict[int, int] = {}
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 
 def _reap(pid: int) -> None:
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is not None and (code := child.poll()) is not None:
         del _children[pid]
+        _exited[pid] = code
 
 
 def start_process(
@@ -80,6 +83,13 @@ def process_alive(rec: ProcessRecord) -> bool:
     """True if the recorded process (same PID and start time) is running."""
     _reap(rec.pid)
     return _running(rec.pid, rec.start_time)
+
+
+def exit_code(rec: ProcessRecord) -> int | None:
+    """The exit status of a process that ended, if this process started it (a process
+    an earlier agent started is not our child: None)."""
+    _reap(rec.pid)
+    return _exited.pop(rec.pid, None)
 
 
 def _group(pgid: int) -> list[tuple[int, int]]:
@@ -114,12 +124,15 @@ def stop_process(rec: ProcessRecord, timeout: float = 2.0) -> None:
         for pid, start in members:
             if _running(pid, start):
                 _kill(pid, signal.SIGKILL)
+    _exited.pop(rec.pid, None)
     child = _children.pop(rec.pid, None)
     if child is not None:
         child.wait()
 
 
-def _listening(path: str, proto: str) -> set[int]:
+def listening(path: str, proto: str) -> set[int]:
+    """Ports with a listening TCP socket (`tcp`) or a bound UDP socket (`udp`) in the
+    namespace at `path`."""
     ports: set[int] = set()
     with setns(path):  # /proc/thread-self/net shows this thread's namespace
         for name in (proto, proto + "6"):
@@ -142,7 +155,7 @@ def wait_listening(
     want_tcp, want_udp = set(tcp), set(udp)
     deadline = time.monotonic() + timeout
     while True:
-        if want_tcp <= _listening(netns_path, "tcp") and want_udp <= _listening(netns_path, "udp"):
+        if want_tcp <= listening(netns_path, "tcp") and want_udp <= listening(netns_path, "udp"):
             return True
         if time.monotonic() >= deadline:
             return False
