@@ -152,15 +152,16 @@ def test_wide_table_has_node_ip_and_identity(world: World) -> None:
     ep = _endpoints(c)[f"{world.ns}/db"]
     node = c.run("status", "-o", "json").json()["node"]
     narrow = c.run("get", "pods", "-n", world.ns).stdout.splitlines()
-    assert narrow[0].split() == ["NAME", "READY", "STATUS", "STATE"]
+    assert narrow[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "STATE"]
     assert [line.split() for line in narrow if line.startswith("db ")] == [
-        ["db", "1/1", "Running", "ready"]
+        ["db", "1/1", "Running", "0", "ready"]
     ]
     wide = c.run("get", "pods", "-n", world.ns, "-o", "wide").stdout.splitlines()
     assert wide[0].split() == [
         "NAME",
         "READY",
         "STATUS",
+        "RESTARTS",
         "STATE",
         "IP",
         "NODE",
@@ -173,6 +174,7 @@ def test_wide_table_has_node_ip_and_identity(world: World) -> None:
         "db",
         "1/1",
         "Running",
+        "0",
         "ready",
         ep["ipv4"],
         node,

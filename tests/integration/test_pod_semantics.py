@@ -146,6 +146,8 @@ def test_restart_policy(
             assert _eventually(lambda: _row(cilia, name)["restarts"] >= 3, timeout=12)
             log = cilia.client.request("GET", f"/endpoint/default/{name}/log")
             assert any("exited (exit code" in e["message"] for e in log), log
+            pod = cilia.run("get", "pod", name, "-o", "json").json()
+            assert pod["status"]["containerStatuses"][0]["restartCount"] >= 3
         else:
             assert _eventually(lambda: _row(cilia, name)["phase"] == phase)
             time.sleep(1.5)

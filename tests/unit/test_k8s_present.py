@@ -204,3 +204,25 @@ def test_selector_empty_value_matches_empty_label() -> None:
 def test_selector_errors(text: str) -> None:
     with pytest.raises(ValidationError):
         parse_selector(text)
+
+
+def test_pod_containers_decide_ready_and_phase() -> None:
+    containers = [
+        {"name": "a", "ready": True, "state": "running", "restarts": 0, "exit_code": None},
+        {"name": "b", "ready": False, "state": "waiting", "restarts": 3, "exit_code": 1},
+    ]
+    row = {"node": "n1", "state": "ready", "phase": "Running", "containers": containers}
+    pod = present.pod(_pod_obj(), row, "192.168.1.2")
+    ready = _condition(pod, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "ContainersNotReady"
+    assert "b" in ready["message"]
+    statuses = pod["status"]["containerStatuses"]
+    assert [(c["name"], c["ready"], c["restartCount"]) for c in statuses] == [
+        ("a", True, 0),
+        ("b", False, 3),
+    ]
+    assert statuses[1]["state"] == {"waiting": {"reason": "CrashLoopBackOff"}}
+    done = [{"name": "a", "ready": False, "state": "terminated", "restarts": 0, "exit_code": 0}]
+    finished = present.pod(_pod_obj(), {**row, "phase": "Succeeded", "containers": done})
+    assert finished["status"]["phase"] == "Succeeded"
+    assert finished["status"]["containerStatuses"][0]["state"] == {"terminated": {"exitCode": 0}}

@@ -176,11 +176,11 @@ def _get_table(kind: str, items: list[dict[str, Any]], all_namespaces: bool, wid
         row.append(meta["name"])
         cilia = status.get("cilia", {})
         if kind == "pods":
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]
-            )
-            containers = len(item["spec"].get("containers", []))
-            row += [f"{containers if ready else 0}/{containers}", status["phase"], cilia["state"]]
+            containers = status.get("containerStatuses", [])
+            total = len(containers) or len(item["spec"].get("containers", []))
+            ready = sum(bool(c["ready"]) for c in containers)
+            restarts = sum(c["restartCount"] for c in containers)
+            row += [f"{ready}/{total}", status["phase"], restarts, cilia["state"]]
             if wide:
                 row += [
                     status.get("podIP", "<none>"),
@@ -200,7 +200,7 @@ def _get_table(kind: str, items: list[dict[str, Any]], all_namespaces: bool, wid
             row += [item["kind"], cilia.get("rules", "")]
         rows.append(row)
     if kind == "pods":
-        headers = ["NAME", "READY", "STATUS", "STATE"]
+        headers = ["NAME", "READY", "STATUS", "RESTARTS", "STATE"]
         if wide:
             headers += ["IP", "NODE", "IDENTITY", "ENDPOINT", "LABELS"]
     elif kind == "namespaces":

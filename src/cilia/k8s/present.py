@@ -93,6 +93,21 @@ def _condition(kind: str, ok: bool, reason: str = "", message: str = "") -> dict
     return out
 
 
+def _container_status(c: Mapping[str, Any]) -> dict[str, Any]:
+    """A containerStatuses item: name, ready, restartCount and its state."""
+    state: dict[str, Any] = {c.get("state", "running"): {}}
+    if c.get("state") == "terminated":
+        state["terminated"] = {"exitCode": c.get("exit_code")}
+    elif c.get("state") == "waiting":
+        state["waiting"] = {"reason": "CrashLoopBackOff"}
+    return {
+        "name": c["name"],
+        "ready": bool(c.get("ready")),
+        "restartCount": int(c.get("restarts", 0)),
+        "state": state,
+    }
+
+
 def pod(
     obj: Mapping[str, Any],
     row: Mapping[str, Any] | None = None,
@@ -100,7 +115,8 @@ def pod(
     created: float | None = None,
 ) -> dict[str, Any]:
     """A Pod: the applied manifest `obj`, what its node reports (`row`: node, ipv4,
-    identity, endpoint, state, detail) and the node's address `host_ip`."""
+    identity, endpoint, state, detail, phase, containers) and the node's address
+    `host_ip`."""
     row = row or {}
     out = _object(obj, created)
     spec = out.setdefault("spec", {})
@@ -108,17 +124,26 @@ def pod(
     if node:
         spec["nodeName"] = node
     state = row.get("state") or None
-    ready = state == "ready"
+    containers = row.get("containers") or []
+    unready = [c["name"] for c in containers if not c.get("ready")]
+    ready = state == "ready" and not unready
     message = f"endpoint state: {state or 'not reported'}"
     if row.get("detail"):
         message += f" ({row['detail']})"
+    if unready:
+        message = f"containers not ready: {', '.join(unready)}; {message}"
+    phase = pod_phase(state)
     status: dict[str, Any] = {
-        "phase": pod_phase(state),
+        "phase": row.get("phase", phase) if phase == "Running" else phase,
         "conditions": [
             _condition("PodScheduled", bool(node), "Unschedulable", "no node yet"),
-            _condition("Ready", ready, "EndpointNotReady", message),
+            _condition(
+                "Ready", ready, "ContainersNotReady" if unready else "EndpointNotReady", message
+            ),
         ],
     }
+    if containers:
+        status["containerStatuses"] = [_container_status(c) for c in containers]
     if host_ip:
         status["hostIP"] = host_ip
         status["hostIPs"] = [{"ip": host_ip}]
