@@ -42,8 +42,10 @@ from cilia.agent.objects import (
 from cilia.agent.observe import StateWatcher
 from cilia.agent.runtimes import Runtimes
 from cilia.agent.state import load_state, save_state
+from cilia.agent.trigger import Trigger
 from cilia.agent.workloads import Workloads
 from cilia.datapath import conntrack
+from cilia.datapath.address_watch import AddressWatch
 from cilia.datapath.host_address import ensure_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import is_netns
@@ -121,6 +123,8 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.watcher = StateWatcher(self.monitor, self.metrics)
         self._ipcache: dict[str, int] = {}
+        self.host_addresses = Trigger("host-addresses", self._host_addresses_changed)
+        self.address_watch = AddressWatch(self.host_addresses.fire)
         self.l7 = L7Gateway(
             config.state_dir / "proxy", lambda: self._ipcache, self.monitor, self._endpoint_of_ip
         )
@@ -183,6 +187,9 @@ class Agent:
             log.info("serving Prometheus metrics on http://%s/metrics", bound)
         self.controllers.add("pod-processes", PROCESS_INTERVAL, self._process_controller)
         self.controllers.start()
+        if self.config.legacy_host_allows_world:
+            self.host_addresses.start()
+            self.address_watch.start()
         log.info(
             "agent ready: %d endpoints restored, policy revision %d",
             len(self.endpoints),
@@ -191,6 +198,8 @@ class Agent:
 
     def stop(self) -> None:
         """Stop controllers and close the datapath; pods and enforcement stay in place."""
+        self.address_watch.stop()
+        self.host_addresses.stop()
         self.runtimes.stop()
         self.controllers.stop()
         if self.cluster is not None:
@@ -274,16 +283,7 @@ class Agent:
             )
             changed = None
         self.resolver = resolver
-        ipcache = self._ipcache_desired()
-        tunnel_endpoints: dict[str, str] = {}
-        if self.cluster is not None:
-            remote, tunnel_endpoints = self.cluster.remote_entries(ipcache)
-            ipcache |= remote
-            self.datapath.sync_tunnels(self.cluster.member.tunnels())
-        self.datapath.sync_ipcache(ipcache, self.cidr.identities(), tunnel_endpoints)
-        if ipcache != self._ipcache:
-            self._ipcache = ipcache
-            self.l7.refresh()
+        self._sync_ipcache()
         local = {ep.identity: ep.labels for ep in self.endpoints.values() if ep.network}
         ingress_of = functools.cache(lambda identity: resolver.resolve(local[identity]).redirects)
         for ep in self.endpoints.values():
@@ -332,6 +332,25 @@ class Agent:
     def _policy_rules(self) -> list[Rule]:
         """The repository's rules with `toServices` resolved against Services/Endpoints."""
         return self._translate_services(self.repo.rules, self.objects.services())
+
+    def _sync_ipcache(self) -> None:
+        """Program the ipcache (and in cluster mode the tunnels) as desired now."""
+        ipcache = self._ipcache_desired()
+        tunnel_endpoints: dict[str, str] = {}
+        if self.cluster is not None:
+            remote, tunnel_endpoints = self.cluster.remote_entries(ipcache)
+            ipcache |= remote
+            self.datapath.sync_tunnels(self.cluster.member.tunnels())
+        self.datapath.sync_ipcache(ipcache, self.cidr.identities(), tunnel_endpoints)
+        if ipcache != self._ipcache:
+            self._ipcache = ipcache
+            self.l7.refresh()
+
+    def _host_addresses_changed(self, reasons: list[str]) -> None:
+        """Node addresses are host in legacy mode: the ipcache follows them at once."""
+        with self.lock:
+            self._sync_ipcache()
+        log.info("%s: ipcache updated", "; ".join(reasons))
 
     def _ipcache_desired(self) -> dict[str, int]:
         """Endpoints, CIDR prefixes and the router address (host); other node addresses
