@@ -54,7 +54,10 @@ class Left:
             devices=c.devices(),
             netns={ep["netns"] for ep in state["endpoints"]},
             processes=[
-                ProcessRecord.from_dict(p) for ep in state["endpoints"] for p in ep["processes"]
+                ProcessRecord.from_dict(c["process"])
+                for ep in state["endpoints"]
+                for c in ep["containers"]
+                if c["process"]
             ],
             map_inode=(c.config.bpf_dir / "maps" / "cilia_policy").stat().st_ino,
             links={p.name for p in (c.config.bpf_dir / "links").iterdir()},
@@ -76,7 +79,7 @@ def test_clean_state_removes_what_a_crashed_agent_left(tmp_path: Path) -> None:
         out = c.run("up", "--clean-state")
         assert "agent running" in out.stdout
         assert c.client.request("GET", "/endpoint") == []
-        assert c.run("get", "pods", "-o", "json").json() == []
+        assert c.run("get", "pods", "-A", "-o", "json").json()["items"] == []
         assert c.client.request("GET", "/policy")["rules"] == []
         assert not any(Path(f"/sys/class/net/{d}").exists() for d in before.devices)
         assert not any(Path(netns).exists() for netns in before.netns)
