@@ -7,15 +7,22 @@ checked to leave nothing behind.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.cluster.harness import ClusterHandle, running_cluster
 
 NODES = 3
 LEASE_TTL = 4
 LEASE_KEEPALIVE = 1
+
+# Property-based tests: bounded in CI; HYPOTHESIS_PROFILE=long for a long run.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.register_profile("long", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

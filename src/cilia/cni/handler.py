@@ -80,7 +80,7 @@ def _dispatch(
 def _version_of(stdin: str) -> str:
     try:
         version = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return SPEC_VERSION
     return version if version in SUPPORTED_VERSIONS else SPEC_VERSION
 
@@ -103,11 +103,16 @@ def cni_args(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def read_config(text: str) -> dict[str, Any]:
     """The network configuration from stdin, checked for what the plugin needs."""
     try:
-        conf = json.loads(text)
-    except ValueError as exc:
+        # NaN and Infinity are not JSON, and would come back in a result (dns)
+        conf = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
         raise CniError(DECODE_FAILURE, "network configuration is not JSON", str(exc)) from None
     if not isinstance(conf, dict):
         raise CniError(INVALID_CONFIG, "network configuration must be a JSON object")
@@ -212,8 +217,13 @@ def cmd_check(conf: dict[str, Any], env: Mapping[str, str], owner: EndpointOwner
     problems: list[str] = []
     if ep.get("pod-interface") != env.get("CNI_IFNAME", ep.get("pod-interface")):
         problems.append(f"the endpoint's interface is {ep.get('pod-interface')}")
-    prev = conf.get("prevResult") or {}
-    prev_ips = {i.get("address", "").split("/")[0] for i in prev.get("ips", [])}
+    prev = conf.get("prevResult")
+    ips = prev.get("ips") if isinstance(prev, dict) else None
+    prev_ips = {
+        i["address"].split("/")[0]
+        for i in (ips if isinstance(ips, list) else [])
+        if isinstance(i, dict) and isinstance(i.get("address"), str)
+    }
     if prev_ips and ep["ipv4"] not in prev_ips:
         problems.append(f"the endpoint has {ep['ipv4']}, the previous result {sorted(prev_ips)}")
     try:
@@ -231,7 +241,13 @@ def cmd_gc(conf: dict[str, Any], owner: EndpointOwner) -> None:
     valid = conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments"))
     if not isinstance(valid, list):
         raise CniError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments (a list)")
-    keep = {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
+    keep = {
+        (a["containerID"], a["ifname"])
+        for a in valid
+        if isinstance(a, dict)
+        and isinstance(a.get("containerID"), str)
+        and isinstance(a.get("ifname"), str)
+    }
     for ep in owner.endpoint_views():
         if ep.get("runtime") == "cni" and (ep["container-id"], ep["pod-interface"]) not in keep:
             cid = ep["container-id"]

@@ -56,15 +56,20 @@ class _ScanContext:
     memo: dict[str, str] = {}
 
 
-def _config(stdin: bytes) -> dict[str, object]:
-    """The configuration object; the agent checks its fields."""
-    text = stdin.decode("utf-8", "replace").strip()
+def _document(text: str) -> tuple[bool, object]:
+    """(whether `text` is one JSON document, its value)."""
     try:
         # typeshed types the context as a scanner; any object with these fields does
         value, end = _json.make_scanner(_ScanContext())(text, 0)  # type: ignore[arg-type]
-    except Exception:  # StopIteration, or the error json.decoder would describe
-        value, end = None, -1
-    if end != len(text):
+    except Exception:  # StopIteration, RecursionError, or what json.decoder would describe
+        return False, None
+    return end == len(text), value
+
+
+def _config(stdin: bytes) -> dict[str, object]:
+    """The configuration object; the agent checks its fields."""
+    whole, value = _document(stdin.decode("utf-8", "replace").strip())
+    if not whole:
         raise _Failure(DECODE_FAILURE, "network configuration is not JSON")
     if not isinstance(value, dict):
         raise _Failure(INVALID_CONFIG, "network configuration must be a JSON object")
@@ -88,7 +93,9 @@ def _request(command: str, stdin: bytes) -> bytes:
     head.append(b"Content-Type: application/json")
     head.append(b"Content-Length: %d" % len(stdin))
     for name in ("CNI_COMMAND", *ENVIRONMENT):
-        value = os.environb.get(name.encode(), b"") if name != "CNI_COMMAND" else command.encode()
+        value = (
+            os.environb.get(name.encode(), b"") if name != "CNI_COMMAND" else os.fsencode(command)
+        )
         if b"\r" in value or b"\n" in value:
             raise _Failure(INVALID_ENVIRONMENT, f"{name} holds a line break")
         head.append(name.replace("_", "-").encode() + b": " + value)
@@ -110,6 +117,8 @@ def _exchange(socket_path: str, request: bytes) -> bytes:
         ) from None
     except OSError as exc:
         raise _Failure(IO_FAILURE, "talking to the cilia agent failed", str(exc)) from None
+    except ValueError as exc:  # a path the file system cannot name (lone surrogates)
+        raise _Failure(INVALID_CONFIG, "agent-socket is not a usable path", str(exc)) from None
     finally:
         sock.close()
     return b"".join(chunks)
@@ -123,9 +132,12 @@ def _answer(raw: bytes) -> tuple[int, bytes]:
         (v.strip() for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "cni-exit"),
         None,
     )
-    if exit_code not in ("0", "1"):
-        text = body.decode(errors="replace")[:500]
-        raise _Failure(AGENT_FAILED, f"the cilia agent answered {lines[0]}", text)
+    text = body.decode(errors="replace").strip()
+    whole, value = _document(text)
+    # passed on only when whole: an object (error or result), or nothing on success
+    printable = whole and isinstance(value, dict) if text else exit_code == "0"
+    if exit_code not in ("0", "1") or not printable:
+        raise _Failure(AGENT_FAILED, f"the cilia agent answered {lines[0]}", text[:500])
     return int(exit_code), body
 
 

@@ -20,6 +20,8 @@ class Reader:
     def __init__(self, data: bytes, offset: int = 0) -> None:
         self.data = data
         self.pos = offset
+        self.items = 0
+        """Array elements read so far (see `schema.MAX_ITEMS`)."""
 
     @property
     def remaining(self) -> int:

@@ -18,6 +18,12 @@ _LAST = 0x7FFF
 Struct = tuple["Field", ...]
 Value = dict[str, Any]
 
+MAX_ITEMS = 200_000
+"""Most array elements one message may hold, all arrays together: far above what a
+client sends a broker (partitions of one request), and a bound on what a hostile frame
+costs, since an element of a byte or two becomes a dict of a few hundred bytes, and its
+denial a kilobyte (~1000 times the frame otherwise, which may be 100 MiB)."""
+
 
 def _range(text: str) -> tuple[int, int]:
     if text.endswith("+"):
@@ -85,6 +91,9 @@ def _read_field(fld: Field, r: Reader, version: int, flexible: bool) -> Any:
         return None
     if n > r.remaining:
         raise DecodeError(f"array {fld.name} claims {n} items with {r.remaining} bytes left")
+    r.items += n
+    if r.items > MAX_ITEMS:
+        raise DecodeError(f"more than {MAX_ITEMS} array elements (array {fld.name})")
     return [_read_one(fld.type, r, version, flexible) for _ in range(n)]
 
 
