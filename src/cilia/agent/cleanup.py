@@ -142,7 +142,8 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
             removed.append(Removed("netns", f"netns {name}"))
     # Without a state file (lost, unreadable), the link pins still name the devices: a
     # runtime container's veth, whose namespace is not ours, is found that way.
-    for ifname, ifindex in pinned_devices(config.bpf_dir / "links").items():
+    pins = bpffs.host_view(config.bpf_dir, config.host_proc)
+    for ifname, ifindex in pinned_devices(pins / "links").items():
         if ifname.startswith("lxc") and remove_host_veth(ifname, ifindex):
             removed.append(Removed("device", f"device {ifname} (attached, not in the state)"))
     for pid, argv in agent_processes(config):
@@ -158,9 +159,9 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
         removed.append(Removed("device", f"device {config.overlay_device} (and its routes)"))
     if remove_host_address(config.host_router_ip):
         removed.append(Removed("address", f"router address {config.host_router_ip}"))
-    if config.bpf_dir.exists():
-        bpffs.remove_pins(config.bpf_dir)
-        removed.append(Removed("pins", f"pins {config.bpf_dir}"))
+    if pins.exists():
+        bpffs.remove_pins(pins)
+        removed.append(Removed("pins", f"pins {pins}"))
     for path in (config.state_dir,) if starting else (config.state_dir, config.cache_dir):
         if path.exists():
             shutil.rmtree(path)

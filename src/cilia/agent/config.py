@@ -30,6 +30,11 @@ class AgentConfig(BaseSettings):
     run_dir: Path = Field(Path(RUN_DIR), description="socket, pid file and log")
     state_dir: Path = Field(Path("/var/lib/cilia"), description="endpoint and policy state")
     bpf_dir: Path = Field(Path("/sys/fs/bpf/cilia"), description="pins of maps and links")
+    host_proc: Path = Field(
+        Path("/proc/1"),
+        description="a process of the host's mount namespace, whose bpffs an agent in a mount "
+        "namespace of its own pins into (as /hostproc/1 in a container)",
+    )
     cache_dir: Path = Field(Path("/var/cache/cilia"), description="compiled BPF objects")
     config_file: Path | None = Field(None, description="YAML file of settings (flags' keys)")
     clean_state: bool = Field(False, description="remove every earlier state before starting")

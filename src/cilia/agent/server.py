@@ -14,6 +14,7 @@ from cilia.agent.clean_state import clean_state
 from cilia.agent.config import AgentConfig
 from cilia.agent.daemon import Agent
 from cilia.agent.errors import AgentError
+from cilia.datapath import bpffs
 
 log = logging.getLogger("cilia.agent")
 
@@ -31,6 +32,13 @@ def run_agent(config: AgentConfig, log_level: str = "info") -> None:
     # Every process the agent starts (containers, Envoy) inherits this, which is how
     # `cilia down` finds them even after a crash.
     os.environ["CILIA_NAME_PREFIX"] = config.name_prefix
+    try:
+        pins = bpffs.pin_dir(config.bpf_dir, config.host_proc)
+    except bpffs.BpffsError as exc:
+        raise SystemExit(f"cilia agent: {exc}") from None
+    if pins != config.bpf_dir:
+        config = config.model_copy(update={"bpf_dir": pins})
+        log.info("own mount namespace: pinning into the host's bpffs at %s", config.bpf_dir)
     if config.clean_state:
         try:
             clean_state(config)

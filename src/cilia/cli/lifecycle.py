@@ -209,7 +209,9 @@ def up(timeout: float, **flags: Any) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            fail(f"agent exited with code {proc.returncode}; see {cfg.log_file}")
+            lines = cfg.log_file.read_text(errors="replace").strip().splitlines()
+            why = f": {lines[-1]}" if lines else ""
+            fail(f"agent exited with code {proc.returncode}{why} (log {cfg.log_file})")
         if client.healthy():
             click.echo(
                 f"agent running (pid {proc.pid}, socket {cfg.socket_path}, log {cfg.log_file})"

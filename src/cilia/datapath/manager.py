@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cilia.datapath import attach, bpffs, compiler, overlay, proxy_device
+from cilia.datapath import attach, compiler, overlay, proxy_device
 from cilia.datapath.layout import (
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
@@ -158,8 +158,8 @@ class Datapath:
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
-        """Compile (cached), load with pinned maps reused, and read back kernel state."""
-        bpffs.ensure_bpffs()
+        """Compile (cached), load with pinned maps reused, and read back kernel state
+        (the pin directory is on a bpffs: `bpffs.pin_dir` saw to it)."""
         obj_path = compiler.compile_object(self.source_dir, self.cache_dir)
         sizes = {"cilia_ct": self.ct_max_entries} if self.ct_max_entries else None
         self._obj = LoadedObject(obj_path, self.maps_dir, sizes)
