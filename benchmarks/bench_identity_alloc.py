@@ -26,6 +26,7 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing.synchronize import Event
@@ -82,14 +83,27 @@ def raw_worker(
         vars(kvclient)["GatewaySession"] = requests_session
     etcd = Etcd([url], timeout=30.0)
     etcd.get(prefix)  # connect before the clock starts
+    timed_writes(lambda i: etcd.create(f"{prefix}{i}", b"x"), agent, threads, ready, go, out)
+    etcd.close()
+
+
+def timed_writes(
+    write: Callable[[int], bool],
+    agent: int,
+    threads: int,
+    ready: Queue[int],
+    go: Event,
+    out: Queue[Any],
+) -> None:
+    """Report ready, wait for the start, `write` this agent's share from `threads`
+    threads and report (agent, start, end, keys written, CPU seconds)."""
     cpu = time.process_time()
     ready.put(agent)
     go.wait()
     start = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
-        created = list(pool.map(lambda i: etcd.create(f"{prefix}{i}", b"x"), share(agent)))
+        created = list(pool.map(write, share(agent)))
     out.put((agent, start, time.monotonic(), sum(created), time.process_time() - cpu))
-    etcd.close()
 
 
 def same_writes_worker(
@@ -125,13 +139,7 @@ def same_writes_worker(
             [Put(master, encoded.encode()), Put(keys.reference(encoded, node), b"x", lease)],
         ).succeeded
 
-    cpu = time.process_time()
-    ready.put(agent)
-    go.wait()
-    start = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        created = list(pool.map(write, share(agent)))
-    out.put((agent, start, time.monotonic(), sum(created), time.process_time() - cpu))
+    timed_writes(write, agent, threads, ready, go, out)
     watch.cancel()
     etcd.revoke(lease)
     etcd.close()
