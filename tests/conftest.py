@@ -3,15 +3,32 @@
 `cluster`: one `cilia cluster up --nodes 3` per test session (short leases), used by the
 cluster tests and by the conformance suite's cluster run; removed at the end and
 checked to leave nothing behind.
+
+Hypothesis profiles: `ci` (the default: 200 examples per property, no deadline) and
+`long` (5000), chosen with `--hypothesis-profile=long` or `HYPOTHESIS_PROFILE=long`.
+Properties leave `max_examples` to the profile (the agent fuzz test takes a quarter).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.cluster.harness import ClusterHandle, running_cluster
+
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("long", settings.get_profile("ci"), max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NODES = 3
 LEASE_TTL = 4
