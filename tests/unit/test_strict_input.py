@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from cilia.agent.server import RequestLimits
+from cilia.k8s import strict_yaml
 from cilia.k8s.manifests import (
     InputLimits,
     ManifestError,
@@ -60,6 +62,38 @@ def refused(data: bytes | str, limits: InputLimits = DEFAULTS) -> str:
 )
 def test_refused_yaml_names_source_document_and_problem(data: bytes | str, message: str) -> None:
     assert message in refused(data)
+
+
+@pytest.fixture(params=["libyaml", "python"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of parsing: libyaml events (when PyYAML has it) and pure Python."""
+    if request.param == "python":
+        monkeypatch.setattr(strict_yaml, "_Loader", strict_yaml._StrictLoader)
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kind: Pod\nkind: Pod\n", "duplicate key 'kind' (first at line 1) at line 2, column 1"),
+        (
+            "a: &x [1]\nb: *x\n",
+            "alias *x is not allowed (no anchors or aliases) at line 2, column 4",
+        ),
+        ("[" * 65 + "]" * 65, "nested deeper than 64 levels at line 1, column 65"),
+        ("a: \x07\n", "unacceptable character #x0007 at line 1, column 4"),
+        ('a: "\\ud800"\n', "lone surrogate in a string at line 1, column 4"),
+        ("a: [\n", "document 1: invalid YAML: "),
+    ],
+)
+def test_both_loaders_refuse_alike(loader: str, text: str, message: str) -> None:
+    assert message in refused(text)
+    assert load_documents(POD, "x") == [yaml.safe_load(POD)]
+
+
+def test_json_escapes_beyond_the_bmp(loader: str) -> None:
+    value = {"a": "\U0001f600 ok", "b": ["\u00e9"]}
+    assert load_documents(json.dumps(value), "x") == [value]  # "\\ud83d\\ude00"
 
 
 def test_json_text_is_yaml() -> None:

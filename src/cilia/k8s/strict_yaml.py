@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -185,30 +186,16 @@ _StrictConstructor.yaml_multi_constructors = {}
 
 
 def _mark(event: yaml.Event) -> yaml.Mark | None:
-    mark = event.start_mark
-    return mark if isinstance(mark, yaml.Mark) else None
+    mark: Any = event.start_mark  # libyaml's marks have the same line and column
+    return cast("yaml.Mark | None", mark)
 
 
-class _StrictLoader(
-    yaml.reader.Reader,
-    yaml.scanner.Scanner,
-    yaml.parser.Parser,
-    yaml.composer.Composer,
-    _StrictConstructor,
-    _StrictResolver,
-):
-    def __init__(self, text: str, max_depth: int) -> None:
-        yaml.reader.Reader.__init__(self, text)
-        yaml.scanner.Scanner.__init__(self)
-        yaml.parser.Parser.__init__(self)
-        yaml.composer.Composer.__init__(self)
-        _StrictConstructor.__init__(self)
-        _StrictResolver.__init__(self)
-        self.max_depth = max_depth
-        self.depth = 0
+class _StrictComposer(yaml.composer.Composer):
+    max_depth: int
+    depth: int
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        event: yaml.Event = self.peek_event()  # type: ignore[attr-defined]  # the parser's
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(
                 problem=f"alias *{event.anchor} is not allowed (no anchors or aliases)",
@@ -227,6 +214,47 @@ class _StrictLoader(
         finally:
             if nested:
                 self.depth -= 1
+
+
+class _StrictLoader(
+    yaml.reader.Reader,
+    yaml.scanner.Scanner,
+    yaml.parser.Parser,
+    _StrictComposer,
+    _StrictConstructor,
+    _StrictResolver,
+):
+    """Pure Python: used when PyYAML was built without libyaml."""
+
+    def __init__(self, text: str, max_depth: int) -> None:
+        yaml.reader.Reader.__init__(self, text)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        _StrictComposer.__init__(self)
+        _StrictConstructor.__init__(self)
+        _StrictResolver.__init__(self)
+        self.max_depth = max_depth
+        self.depth = 0
+
+
+_Loader: Callable[[str, int], _StrictComposer] = _StrictLoader
+
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
+
+    class _FastStrictLoader(_StrictComposer, CParser, _StrictConstructor, _StrictResolver):
+        """libyaml scans and parses (about five times faster, and without recursion);
+        nodes are composed and constructed in Python, with the checks above."""
+
+        def __init__(self, text: str, max_depth: int) -> None:
+            CParser.__init__(self, text)
+            _StrictComposer.__init__(self)
+            _StrictConstructor.__init__(self)
+            _StrictResolver.__init__(self)
+            self.max_depth = max_depth
+            self.depth = 0
+
+    _Loader = _FastStrictLoader
 
 
 def _yaml_reason(err: yaml.YAMLError, text: str) -> str:
@@ -254,12 +282,32 @@ def load_documents(
     request's earlier files) have been read.
     """
     text = decode_text(data, source)
+    try:
+        return _load_all(_Loader, text, source, max_depth, max_documents, counted)
+    except _SurrogateEscape:
+        # libyaml refuses every "\\ud83d" escape, even in a pair as JSON writes
+        # characters beyond the BMP; the Python parser reads them (pairs are joined).
+        return _load_all(_StrictLoader, text, source, max_depth, max_documents, counted)
+
+
+class _SurrogateEscape(Exception):
+    pass
+
+
+def _load_all(
+    loader_class: Callable[[str, int], _StrictComposer],
+    text: str,
+    source: str,
+    max_depth: int,
+    max_documents: int | None,
+    counted: int,
+) -> list[Any]:
     docs: list[Any] = []
     count = counted
-    loader: _StrictLoader | None = None
+    loader: Any = None
     try:
-        loader = _StrictLoader(text, max_depth)
-        while loader.check_data():  # type: ignore[no-untyped-call]
+        loader = loader_class(text, max_depth)
+        while loader.check_data():
             doc = loader.get_data()
             docs.append(doc)
             if doc is not None:
@@ -272,6 +320,9 @@ def load_documents(
                         len(docs),
                     )
     except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or ""
+        if loader_class is not _StrictLoader and "Unicode character escape" in problem:
+            raise _SurrogateEscape from None
         raise ManifestError(
             source, f"invalid YAML: {_yaml_reason(err, text)}", len(docs) + 1
         ) from None
