@@ -68,7 +68,7 @@ def test_refused_yaml_names_source_document_and_problem(data: bytes | str, messa
 def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of parsing: libyaml events (when PyYAML has it) and pure Python."""
     if request.param == "python":
-        monkeypatch.setattr(strict_yaml, "_Loader", strict_yaml._StrictLoader)
+        monkeypatch.setattr(strict_yaml, "_Events", strict_yaml._PythonEvents)
     return str(request.param)
 
 
@@ -345,3 +345,19 @@ def test_json_body_within_limit_is_checked_then_replayed() -> None:
     assert status == 400 and answer == {"error": "request body: invalid JSON: duplicate key 'a'"}
     status, _, _ = _run(app, [b"\xff"], [(b"content-type", b"text/plain")])
     assert status == 200  # not JSON: the route decides
+
+
+def test_documents_are_built_without_a_node_tree() -> None:
+    """Memory stays near the size of the value: a node tree would take some 400 bytes
+    per scalar (about 12 MB here)."""
+    import tracemalloc
+
+    text = "a:\n" + "- 1\n" * 30_000
+    tracemalloc.start()
+    try:
+        [doc] = load_documents(text, "x")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert doc == {"a": [1] * 30_000}
+    assert peak < 4_000_000, peak

@@ -7,8 +7,11 @@ JSON types (`!!binary`, `!!set`, `!!python/...`, custom tags), non-finite number
 integers too long to convert. As Kubernetes reads YAML through JSON, timestamps stay
 strings and `<<` and `=` are plain keys and values.
 
-Only PyYAML and the standard library are imported here (no pydantic), so the `cilia`
-command can use it for `policy import` without paying for the agent's stack.
+Values are built straight from the parser's events (libyaml's when PyYAML has it),
+without PyYAML's node tree, which costs some 400 bytes per scalar: memory stays near
+the size of the result.
+
+Pure (no I/O); only PyYAML and the standard library are imported here.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import yaml
-from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.constructor import SafeConstructor
+from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
 DEFAULT_MAX_DEPTH = 64
@@ -111,38 +114,26 @@ class _StrictResolver(Resolver):
     }
 
 
-class _StrictConstructor(SafeConstructor):
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, MappingNode):
-            seen: dict[Any, Node] = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:
-                    raise ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        "found an unhashable key",
-                        key_node.start_mark,
-                    ) from None
-                if first is not None:
-                    line = first.start_mark.line + 1
-                    raise _Refused(
-                        problem=f"duplicate key {key!r} (first at line {line})",
-                        problem_mark=key_node.start_mark,
-                    )
-                seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
+def _mark(event: Any) -> yaml.Mark | None:
+    mark: Any = event.start_mark  # libyaml's marks have the same line and column
+    return cast("yaml.Mark | None", mark)
 
-    def _other_tag(self, node: Node) -> None:
-        raise _Refused(
-            problem=f"tag {node.tag!r} is not allowed (only the JSON types)",
-            problem_mark=node.start_mark,
-        )
+
+class _Scalars(SafeConstructor):
+    """Turns one scalar into a value: the JSON types only, strictly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_tag: dict[str, Callable[[ScalarNode], Any]] = {
+            "tag:yaml.org,2002:null": self.construct_yaml_null,
+            "tag:yaml.org,2002:bool": self.construct_yaml_bool,
+            "tag:yaml.org,2002:int": self._int,
+            "tag:yaml.org,2002:float": self._float,
+            "tag:yaml.org,2002:str": self._str,
+        }
 
     def _str(self, node: ScalarNode) -> str:
-        value = self.construct_scalar(node)
+        value = str(node.value)
         if "\x00" in value:
             raise _Refused(problem="NUL character in a string", problem_mark=node.start_mark)
         if _SURROGATE.search(value):
@@ -158,12 +149,12 @@ class _StrictConstructor(SafeConstructor):
 
     def _int(self, node: ScalarNode) -> int:
         try:
-            return int(super().construct_yaml_int(node))
+            return int(self.construct_yaml_int(node))
         except ValueError:
             raise _Refused(problem="integer too long", problem_mark=node.start_mark) from None
 
     def _float(self, node: ScalarNode) -> float:
-        value = float(super().construct_yaml_float(node))
+        value = float(self.construct_yaml_float(node))
         if not math.isfinite(value):
             raise _Refused(
                 problem="not a finite number (JSON has no NaN or infinity)",
@@ -172,89 +163,120 @@ class _StrictConstructor(SafeConstructor):
         return value
 
 
-_StrictConstructor.yaml_constructors = {
-    "tag:yaml.org,2002:null": SafeConstructor.construct_yaml_null,
-    "tag:yaml.org,2002:bool": SafeConstructor.construct_yaml_bool,
-    "tag:yaml.org,2002:int": _StrictConstructor._int,
-    "tag:yaml.org,2002:float": _StrictConstructor._float,
-    "tag:yaml.org,2002:str": _StrictConstructor._str,
-    "tag:yaml.org,2002:seq": SafeConstructor.construct_yaml_seq,
-    "tag:yaml.org,2002:map": SafeConstructor.construct_yaml_map,
-    None: _StrictConstructor._other_tag,
-}
-_StrictConstructor.yaml_multi_constructors = {}
+def _not_allowed(tag: str, event: Any) -> _Refused:
+    return _Refused(
+        problem=f"tag {tag!r} is not allowed (only the JSON types)", problem_mark=_mark(event)
+    )
 
 
-def _mark(event: yaml.Event) -> yaml.Mark | None:
-    mark: Any = event.start_mark  # libyaml's marks have the same line and column
-    return cast("yaml.Mark | None", mark)
+_NO_KEY = object()
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
 
 
-class _StrictComposer(yaml.composer.Composer):
-    max_depth: int
-    depth: int
+class _Collection:
+    """A mapping or list being filled, with (for a mapping) its pending key."""
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[attr-defined]  # the parser's
-        if isinstance(event, yaml.AliasEvent):
+    __slots__ = ("key", "key_mark", "lines", "value")
+
+    def __init__(self, value: dict[Any, Any] | list[Any]) -> None:
+        self.value = value
+        self.key: Any = _NO_KEY
+        self.lines: dict[Any, int] = {}
+
+
+def _build_document(events: Any, scalars: _Scalars, max_depth: int) -> Any:
+    """The value of the document whose first node event is next, built from the events
+    without a node tree (so memory stays near the size of the value) and checked on the
+    way: no aliases, no other tags, no duplicate keys, at most `max_depth` levels."""
+    stack: list[_Collection] = []
+    while True:
+        event = events.get_event()
+        value: Any
+        if isinstance(event, yaml.ScalarEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = events.resolve(ScalarNode, event.value, event.implicit)
+            construct = scalars.by_tag.get(tag)
+            if construct is None:
+                raise _not_allowed(tag, event)
+            value = construct(ScalarNode(tag, event.value, _mark(event), None, event.style))
+        elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            mapping = isinstance(event, yaml.MappingStartEvent)
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = _MAP if mapping else _SEQ
+            if tag != (_MAP if mapping else _SEQ):
+                raise _not_allowed(tag, event)
+            if len(stack) >= max_depth:
+                raise _Refused(
+                    problem=f"nested deeper than {max_depth} levels", problem_mark=_mark(event)
+                )
+            stack.append(_Collection({} if mapping else []))
+            continue
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            value = stack.pop().value
+        elif isinstance(event, yaml.AliasEvent):
             raise _Refused(
                 problem=f"alias *{event.anchor} is not allowed (no anchors or aliases)",
                 problem_mark=_mark(event),
             )
-        nested = isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent)
-        if nested:
-            self.depth += 1
-            if self.depth > self.max_depth:
+        else:
+            raise _Refused(problem=f"unexpected {type(event).__name__}", problem_mark=_mark(event))
+        if not stack:
+            return value
+        parent = stack[-1]
+        if isinstance(parent.value, list):
+            parent.value.append(value)
+        elif parent.key is _NO_KEY:
+            try:
+                first = parent.lines.get(value)
+            except TypeError:
                 raise _Refused(
-                    problem=f"nested deeper than {self.max_depth} levels",
+                    problem="found an unhashable key", problem_mark=_mark(event)
+                ) from None
+            if first is not None:
+                raise _Refused(
+                    problem=f"duplicate key {_shown(value)} (first at line {first})",
                     problem_mark=_mark(event),
                 )
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            if nested:
-                self.depth -= 1
+            parent.key = value
+            mark = _mark(event)
+            parent.lines[value] = mark.line + 1 if mark is not None else 0
+        else:
+            parent.value[parent.key] = value
+            parent.key = _NO_KEY
 
 
-class _StrictLoader(
-    yaml.reader.Reader,
-    yaml.scanner.Scanner,
-    yaml.parser.Parser,
-    _StrictComposer,
-    _StrictConstructor,
-    _StrictResolver,
-):
-    """Pure Python: used when PyYAML was built without libyaml."""
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
-    def __init__(self, text: str, max_depth: int) -> None:
+
+class _PythonEvents(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, _StrictResolver):
+    """Events from PyYAML's pure-Python parser (used without libyaml, and for input
+    libyaml refuses wrongly)."""
+
+    def __init__(self, text: str) -> None:
         yaml.reader.Reader.__init__(self, text)
         yaml.scanner.Scanner.__init__(self)
         yaml.parser.Parser.__init__(self)
-        _StrictComposer.__init__(self)
-        _StrictConstructor.__init__(self)
         _StrictResolver.__init__(self)
-        self.max_depth = max_depth
-        self.depth = 0
 
 
-_Loader: Callable[[str, int], _StrictComposer] = _StrictLoader
+_Events: Callable[[str], Any] = _PythonEvents
 
 if yaml.__with_libyaml__:
     from yaml._yaml import CParser
 
-    class _FastStrictLoader(_StrictComposer, CParser, _StrictConstructor, _StrictResolver):
-        """libyaml scans and parses (about five times faster, and without recursion);
-        nodes are composed and constructed in Python, with the checks above."""
+    class _LibyamlEvents(CParser, _StrictResolver):
+        """Events from libyaml: about five times faster, and without recursion."""
 
-        def __init__(self, text: str, max_depth: int) -> None:
+        def __init__(self, text: str) -> None:
             CParser.__init__(self, text)
-            _StrictComposer.__init__(self)
-            _StrictConstructor.__init__(self)
             _StrictResolver.__init__(self)
-            self.max_depth = max_depth
-            self.depth = 0
 
-    _Loader = _FastStrictLoader
+    _Events = _LibyamlEvents
 
 
 def _yaml_reason(err: yaml.YAMLError, text: str) -> str:
@@ -283,11 +305,11 @@ def load_documents(
     """
     text = decode_text(data, source)
     try:
-        return _load_all(_Loader, text, source, max_depth, max_documents, counted)
+        return _load_all(_Events, text, source, max_depth, max_documents, counted)
     except _SurrogateEscape:
         # libyaml refuses every "\\ud83d" escape, even in a pair as JSON writes
         # characters beyond the BMP; the Python parser reads them (pairs are joined).
-        return _load_all(_StrictLoader, text, source, max_depth, max_documents, counted)
+        return _load_all(_PythonEvents, text, source, max_depth, max_documents, counted)
 
 
 class _SurrogateEscape(Exception):
@@ -295,7 +317,7 @@ class _SurrogateEscape(Exception):
 
 
 def _load_all(
-    loader_class: Callable[[str, int], _StrictComposer],
+    events_class: Callable[[str], Any],
     text: str,
     source: str,
     max_depth: int,
@@ -304,11 +326,15 @@ def _load_all(
 ) -> list[Any]:
     docs: list[Any] = []
     count = counted
-    loader: Any = None
+    events: Any = None
     try:
-        loader = loader_class(text, max_depth)
-        while loader.check_data():
-            doc = loader.get_data()
+        events = events_class(text)
+        scalars = _Scalars()
+        events.get_event()  # stream start
+        while not events.check_event(yaml.StreamEndEvent):
+            events.get_event()  # document start
+            doc = _build_document(events, scalars, max_depth)
+            events.get_event()  # document end
             docs.append(doc)
             if doc is not None:
                 count += 1
@@ -321,7 +347,7 @@ def _load_all(
                     )
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or ""
-        if loader_class is not _StrictLoader and "Unicode character escape" in problem:
+        if events_class is not _PythonEvents and "Unicode character escape" in problem:
             raise _SurrogateEscape from None
         raise ManifestError(
             source, f"invalid YAML: {_yaml_reason(err, text)}", len(docs) + 1
@@ -331,8 +357,8 @@ def _load_all(
             raise
         raise ManifestError(source, f"invalid YAML: {err}", len(docs) + 1) from None
     finally:
-        if loader is not None:
-            loader.dispose()
+        if events is not None:
+            events.dispose()
     return docs
 
 
