@@ -218,7 +218,10 @@ valid_rules = st.builds(
 
 
 def _key(doc: dict[str, Any]) -> str:
-    return f"{doc['kind']}/{doc['metadata'].get('namespace')}/{doc['metadata']['name']}"
+    """Kind, namespace and name (generated junk may have replaced the metadata)."""
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    return repr((doc.get("kind"), meta.get("namespace"), meta.get("name")))
 
 
 @st.composite

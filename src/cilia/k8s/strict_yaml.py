@@ -177,7 +177,7 @@ _SEQ = "tag:yaml.org,2002:seq"
 class _Collection:
     """A mapping or list being filled, with (for a mapping) its pending key."""
 
-    __slots__ = ("key", "key_mark", "lines", "value")
+    __slots__ = ("key", "lines", "value")
 
     def __init__(self, value: dict[Any, Any] | list[Any]) -> None:
         self.value = value
