@@ -3,6 +3,10 @@
 `cluster`: one `cilia cluster up --nodes 3` per test session (short leases), used by the
 cluster tests and by the conformance suite's cluster run; removed at the end and
 checked to leave nothing behind.
+
+Hypothesis profiles: `ci` (the default: 100 examples per property, no deadline) and
+`long` (20,000), chosen with `--hypothesis-profile=long` or `HYPOTHESIS_PROFILE=long`.
+Properties leave `max_examples` to the profile (the agent fuzz test takes a quarter).
 """
 
 from __future__ import annotations
@@ -11,18 +15,24 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from tests.cluster.harness import ClusterHandle, running_cluster
+
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("long", settings.get_profile("ci"), max_examples=20_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NODES = 3
 LEASE_TTL = 4
 LEASE_KEEPALIVE = 1
-
-# Property-based tests: bounded in CI; HYPOTHESIS_PROFILE=long for a long run.
-settings.register_profile("ci", max_examples=100, deadline=None)
-settings.register_profile("long", max_examples=20_000, deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -123,7 +123,16 @@ class Connection:
         head = f"{method} {target} HTTP/1.1\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in fields.items()
         )
-        self._sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+        try:
+            self._sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+        except (BrokenPipeError, ConnectionResetError):
+            # A server may answer and close before it reads a body it refuses (one over
+            # its size limit); that answer is still there to be read.
+            try:
+                return Response(self._sock)
+            except OSError:
+                pass
+            raise
         return Response(self._sock)
 
     def close(self) -> None:

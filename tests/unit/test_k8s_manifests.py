@@ -161,7 +161,7 @@ def test_error_message_names_everything() -> None:
             "spec.containers: List should have at least 1 item",
         ),
         ("- a\n- b\n", "pods.yaml: document 1: document must be an object"),
-        ("a: [\n", "pods.yaml: invalid YAML"),
+        ("a: [\n", "pods.yaml: document 1: invalid YAML"),
         (
             POD % "80" + "---\n" + POD % "81",
             "pods.yaml: document 2 (Pod default/web): duplicate of document 1",

@@ -23,26 +23,47 @@ from cilia.agent.errors import AgentError
 from cilia.agent.trace import TraceError, TraceRequest, trace_api
 from cilia.datapath.drop_reasons import reason_name
 from cilia.k8s import present
-from cilia.k8s.manifests import ManifestError, parse_manifests
+from cilia.k8s.manifests import Manifest, ManifestError, parse_manifest_files
+from cilia.k8s.strict_yaml import load_document
 from cilia.labels import Labels
 from cilia.labels.query import parse_selector, selects
-from cilia.policy import ValidationError, parse_rules
+from cilia.policy import Rule, ValidationError, parse_rules
 from cilia.runtime.probe import probe
 
 MATRIX_CONCURRENCY = 128
 
 
-class ObjectsRequest(BaseModel):
-    """Manifest text as read by the CLI (multi-document YAML)."""
+SOURCE_MAX = 4096
+
+
+class ObjectsFile(BaseModel):
+    """One manifest file: its text (multi-document YAML or JSON) and name."""
 
     text: str
-    source: str = "-"
+    source: str = Field("-", max_length=SOURCE_MAX)
+
+
+class ObjectsRequest(BaseModel):
+    """Manifest text as read by the CLI (multi-document YAML), and/or several files.
+
+    Every file of a request is validated before anything changes, and the whole request
+    is applied (or deleted) as one batch.
+    """
+
+    text: str = ""
+    source: str = Field("-", max_length=SOURCE_MAX)
+    files: list[ObjectsFile] = Field(
+        default_factory=list, description="more files, after `text` when that is not empty"
+    )
 
 
 class PolicyImportRequest(BaseModel):
-    """Rules as a JSON list (the `cilia policy import` format)."""
+    """Rules as a JSON list (the `cilia policy import` format), or the text of such a
+    file (JSON or YAML, decoded strictly) with its name."""
 
-    rules: Any
+    rules: Any = None
+    text: str | None = Field(None, description="a rules file's text, instead of `rules`")
+    source: str = Field("-", max_length=SOURCE_MAX)
 
 
 class PolicyDeleteRequest(BaseModel):
@@ -188,11 +209,17 @@ def create_app(agent: Agent) -> FastAPI:
                 "rules": [r.to_api() for r in agent.repo.rules],
             }
 
+    def _rules(req: PolicyImportRequest) -> list[Rule]:
+        data = req.rules
+        if req.text is not None:
+            data = load_document(req.text, req.source, agent.config.max_nesting_depth)
+        return parse_rules(data, max_rules=agent.config.max_rules_per_policy)
+
     @app.put("/v1/policy")
     def policy_import(req: PolicyImportRequest) -> dict[str, Any]:
         try:
-            rules = parse_rules(req.rules)
-        except ValidationError:
+            rules = _rules(req)
+        except (ValidationError, ManifestError):
             agent.metrics.policy_import_errors += 1
             raise
         revision = agent.policy_import(rules)
@@ -200,7 +227,7 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.post("/v1/policy/validate")
     def policy_validate(req: PolicyImportRequest) -> dict[str, Any]:
-        return {"valid": True, "rules": len(parse_rules(req.rules))}
+        return {"valid": True, "rules": len(_rules(req))}
 
     @app.api_route("/v1/policy/resolve", methods=["GET", "POST"])
     def policy_resolve(req: TraceRequest) -> dict[str, Any]:
@@ -218,18 +245,28 @@ def create_app(agent: Agent) -> FastAPI:
         revision, deleted = agent.policy_delete(labels)
         return {"revision": revision, "deleted": deleted}
 
+    def _manifests(req: ObjectsRequest, action: str) -> list[Manifest]:
+        """Every object of the request, all validated; none is an error, as in kubectl."""
+        files = [(f.source, f.text) for f in req.files]
+        if req.text or not files:
+            files.insert(0, (req.source, req.text))
+        manifests = parse_manifest_files(files, agent.config.input_limits)
+        if not manifests:
+            raise AgentError(f"no objects passed to {action}")
+        return manifests
+
     @app.post("/v1/objects/validate")
     def objects_validate(req: ObjectsRequest) -> dict[str, Any]:
-        return {"valid": True, "objects": len(parse_manifests(req.text, req.source))}
+        return {"valid": True, "objects": len(_manifests(req, "validate"))}
 
     @app.post("/v1/objects/apply")
     def objects_apply(req: ObjectsRequest) -> dict[str, Any]:
-        manifests = parse_manifests(req.text, req.source)
+        manifests = _manifests(req, "apply")
         return {"results": agent.apply(manifests), "revision": agent.repo.revision}
 
     @app.post("/v1/objects/delete")
     def objects_delete(req: ObjectsRequest) -> dict[str, Any]:
-        manifests = parse_manifests(req.text, req.source)
+        manifests = _manifests(req, "delete")
         return {"results": agent.delete(manifests), "revision": agent.repo.revision}
 
     @app.get("/v1/objects/{kind}")

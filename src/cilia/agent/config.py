@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from cilia.agent import config_file as cf
 from cilia.defaults import RUN_DIR, SOCKET_NAME
+from cilia.k8s.strict_yaml import InputLimits
 
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
@@ -90,6 +91,24 @@ class AgentConfig(BaseSettings):
     )
     docker_plugin_dir: Path = Field(
         Path("/run/docker/plugins"), description="where Docker looks for plugin sockets"
+    )
+    # Input limits (README "Input limits"): each refused with a clear error.
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="largest API request body; a larger one is answered 413 before it is read",
+    )
+    max_objects_per_request: int = Field(
+        1000, ge=1, description="objects one apply, delete or validate may carry, over its files"
+    )
+    max_rules_per_policy: int = Field(
+        1000, ge=1, description="rules of one CiliumNetworkPolicy or one policy import"
+    )
+    max_labels_per_object: int = Field(
+        64, ge=1, description="entries of one object's metadata.labels (or a Service's selector)"
+    )
+    max_nesting_depth: int = Field(
+        64, ge=8, le=200, description="nesting of mappings and lists in a YAML or JSON document"
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -206,6 +225,16 @@ class AgentConfig(BaseSettings):
         if not value or not all(c.isalnum() or c == "-" for c in value):
             raise ValueError("use letters, digits and '-' only")
         return value
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The limits manifests and policy files are parsed with."""
+        return InputLimits(
+            max_depth=self.max_nesting_depth,
+            max_objects=self.max_objects_per_request,
+            max_rules=self.max_rules_per_policy,
+            max_labels=self.max_labels_per_object,
+        )
 
     @property
     def host_router_ip(self) -> str:

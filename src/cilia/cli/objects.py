@@ -12,32 +12,42 @@ from cilia.cli.api import call, fail
 from cilia.cli.output import emit, output_option, table
 
 
+def _decode(source: str, data: bytes) -> tuple[str, str]:
+    try:
+        return source, data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{source}: not valid UTF-8 (byte {exc.start})")
+
+
 def _read_inputs(paths: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(source name, text) for each -f argument: a file, a directory, or '-'."""
+    """(source name, text) for each -f argument: a file, a directory, or '-'.
+
+    Files are read as bytes and decoded as strict UTF-8 here; everything else (YAML,
+    limits, validation) is the agent's business, so the command stays light."""
     out: list[tuple[str, str]] = []
     for p in paths:
         if p == "-":
-            out.append(("<stdin>", sys.stdin.read()))
+            out.append(_decode("<stdin>", sys.stdin.buffer.read()))
             continue
         path = Path(p)
-        if path.is_dir():
-            files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
-            out.extend((str(f), f.read_text()) for f in files)
-        elif path.exists():
-            out.append((str(path), path.read_text()))
-        else:
-            fail(f"{p}: no such file or directory")
+        try:
+            if path.is_dir():
+                files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
+                out.extend(_decode(str(f), f.read_bytes()) for f in files)
+            elif path.exists():
+                out.append(_decode(str(path), path.read_bytes()))
+            else:
+                fail(f"{p}: no such file or directory")
+        except OSError as exc:
+            fail(f"{p}: {exc.strerror or exc}")
     return out
 
 
 def _objects(action: str, paths: tuple[str, ...], fmt: str) -> None:
-    inputs = _read_inputs(paths)
-    # Validate every file before applying any of them: nothing half-applied.
-    for source, text in inputs:
-        call("POST", "/objects/validate", {"text": text, "source": source})
-    results: list[dict[str, Any]] = []
-    for source, text in inputs:
-        results += call("POST", f"/objects/{action}", {"text": text, "source": source})["results"]
+    # One request: the agent validates every file before anything changes (nothing
+    # half-applied, and no objects at all is an error, as in kubectl).
+    files = [{"text": text, "source": source} for source, text in _read_inputs(paths)]
+    results: list[dict[str, Any]] = call("POST", f"/objects/{action}", {"files": files})["results"]
     if emit(results, fmt):
         return
     for r in results:

@@ -17,21 +17,25 @@ def policy() -> None:
     """Manage the policy repository."""
 
 
-def _load_rules(path: str) -> Any:
-    import yaml  # only here: it takes longer to import than a whole request
-
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+def _rules_file(path: str) -> dict[str, str]:
+    """The request body carrying a rules file: its text, decoded as strict UTF-8 here and
+    parsed by the agent (strict JSON/YAML, limits), so this command imports no YAML."""
     try:
-        return yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        fail(f"{path}: not valid JSON or YAML: {exc}")
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
+    source = "<stdin>" if path == "-" else path
+    try:
+        return {"text": data.decode("utf-8"), "source": source}
+    except UnicodeDecodeError as exc:
+        fail(f"{source}: not valid UTF-8 (byte {exc.start})")
 
 
 @policy.command("import")
 @click.argument("path")
 def policy_import(path: str) -> None:
     """Import rules from a JSON or YAML list; returns once they are enforced."""
-    res = call("PUT", "/policy", {"rules": _load_rules(path)})
+    res = call("PUT", "/policy", _rules_file(path))
     click.echo(f"Revision: {res['revision']}")
 
 
@@ -39,7 +43,7 @@ def policy_import(path: str) -> None:
 @click.argument("path")
 def policy_validate(path: str) -> None:
     """Check rules without applying them."""
-    res = call("POST", "/policy/validate", {"rules": _load_rules(path)})
+    res = call("POST", "/policy/validate", _rules_file(path))
     click.echo(f"All policy elements are valid ({res['rules']} rules).")
 
 

@@ -2,51 +2,69 @@
 Service and Endpoints.
 
 `parse_manifests` validates every document before returning anything, so a bad
-file is refused whole.
+file is refused whole; `parse_manifest_files` does the same for the files of one
+request. The text is decoded strictly (`strict_yaml`) and bounded by `InputLimits`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cilia.k8s.strict_yaml import DEFAULT_LIMITS, load_documents
+from cilia.k8s.strict_yaml import InputLimits as InputLimits
+from cilia.k8s.strict_yaml import ManifestError as ManifestError
 from cilia.labels import Labels, LabelSelector, pod_labels, policy_labels
-from cilia.labels.syntax import dns_label_error, dns_subdomain_error, key_error, value_error
+from cilia.labels.syntax import dns_label_error, dns_subdomain_error
 from cilia.policy.api import CIDRRule, Rule
 from cilia.policy.errors import ValidationError, fail, from_pydantic
-
-
-class ManifestError(ValueError):
-    """A refused manifest file; the message names source, document, object, field and reason."""
-
-    def __init__(
-        self, source: str, reason: str, document: int | None = None, obj: str = "", path: str = ""
-    ) -> None:
-        where = source
-        if document is not None:
-            where += f": document {document}" + (f" ({obj})" if obj else "")
-        super().__init__(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
-        self.source = source
-        self.document = document
-        self.path = path
-        self.reason = reason
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_LABEL_NAME = "at most 63 characters, alphanumeric at both ends and '-', '_', '.' inside"
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
+
+
+def label_key_error(key: str) -> str | None:
+    """Why `key` is not a Kubernetes label key, or None: an optional prefix (a DNS-1123
+    subdomain of at most 253 characters) and '/', then a name of at most 63 characters,
+    alphanumeric at both ends with '-', '_' and '.' inside."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or dns_subdomain_error(prefix)):
+        return (
+            f"invalid label key {_shown(key)}: the prefix must be a lowercase DNS subdomain "
+            "of at most 253 characters"
+        )
+    if len(name) > 63 or not _LABEL_NAME_RE.fullmatch(name):
+        return f"invalid label key {_shown(key)}: the name must be {_LABEL_NAME}"
+    return None
+
+
+def label_value_error(value: str) -> str | None:
+    """Why `value` is not a Kubernetes label value (empty, or like a key's name), or None."""
+    if value and (len(value) > 63 or not _LABEL_NAME_RE.fullmatch(value)):
+        return f"invalid label value {_shown(value)}: must be empty or {_LABEL_NAME}"
+    return None
+
+
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        if error := key_error(key, strict=True):
-            fail(error, key)
-        if error := value_error(value):
-            fail(error, key)
+        if error := label_key_error(key):
+            fail(error, key if len(key) <= 80 else "")
+        if error := label_value_error(value):
+            fail(error, key if len(key) <= 80 else "")
     return labels
 
 
@@ -522,24 +540,68 @@ def parse_manifest(doc: object) -> Manifest:
         raise from_pydantic(err) from None
 
 
-def parse_manifests(text: str, source: str) -> list[Manifest]:
-    """Parse and validate multi-document YAML; raises ManifestError on the first problem."""
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as err:
-        raise ManifestError(source, f"invalid YAML: {err}") from None
+def _check_counts(doc: Mapping[str, Any], limits: InputLimits) -> None:
+    """Refuse oversized label maps and rule lists before validating their contents."""
+    meta = doc.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    if isinstance(labels, Mapping) and len(labels) > limits.max_labels:
+        raise ValidationError(
+            "metadata.labels",
+            f"more than {limits.max_labels} labels (limit max_labels_per_object)",
+        )
+    spec = doc.get("spec")
+    selector = spec.get("selector") if isinstance(spec, Mapping) else None
+    if (
+        doc.get("kind") == "Service"
+        and isinstance(selector, Mapping)
+        and (len(selector) > limits.max_labels)
+    ):
+        raise ValidationError(
+            "spec.selector",
+            f"more than {limits.max_labels} labels (limit max_labels_per_object)",
+        )
+    if doc.get("kind") == "CiliumNetworkPolicy":
+        specs = doc.get("specs")
+        rules = (1 if isinstance(spec, Mapping) else 0) + (
+            len(specs) if isinstance(specs, list) else 0
+        )
+        if rules > limits.max_rules:
+            raise ValidationError(
+                "specs", f"more than {limits.max_rules} rules (limit max_rules_per_policy)"
+            )
+
+
+def parse_manifests(
+    text: bytes | str, source: str, limits: InputLimits = DEFAULT_LIMITS
+) -> list[Manifest]:
+    """Parse and validate multi-document YAML (or JSON); raises ManifestError on the first
+    problem, naming `source`, the document, the object and the field."""
+    return parse_manifest_files([(source, text)], limits)
+
+
+def parse_manifest_files(
+    files: Sequence[tuple[str, bytes | str]], limits: InputLimits = DEFAULT_LIMITS
+) -> list[Manifest]:
+    """Every object of several (source, text) files, all validated before any is returned:
+    at most `limits.max_objects` in all, and no object defined twice."""
     out: list[Manifest] = []
-    seen: dict[str, int] = {}
-    for number, doc in enumerate(docs, start=1):
-        if doc is None:
-            continue
-        obj = _describe(doc) if isinstance(doc, Mapping) else ""
-        try:
-            manifest = parse_manifest(doc)
-        except ValidationError as err:
-            raise ManifestError(source, err.reason, number, obj, err.path) from None
-        if manifest.key in seen:
-            raise ManifestError(source, f"duplicate of document {seen[manifest.key]}", number, obj)
-        seen[manifest.key] = number
-        out.append(manifest)
+    seen: dict[str, tuple[str, int]] = {}
+    for source, text in files:
+        docs = load_documents(text, source, limits.max_depth, limits.max_objects, len(out))
+        for number, doc in enumerate(docs, start=1):
+            if doc is None:
+                continue
+            obj = _describe(doc) if isinstance(doc, Mapping) else ""
+            try:
+                if isinstance(doc, Mapping):
+                    _check_counts(doc, limits)
+                manifest = parse_manifest(doc)
+            except ValidationError as err:
+                raise ManifestError(source, err.reason, number, obj, err.path) from None
+            if manifest.key in seen:
+                first_source, first = seen[manifest.key]
+                where = "" if first_source == source else f"{first_source} "
+                raise ManifestError(source, f"duplicate of {where}document {first}", number, obj)
+            seen[manifest.key] = (source, number)
+            out.append(manifest)
     return out
