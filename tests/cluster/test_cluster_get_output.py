@@ -34,4 +34,4 @@ def test_pods_show_their_node_and_host_ip_from_any_node(cluster: ClusterHandle) 
         res = cluster.run(None, "get", "pods", "-n", w.namespace, "-l", "app=p2", "-o", "wide")
         assert res.code == 0, res.stderr
         rows = [line.split() for line in res.stdout.splitlines()[1:]]
-        assert [r[:1] + r[4:6] for r in rows] == [["p2", infos["p2"].ip, placed["p2"]]]
+        assert [r[:1] + r[5:7] for r in rows] == [["p2", infos["p2"].ip, placed["p2"]]]
