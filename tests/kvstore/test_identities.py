@@ -135,7 +135,7 @@ def test_wiped_store_is_republished(etcd: Etcd, nodes: Nodes) -> None:
             "b": db,
         }
 
-    assert wait_until(restored, 10)  # the watch saw the masters vanish
+    assert wait_until(restored, 30)  # the watch saw the masters vanish (slow when loaded)
     for ident, lbls in ((web, WEB), (db, DB)):
         master = etcd.get(keys.master(ident))
         assert master is not None and master.value == encode_labels(lbls).encode()
