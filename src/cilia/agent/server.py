@@ -70,8 +70,8 @@ class RequestLimits:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)  # no body; streamed answers untouched
             return
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
