@@ -357,24 +357,14 @@ def test_huge_claimed_counts_allocate_nothing(api_key: int) -> None:
             frame = _claims(api_key, version, count)
             if frame is None:
                 continue
-            tracemalloc.start()
-            try:
-                handle(frame)
-                peak = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
+            peak = _peak_memory(frame)
             assert peak < 256 * 1024, (api_key, version, count, peak)
 
 
 @scaled(0.3)
 @given(st.one_of(hostile_frames(), mutated()))
 def test_memory_is_proportional_to_the_frame(frame: bytes) -> None:
-    tracemalloc.start()
-    try:
-        handle(frame)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_memory(frame)
     # at worst an element of one byte becomes a dict and a denial of about a kilobyte
     assert peak < 64 * 1024 + 2048 * len(frame), (len(frame), peak)
 
@@ -551,3 +541,13 @@ def test_proxy_survives_garbage(proxied: Proxied, chunks: list[bytes], correlati
     finally:
         log.removeHandler(failures)
     assert not failures.records, [r.getMessage() for r in failures.records]
+
+
+def _peak_memory(frame: bytes) -> int:
+    """Peak bytes allocated while one frame is handled."""
+    tracemalloc.start()
+    try:
+        handle(frame)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
