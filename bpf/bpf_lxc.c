@@ -17,6 +17,7 @@
 #include "lib/policy.h"
 #include "lib/proxy.h"
 #include "lib/overlay.h"
+#include "lib/arp.h"
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
@@ -96,8 +97,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	else
 		c.src_identity = ep->identity;
 
-	if (skb->protocol == ETH_P_ARP_BE)
-		return forward(skb, &c);
+	if (skb->protocol == ETH_P_ARP_BE) {
+		int answered = direction == DIR_EGRESS ? arp_respond(skb, ep) : TC_ACT_OK;
+
+		return answered == TC_ACT_OK ? forward(skb, &c) : answered;
+	}
 	if (skb->protocol != ETH_P_IP_BE) {
 		c.l3 = skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
 		return drop(skb, &c, DROP_UNSUPPORTED_L3); /* IPv6 and the rest */

@@ -58,7 +58,8 @@ struct endpoint_info {
 	__u16 ep_id;
 	__u8 flags;
 	__u8 pad1;
-	__u32 pad2;
+	__u8 router_mac[ETH_ALEN]; /* the host-side veth's: the pod's gateway */
+	__u16 pad2;
 };
 
 /* Local endpoint of an address (for ingress redirects decided at the source). */

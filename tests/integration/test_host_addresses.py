@@ -4,7 +4,10 @@ makes node addresses host), and pods reach any node address through the router."
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -105,3 +108,102 @@ def test_pod_reaches_an_address_added_to_the_node(tmp_path: Path, node_address: 
         finally:
             server.close()
             cilia.delete(POD)
+
+
+WEB = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-host, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{fromEntities: [host], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+"""
+
+
+def _in_pod(netns: str, *argv: str) -> str:
+    done = subprocess.run(
+        ["nsenter", f"--net={netns}", *argv], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def _serving(address: str) -> tuple[socket.socket, int]:
+    server = socket.socket()
+    server.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    server.bind((address, 0))
+    server.listen()
+    threading.Thread(target=_answer, args=(server,), daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def _reaches(netns: str, address: str, port: int) -> bool:
+    return asyncio.run(probe(netns, address, port, "TCP", 0.5)).result == "allowed"
+
+
+def test_arp_requests_of_a_pod_are_answered_with_the_router_mac(tmp_path: Path) -> None:
+    """Whatever address a pod asks for (its link-local gateway, another pod's address
+    on a route without gateway), the datapath answers with its router's MAC."""
+    with running_agent(tmp_path) as cilia:
+        cilia.apply(POD + "---\n" + WEB.split("---")[0])
+        netns = cilia.client.request("GET", "/pods/default/talker/netns")["netns"]
+        talker = cilia.client.request("GET", "/endpoint/default/talker")
+        web = cilia.client.request("GET", "/endpoint/default/web")
+        router_mac = Path(f"/sys/class/net/{talker['interface']}/address").read_text().strip()
+        server, port = _serving(cilia.config.host_router_ip)
+        try:
+            # The kernel would not answer for 169.254.1.1 (no host address): only the
+            # datapath can, once the permanent entry is gone.
+            _in_pod(netns, "ip", "neigh", "del", "169.254.1.1", "dev", "eth0")
+            assert _wait(lambda: _reaches(netns, cilia.config.host_router_ip, port))
+            neigh = _in_pod(netns, "ip", "neigh", "show", "169.254.1.1", "dev", "eth0")
+            assert f"lladdr {router_mac}" in neigh, neigh
+            # Another pod's address on-link: the request goes to the other pod's IP.
+            _in_pod(netns, "ip", "route", "add", f"{web['ipv4']}/32", "dev", "eth0")
+            assert _wait(lambda: _reaches(netns, web["ipv4"], 80)), "no answer for a pod IP"
+            neigh = _in_pod(netns, "ip", "neigh", "show", web["ipv4"], "dev", "eth0")
+            assert f"lladdr {router_mac}" in neigh, neigh
+        finally:
+            server.close()
+
+
+def test_router_address_changes_across_a_restart(tmp_path: Path) -> None:
+    """`--router-ip` changed on a running node: pods stay, the node's traffic to them
+    leaves from the new address (identity host), pods reach the node there."""
+    with running_agent(tmp_path) as cilia:
+        old = cilia.config.host_router_ip
+        new = str(ipaddress.IPv4Network(cilia.config.pod_cidr)[-3])
+        host_netns = "/proc/self/ns/net"
+        try:
+            cilia.apply(POD + "---\n" + WEB)
+            web = cilia.client.request("GET", "/endpoint/default/web")
+            netns = cilia.client.request("GET", "/pods/default/talker/netns")["netns"]
+            assert _reaches(host_netns, web["ipv4"], 80)
+            os.kill(int(cilia.config.pid_file.read_text()), signal.SIGTERM)
+            assert _wait(lambda: not cilia.config.socket_path.exists(), 20)
+            cilia.env["CILIA_ROUTER_IP"] = new
+            cilia.start()
+            lo = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True)
+            assert f" {new}/32 ".encode() in lo.stdout and f" {old}/32 ".encode() not in lo.stdout
+            ipc = _ipcache(cilia)
+            assert ipc.get(f"{new}/32") == 1 and f"{old}/32" not in ipc
+            after = cilia.client.request("GET", "/endpoint/default/web")
+            assert (after["id"], after["ifindex"]) == (web["id"], web["ifindex"]), "re-created"
+            route = subprocess.run(
+                ["ip", "route", "get", web["ipv4"]], capture_output=True, text=True
+            ).stdout
+            assert f"src {new}" in route, route
+            assert _wait(lambda: _reaches(host_netns, web["ipv4"], 80)), "host is not host"
+            server, port = _serving(new)
+            try:
+                assert _wait(lambda: _reaches(netns, new, port)), "pod does not reach the router"
+            finally:
+                server.close()
+            assert "router address changes from" in cilia.config.log_file.read_text()
+        finally:
+            subprocess.run(["ip", "addr", "del", f"{new}/32", "dev", "lo"], capture_output=True)

@@ -18,6 +18,8 @@ C_TYPES = {
     "__u32": ctypes.c_uint32,
     "__u64": ctypes.c_uint64,
 }
+ARRAY_SIZES = {"ETH_ALEN": 6}
+"""Array sizes the header takes from kernel headers."""
 TWINS = {
     "endpoint_info": layout.EndpointInfo,
     "lxc_ip_info": layout.LxcIpInfo,
@@ -42,8 +44,11 @@ def _header() -> str:
 def _structs() -> dict[str, list[tuple[str, type]]]:
     out = {}
     for name, body in re.findall(r"struct (\w+) \{(.*?)\};", _header(), flags=re.S):
-        members = re.findall(r"(__u\d+) (\w+);", body)
-        out[name] = [(member, C_TYPES[ctype]) for ctype, member in members]
+        members = re.findall(r"(__u\d+) (\w+)(?:\[(\w+)\])?;", body)
+        out[name] = [
+            (member, C_TYPES[ctype] * ARRAY_SIZES[size] if size else C_TYPES[ctype])
+            for ctype, member, size in members
+        ]
     return out
 
 

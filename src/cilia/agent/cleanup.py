@@ -157,8 +157,9 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
         removed.append(Removed("device", f"device {proxy_device_name(config.name_prefix)}"))
     if remove_overlay_device(config.overlay_device):
         removed.append(Removed("device", f"device {config.overlay_device} (and its routes)"))
-    if remove_host_address(config.host_router_ip):
-        removed.append(Removed("address", f"router address {config.host_router_ip}"))
+    for router in {config.host_router_ip, state.get("router_ip") or config.host_router_ip}:
+        if remove_host_address(router):
+            removed.append(Removed("address", f"router address {router}"))
     if pins.exists():
         bpffs.remove_pins(pins)
         removed.append(Removed("pins", f"pins {pins}"))

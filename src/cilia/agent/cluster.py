@@ -10,7 +10,6 @@ that regenerates.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,6 +47,7 @@ class ClusterMode:
                 node_prefix_len=cfg.node_pod_cidr_prefix,
                 lease_ttl=cfg.lease_ttl,
                 lease_keepalive=cfg.lease_keepalive,
+                router_ip=cfg.router_ip,
             ),
             owner=self,
             on_operation=agent.metrics.kvstore_operation,
@@ -180,9 +180,8 @@ class ClusterMode:
         me = self.agent.config.node_name
         for node in self.member.nodes().values():
             if node.name != me:
-                router = str(ipaddress.IPv4Network(node.pod_cidr)[-2])
                 identities[f"{node.underlay_ip}/32"] = CLUSTER
-                identities[f"{router}/32"] = CLUSTER
+                identities[f"{node.router}/32"] = CLUSTER
         for ip, remote in self.member.remote_ips().items():
             prefix = f"{ip}/32"
             if prefix not in local:

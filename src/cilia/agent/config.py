@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from cilia.agent import config_file as cf
 from cilia.defaults import RUN_DIR, SOCKET_NAME
 from cilia.k8s.strict_yaml import InputLimits
+from cilia.router import router_ip, router_ip_problem
 
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
@@ -41,6 +42,9 @@ class AgentConfig(BaseSettings):
     clean_state: bool = Field(False, description="remove every earlier state before starting")
     name_prefix: str = Field("cilia", description="prefix of pod network namespace names")
     pod_cidr: str = Field("10.200.0.0/16", description="IPv4 range of local pods")
+    router_ip: str = Field(
+        "", description="the node's address towards its pods, in the pod range (default: its last)"
+    )
     node_name: str = Field(default_factory=socket.gethostname)
     ct_lifetime_tcp: int = 21600
     ct_lifetime_tcp_syn: int = 60
@@ -208,6 +212,18 @@ class AgentConfig(BaseSettings):
             raise ValueError("lease_keepalive must be shorter than lease_ttl")
         return self
 
+    @model_validator(mode="after")
+    def _router_in_pod_range(self) -> AgentConfig:
+        # In cluster mode the node's range is known once it joined: checked then.
+        problem = self.router_problem()
+        if problem and not self.cluster_mode:
+            raise ValueError(f"router_ip: {problem}")
+        return self
+
+    def router_problem(self) -> str | None:
+        """Why the configured router address does not fit the pod range, or None."""
+        return router_ip_problem(self.pod_cidr, self.router_ip) if self.router_ip else None
+
     @property
     def cluster_mode(self) -> bool:
         """True when the agent shares state with other nodes through a kvstore."""
@@ -238,8 +254,9 @@ class AgentConfig(BaseSettings):
 
     @property
     def host_router_ip(self) -> str:
-        """The node's address towards its pods (last of the pod range): identity `host`."""
-        return str(ipaddress.IPv4Network(self.pod_cidr)[-2])
+        """The node's address towards its pods (`router-ip`, by default the last of the pod
+        range): identity `host`."""
+        return router_ip(self.pod_cidr, self.router_ip)
 
     @property
     def overlay_device(self) -> str:

@@ -40,13 +40,14 @@ from cilia.agent.objects import (
     display,
 )
 from cilia.agent.observe import StateWatcher
+from cilia.agent.router import router_change
 from cilia.agent.runtimes import Runtimes
 from cilia.agent.state import load_state, save_state
 from cilia.agent.trigger import Trigger
 from cilia.agent.workloads import Workloads
 from cilia.datapath import conntrack
 from cilia.datapath.address_watch import AddressWatch
-from cilia.datapath.host_address import ensure_host_address
+from cilia.datapath.host_address import ensure_host_address, remove_host_address
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import is_netns
 from cilia.datapath.overlay import VXLAN_OVERHEAD
@@ -154,6 +155,7 @@ class Agent:
             self.config = self.config.updated("kvstore", pod_cidr=pod_cidr)
             self.ipam = Ipam(pod_cidr, {self.config.host_router_ip})
             self.identities = self.cluster.member.identities
+        previous_router = router_change(self.config, state)
         self.datapath.start()
         maps = self.datapath.maps_dir
         self.monitor.start_reader(f"{maps}/cilia_events", f"{maps}/cilia_events_lost")
@@ -173,6 +175,8 @@ class Agent:
                 self._restore(state)
             self.regenerate("agent start")
             self.save()
+        if previous_router is not None and remove_host_address(previous_router):
+            log.info("router address %s removed", previous_router)
         if self.cluster is not None:
             self.cluster.start()
         self.runtimes = Runtimes.start(self.config, self.workloads)
@@ -251,6 +255,7 @@ class Agent:
             {
                 "version": STATE_VERSION,
                 "pod_cidr": self.config.pod_cidr,
+                "router_ip": self.config.host_router_ip,
                 "identities": self.identities.snapshot(),
                 "policy": self.repo.to_json(),
                 "objects": self.objects.to_state(),
@@ -311,6 +316,7 @@ class Agent:
                     ep.ipv4,
                     ep.identity,
                     ep.policy,
+                    ep.network.host_mac,
                     trace=ep.trace,
                     proxy_ports=proxy_ports,
                 )
@@ -620,6 +626,7 @@ class Agent:
                     host_allows_world=self.config.legacy_host_allows_world,
                     allow_localhost=self.config.allow_localhost == "always",
                 ).resolve(labels),
+                ep.network.host_mac,
             )
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)
         except BaseException:

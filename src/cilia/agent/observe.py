@@ -113,7 +113,13 @@ def set_endpoint_trace(agent: Agent, key: str, enabled: bool) -> Endpoint:
         ep.trace = enabled
         if ep.network is not None:
             agent.datapath.program_endpoint(
-                ep.network.host_ifindex, ep.id, ep.ipv4, ep.identity, ep.policy, trace=enabled
+                ep.network.host_ifindex,
+                ep.id,
+                ep.ipv4,
+                ep.identity,
+                ep.policy,
+                ep.network.host_mac,
+                trace=enabled,
             )
         ep.set_state(ep.state, f"TraceNotification={'true' if enabled else 'false'}")
         agent.save()

@@ -30,6 +30,7 @@ def _config(flags: dict[str, Any] | None = None) -> AgentConfig:
 _AGENT_FLAGS = {
     # flag -> AgentConfig field; each may also come from CILIA_<FIELD>.
     "--pod-cidr": "pod_cidr",
+    "--router-ip": "router_ip",
     "--prometheus-serve-addr": "prometheus_serve_addr",
     "--legacy-host-allows-world": "legacy_host_allows_world",
     "--allow-localhost": "allow_localhost",
@@ -67,6 +68,11 @@ def agent_options(fn: F) -> F:
         " state files, proxies) before starting, instead of restoring it.",
     )(fn)
     fn = click.option("--pod-cidr", help="IPv4 range of local pods (default 10.200.0.0/16).")(fn)
+    fn = click.option(
+        "--router-ip",
+        help="The node's address towards its pods, inside the pod range (default: its last"
+        " usable address). Changing it across a restart keeps running pods connected.",
+    )(fn)
     fn = click.option(
         "--prometheus-serve-addr",
         help="Serve Prometheus metrics on HOST:PORT (off unless given).",

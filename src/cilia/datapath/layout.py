@@ -24,7 +24,8 @@ class EndpointInfo(ctypes.Structure):
         ("ep_id", ctypes.c_uint16),
         ("flags", ctypes.c_uint8),
         ("pad1", ctypes.c_uint8),
-        ("pad2", ctypes.c_uint32),
+        ("router_mac", ctypes.c_uint8 * 6),
+        ("pad2", ctypes.c_uint16),
     ]
 
 

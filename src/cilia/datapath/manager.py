@@ -361,6 +361,7 @@ class Datapath:
         ipv4: str,
         identity: int,
         policy: EndpointPolicy,
+        router_mac: str,
         trace: bool = False,
         proxy_ports: Mapping[Redirect, int] | None = None,
     ) -> tuple[int, int]:
@@ -376,7 +377,7 @@ class Datapath:
         for t in written:
             self.policy.put(t, desired[t])
             realized[t] = desired[t]
-        rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy, trace))
+        rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy, trace), router_mac)
         if self._realized_endpoints.get(ifindex) != rec:
             self.endpoints.set(ifindex, rec)
             self._realized_endpoints[ifindex] = rec

@@ -93,6 +93,17 @@ class EndpointRecord:
     ipv4: str
     identity: int
     flags: int
+    router_mac: str
+    """The host-side veth's MAC, which the ARP responder answers with."""
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _record(info: EndpointInfo) -> EndpointRecord:
+    mac = ":".join(f"{b:02x}" for b in bytes(info.router_mac))
+    return EndpointRecord(info.ep_id, be_to_ip(info.ipv4), info.identity, info.flags, mac)
 
 
 class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
@@ -106,6 +117,7 @@ class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
         info = EndpointInfo(
             ipv4=ip_to_be(rec.ipv4), identity=rec.identity, ep_id=rec.ep_id, flags=rec.flags
         )
+        info.router_mac[:] = _mac_bytes(rec.router_mac)
         self.update(ctypes.c_uint32(ifindex), info)
 
     def get(self, ifindex: int) -> EndpointRecord | None:
@@ -113,7 +125,7 @@ class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
         info = self.lookup(ctypes.c_uint32(ifindex))
         if info is None:
             return None
-        return EndpointRecord(info.ep_id, be_to_ip(info.ipv4), info.identity, info.flags)
+        return _record(info)
 
     def remove(self, ifindex: int) -> bool:
         """Forget ifindex."""
@@ -121,10 +133,7 @@ class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
 
     def dump(self) -> dict[int, EndpointRecord]:
         """All endpoints by ifindex."""
-        return {
-            int(k.value): EndpointRecord(v.ep_id, be_to_ip(v.ipv4), v.identity, v.flags)
-            for k, v in self.items()
-        }
+        return {int(k.value): _record(v) for k, v in self.items()}
 
 
 def prefix_key(prefix: str) -> IpcacheKey:

@@ -24,6 +24,7 @@ from cilia.kvstore.nodes import NodeInfo, NodeRegistry, claim_pod_cidr
 from cilia.kvstore.objects import ClusterObjects, ObjectWatcher
 from cilia.kvstore.scheduling import place_all
 from cilia.kvstore.session import NodeSession
+from cilia.router import router_ip
 
 log = logging.getLogger("cilia.kvstore")
 
@@ -61,6 +62,8 @@ class MemberSettings:
     node_prefix_len: int
     lease_ttl: int
     lease_keepalive: float
+    router_ip: str = ""
+    """The configured router address (empty: the default of the pod range it gets)."""
 
 
 class ClusterMember:
@@ -123,7 +126,12 @@ class ClusterMember:
             s.node_prefix_len,
             preferred_cidr,
         )
-        local = NodeInfo(name=s.node_name, underlay_ip=s.underlay_ip, pod_cidr=self.pod_cidr)
+        local = NodeInfo(
+            name=s.node_name,
+            underlay_ip=s.underlay_ip,
+            pod_cidr=self.pod_cidr,
+            router_ip=router_ip(self.pod_cidr, s.router_ip),
+        )
         self._registry = NodeRegistry(
             self.etcd,
             self.session,

@@ -3,8 +3,9 @@
 Layout (every key under the node's lease, so a node that dies disappears with its lease):
 
 - `cilia/state/nodes/v1/default/<node>` -> `NodeInfo` as JSON (`Name`, `Cluster`,
-  `UnderlayIP` = the tunnel endpoint, `IPv4AllocCIDR` = the pod range, `Heartbeat` in epoch
-  seconds and the `HeartbeatInterval` it is refreshed at).
+  `UnderlayIP` = the tunnel endpoint, `IPv4AllocCIDR` = the pod range, `IPv4RouterIP` = the
+  node's router address in it, `Heartbeat` in epoch seconds and the `HeartbeatInterval` it is
+  refreshed at).
 - `cilia/state/podcidrs/v1/<a.b.c.d>-<len>` -> the owning node's name. Ranges are claimed
   with create-only transactions, so two nodes never get the same one.
 """
@@ -33,6 +34,7 @@ from cilia.kvstore.client import (
     Reflector,
 )
 from cilia.kvstore.session import NodeSession
+from cilia.router import router_ip
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class NodeInfo(BaseModel):
     cluster: str = Field("default", alias="Cluster")
     underlay_ip: str = Field(alias="UnderlayIP", description="the node's tunnel endpoint")
     pod_cidr: str = Field(alias="IPv4AllocCIDR", description="the node's pod range")
+    router_ip: str = Field(
+        "", alias="IPv4RouterIP", description="the node's router address (empty: its default)"
+    )
     heartbeat: float = Field(0.0, alias="Heartbeat", description="epoch seconds")
     heartbeat_interval: float = Field(10.0, alias="HeartbeatInterval", gt=0)
 
@@ -65,6 +70,11 @@ class NodeInfo(BaseModel):
     @classmethod
     def _cidr(cls, value: str) -> str:
         return str(ipaddress.IPv4Network(value, strict=True))
+
+    @property
+    def router(self) -> str:
+        """The node's router address towards its pods."""
+        return router_ip(self.pod_cidr, self.router_ip)
 
     def to_json(self) -> bytes:
         """The stored value."""
