@@ -10,12 +10,19 @@ from cilia.kvstore.nodes import NodeInfo, node_key, pod_cidr_key
 
 
 def test_node_record_json_round_trips_with_reference_like_names() -> None:
-    node = NodeInfo(name="n1", underlay_ip="198.18.0.1", pod_cidr="10.208.3.0/24", heartbeat=100.0)
+    node = NodeInfo(
+        name="n1",
+        underlay_ip="198.18.0.1",
+        pod_cidr="10.208.3.0/24",
+        router_ip="10.208.3.254",
+        heartbeat=100.0,
+    )
     assert json.loads(node.to_json()) == {
         "Name": "n1",
         "Cluster": "default",
         "UnderlayIP": "198.18.0.1",
         "IPv4AllocCIDR": "10.208.3.0/24",
+        "IPv4RouterIP": "10.208.3.254",
         "Heartbeat": 100.0,
         "HeartbeatInterval": 10.0,
     }
@@ -29,6 +36,8 @@ def test_node_record_json_round_trips_with_reference_like_names() -> None:
         b'{"Name": "n1"}',
         b'{"Name": "n1", "UnderlayIP": "x", "IPv4AllocCIDR": "10.0.0.0/24"}',
         b'{"Name": "n1", "UnderlayIP": "10.0.0.1", "IPv4AllocCIDR": "10.0.0.1/24"}',
+        b'{"Name": "n1", "UnderlayIP": "10.0.0.1", "IPv4AllocCIDR": "10.0.0.0/24",'
+        b' "IPv4RouterIP": "10.0.1.1"}',
     ],
 )
 def test_bad_records_are_refused(raw: bytes) -> None:

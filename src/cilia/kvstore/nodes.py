@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cilia.kvstore.client import (
     Compare,
@@ -34,7 +41,7 @@ from cilia.kvstore.client import (
     Reflector,
 )
 from cilia.kvstore.session import NodeSession
-from cilia.router import router_ip
+from cilia.router import router_ip, router_ip_problem
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,12 @@ class NodeInfo(BaseModel):
     @classmethod
     def _cidr(cls, value: str) -> str:
         return str(ipaddress.IPv4Network(value, strict=True))
+
+    @model_validator(mode="after")
+    def _router_in_range(self) -> NodeInfo:
+        if self.router_ip and (problem := router_ip_problem(self.pod_cidr, self.router_ip)):
+            raise ValueError(f"IPv4RouterIP: {problem}")
+        return self
 
     @property
     def router(self) -> str:
