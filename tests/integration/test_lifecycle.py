@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cilia.agent.cleanup import agent_processes
 from cilia.datapath.netns import socket_in_netns
 from cilia.runtime.probe import probe
-from tests.integration.harness import Cilia, running_agent
+from tests.integration.harness import Cilia, leftovers, running_agent
 from tests.integration.test_enforcement import DS, RULE1, STARWARS, TF, XW
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
@@ -209,3 +211,34 @@ def test_down_after_a_crash_removes_everything(tmp_path: Path) -> None:
         left = c.stop()
     assert left == []
     assert all(not Path(f"/sys/class/net/{d}").exists() for d in devices)
+
+
+SLEEPER = """
+apiVersion: v1
+kind: Pod
+metadata: {name: sleeper, namespace: default}
+spec:
+  containers: [{name: c, command: [sleep, "600"]}]
+"""
+
+
+def test_down_spares_a_shells_other_children(tmp_path: Path) -> None:
+    """A shell that exported CILIA_NAME_PREFIX keeps its other processes: `cilia down`
+    stops only what the agent started."""
+    c = Cilia(tmp_path)
+    bystander = subprocess.Popen(["sleep", "600"], env=c.env)
+    try:
+        c.start()
+        c.apply(SLEEPER)
+        started = agent_processes(c.config)
+        assert [argv for _, argv in started] == ["sleep 600"], started  # the pod's only
+        c.run("down")
+        assert bystander.poll() is None, "cilia down killed a process it did not start"
+        bystander.kill()
+        bystander.wait()
+        assert leftovers(c.config, set()) == []  # the pod's sleep went with the agent
+    finally:
+        if bystander.poll() is None:
+            bystander.kill()
+            bystander.wait()
+        c.stop()

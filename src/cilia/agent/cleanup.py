@@ -75,13 +75,18 @@ def _ancestors() -> set[int]:
     return pids
 
 
+STARTED_BY_VARIABLE = "CILIA_STARTED_BY"
+"""Set by the agent in its own environment: its children inherit it, a shell does not."""
+
+
 def agent_processes(config: AgentConfig) -> list[tuple[int, str]]:
     """Processes started by this agent (proxies, containers) that are still alive.
 
-    They are recognised by the agent's CILIA_NAME_PREFIX in their environment; this
-    process and its ancestors are never among them.
+    They are recognised by the variable the agent sets for its children (see
+    `STARTED_BY_VARIABLE`) in their environment; this process and its ancestors are
+    never among them.
     """
-    marker = f"CILIA_NAME_PREFIX={config.name_prefix}\0".encode()
+    marker = f"{STARTED_BY_VARIABLE}={config.name_prefix}\0".encode()
     spared = _ancestors()
     found: list[tuple[int, str]] = []
     for entry in os.listdir("/proc"):

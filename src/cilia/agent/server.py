@@ -14,6 +14,7 @@ import uvicorn
 
 from cilia.agent.api import create_app
 from cilia.agent.clean_state import clean_state
+from cilia.agent.cleanup import STARTED_BY_VARIABLE
 from cilia.agent.config import AgentConfig
 from cilia.agent.daemon import Agent
 from cilia.agent.errors import AgentError
@@ -120,9 +121,11 @@ def run_agent(config: AgentConfig, log_level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Envoy admin call
     if os.geteuid() != 0:
         raise SystemExit("cilia agent must run as root (it programs the kernel)")
-    # Every process the agent starts (containers, Envoy) inherits this, which is how
-    # `cilia down` finds them even after a crash.
+    # Every process the agent starts (containers, Envoy) inherits these, which is how
+    # `cilia down` finds them even after a crash. The second is never in a user's
+    # shell (which may export CILIA_NAME_PREFIX): its other children are not ours.
     os.environ["CILIA_NAME_PREFIX"] = config.name_prefix
+    os.environ[STARTED_BY_VARIABLE] = config.name_prefix
     try:
         pins = bpffs.pin_dir(config.bpf_dir, config.host_proc)
     except bpffs.BpffsError as exc:
