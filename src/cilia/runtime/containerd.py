@@ -74,14 +74,7 @@ class ContainerdClient(grpc_protos.Client):
 
 def available(socket_path: str = DEFAULT_SOCKET, timeout: float = 1.0) -> bool:
     """True when a containerd answers its Version call on *socket_path*."""
-    client = ContainerdClient(socket_path, "default")
-    try:
-        client.version(timeout)
-    except grpc_protos.RpcError:
-        return False
-    finally:
-        client.close()
-    return True
+    return grpc_protos.answers_version(ContainerdClient(socket_path, "default"), timeout)
 
 
 def security_labels(labels: Mapping[str, str]) -> list[str]:

@@ -138,14 +138,7 @@ class CriClient(grpc_protos.Client):
 
 def available(socket_path: str = DEFAULT_SOCKET, timeout: float = 1.0) -> bool:
     """True when a CRI runtime answers Version (runtime.v1) on *socket_path*."""
-    client = CriClient(socket_path)
-    try:
-        client.version(timeout)
-    except grpc_protos.RpcError:
-        return False
-    finally:
-        client.close()
-    return True
+    return grpc_protos.answers_version(CriClient(socket_path), timeout)
 
 
 def security_labels(sandbox: Sandbox) -> list[str]:

@@ -19,7 +19,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import grpc  # type: ignore[import-untyped]
 import grpc_tools  # type: ignore[import-untyped]
@@ -202,6 +202,25 @@ class Stream:
 
 
 RpcError: type[Exception] = grpc.RpcError  # what a failed call raises
+
+
+class VersionedClient(Protocol):
+    """A runtime's client whose Version call tells whether the runtime answers."""
+
+    def version(self, timeout: float) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def answers_version(client: VersionedClient, timeout: float) -> bool:
+    """True when the runtime behind *client* answers its Version call; closes *client*."""
+    try:
+        client.version(timeout)
+    except grpc.RpcError:
+        return False
+    finally:
+        client.close()
+    return True
 
 
 def rpc_code(exc: BaseException) -> str:
