@@ -16,14 +16,13 @@ watcher (their CNI id is the sandbox id, their labels come from PodSandboxStatus
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from cilia.runtime import grpc_protos
-from cilia.runtime.owner import EndpointOwner, EndpointPatch
+from cilia.runtime.watcher import RuntimeWatcher
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ DEFAULT_NAMESPACES = ["default"]
 LABEL_SOURCE = "container"
 INTERNAL_LABELS = ("io.containerd.",)  # set by containerd itself, not the user's
 CRI_KIND_LABEL = "io.cri-containerd.kind"  # marks the CRI plugin's sandboxes and containers
-RETRY_MAX = 5.0
 
 VERSION = "/containerd.services.version.v1.Version/Version"
 CONTAINERS_GET = "/containerd.services.containers.v1.Containers/Get"
@@ -100,7 +98,7 @@ def _event_subject(topic: str, event: Any) -> str | None:
     return str(event.container_id) if exec_id in ("", event.container_id) else None
 
 
-class ContainerdWatcher:
+class ContainerdWatcher(RuntimeWatcher):
     """Labels of one containerd's containers (in the given namespaces) onto endpoints."""
 
     name = "containerd"
@@ -111,103 +109,41 @@ class ContainerdWatcher:
         namespaces: Iterable[str] = DEFAULT_NAMESPACES,
         resync_interval: float = 30.0,
     ) -> None:
-        self.socket_path = socket_path
+        super().__init__(socket_path, resync_interval)
         self.namespaces = list(namespaces)
-        self.resync_interval = resync_interval
-        self._owner: EndpointOwner | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._patched: dict[str, tuple[list[str], str]] = {}
-        """Endpoint key -> (labels, name) last given to the owner."""
-        self._stream: grpc_protos.Stream | None = None
-        self._connected = False
-        self._error = ""
-        self.resyncs = 0
 
-    # -- life cycle -------------------------------------------------------
+    def _watching(self) -> str:
+        return (
+            f"watching events of namespaces {','.join(self.namespaces)} "
+            f"({len(self._patched)} endpoints labelled)"
+        )
 
-    def start(self, owner: EndpointOwner) -> None:
-        """Follow the events and resync periodically, each on its thread."""
-        if self._threads:
-            return
-        self._owner = owner
-        self._stop.clear()
-        for target, what in ((self._follow, "events"), (self._resync_loop, "resync")):
-            thread = threading.Thread(target=target, name=f"containerd-{what}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def _describe(self, exc: BaseException) -> str:
+        return grpc_protos.describe(exc)
 
-    def stop(self) -> None:
-        """Stop both threads (the event stream is cancelled to wake its reader)."""
-        self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            stream.cancel()
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._threads = []
+    def _cancel(self, stream: Any) -> None:
+        stream.cancel()
 
-    def health(self) -> dict[str, Any]:
-        """Connected to the event stream, or the last error."""
-        if not self._threads:
-            message = "not started"
-        elif self._connected:
-            message = (
-                f"watching events of namespaces {','.join(self.namespaces)} "
-                f"({len(self._patched)} endpoints labelled)"
-            )
-        else:
-            message = self._error or "connecting"
-        return {
-            "runtime": self.name,
-            "endpoint": self.socket_path,
-            "healthy": bool(self._threads) and self._connected,
-            "message": message,
-        }
+    def _resync_now(self) -> None:
+        self.resync()
 
-    # -- work -------------------------------------------------------------
-
-    def _follow(self) -> None:
-        delay = 0.2
+    def _watch(self) -> None:
         filters = [f'namespace=="{ns}"' for ns in self.namespaces]
-        while not self._stop.is_set():
-            events = grpc_protos.Client(self.socket_path)
-            try:
-                # Subscribe before listing, so a change between both is not lost.
-                stream = events.stream(
-                    EVENTS_SUBSCRIBE, events.request(EVENTS_SUBSCRIBE, filters=filters)
-                )
-                self._stream = stream
-                if self._stop.is_set():
-                    break  # stop() ran before the stream existed
-                self.resync()
-                self._connected, self._error, delay = True, "", 0.2
-                for envelope in stream:
-                    self._event(envelope)
-                if not self._stop.is_set():
-                    self._failed(ConnectionError("the event stream ended"))
-            except Exception as exc:  # daemon gone or restarting: retry
-                if not self._stop.is_set():
-                    self._failed(exc)
-            finally:
-                self._stream = None
-                events.close()
-            self._stop.wait(delay)
-            delay = min(delay * 2, RETRY_MAX)
-
-    def _failed(self, exc: BaseException) -> None:
-        self._connected = False
-        self._error = grpc_protos.describe(exc)
-        log.warning("containerd watcher on %s: %s", self.socket_path, self._error)
-
-    def _resync_loop(self) -> None:
-        while not self._stop.wait(self.resync_interval):
-            if self._connected:
-                try:
-                    self.resync()
-                except Exception as exc:
-                    self._failed(exc)
+        events = grpc_protos.Client(self.socket_path)
+        try:
+            # Subscribe before listing, so a change between both is not lost.
+            stream = events.stream(
+                EVENTS_SUBSCRIBE, events.request(EVENTS_SUBSCRIBE, filters=filters)
+            )
+            self._stream = stream
+            if self._stop.is_set():
+                return  # stop() ran before the stream existed
+            self.resync()
+            self._now_connected()
+            for envelope in stream:
+                self._event(envelope)
+        finally:
+            events.close()
 
     def _event(self, envelope: Any) -> None:
         topic, namespace = str(envelope.topic), str(envelope.namespace)
@@ -255,9 +191,7 @@ class ContainerdWatcher:
             for cid in cids
             if cid in present[ns]
         }
-        with self._lock:
-            for key in [k for k in self._patched if k.split(":", 1)[1] not in found]:
-                del self._patched[key]
+        self._forget_all_but(found)
         for namespace, cids in known.items():
             for cid in cids:
                 if cid in present[namespace]:
@@ -267,20 +201,9 @@ class ContainerdWatcher:
         self.resyncs += 1
 
     def _apply(self, namespace: str, container: Container) -> None:
-        assert self._owner is not None
         if CRI_KIND_LABEL in container.labels:
             return  # a CRI pod's: the CRI watcher labels it
-        key = _key(namespace, container.id)
-        wanted = (security_labels(container.labels), container.id)
-        with self._lock:
-            if self._patched.get(key) == wanted:
-                return
-            try:
-                self._owner.endpoint_patch(key, EndpointPatch(labels=wanted[0], name=wanted[1]))
-            except Exception as exc:  # removed meanwhile: the next event or resync
-                log.info("containerd watcher: %s not patched: %s", key, exc)
-                return
-            self._patched[key] = wanted
+        self._patch(_key(namespace, container.id), security_labels(container.labels), container.id)
 
     def _remove(self, namespace: str, cid: str) -> None:
         """The container's task or the container is gone: so is its network namespace."""

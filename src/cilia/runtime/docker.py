@@ -13,23 +13,20 @@ A periodic resync over the running containers catches what an event stream lost
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import suppress
 from typing import Any
 
 import docker
 import docker.errors
 
 from cilia.runtime.docker_plugin import container_id, endpoint_key
-from cilia.runtime.owner import EndpointOwner, EndpointPatch
+from cilia.runtime.watcher import RuntimeWatcher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 LABEL_SOURCE = "container"
-RETRY_MAX = 5.0
 
 
 def _url(socket_path: str) -> str:
@@ -59,117 +56,43 @@ def _endpoint_ids(networks: Mapping[str, Any] | None) -> list[str]:
     return [n["EndpointID"] for n in (networks or {}).values() if n and n.get("EndpointID")]
 
 
-class DockerWatcher:
+class DockerWatcher(RuntimeWatcher):
     """Labels of the containers of one Docker daemon, onto their Cilia endpoints."""
 
     name = "docker"
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, resync_interval: float = 30.0) -> None:
-        self.socket_path = socket_path
-        self.resync_interval = resync_interval
-        self._owner: EndpointOwner | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._patched: dict[str, tuple[list[str], str]] = {}
-        """Endpoint key -> (labels, name) last given to the owner."""
-        self._stream: Any = None
-        self._connected = False
-        self._error = ""
-        self.resyncs = 0
-
-    # -- life cycle -------------------------------------------------------
-
-    def start(self, owner: EndpointOwner) -> None:
-        """Follow the daemon's events and resync periodically, each on its thread."""
-        if self._threads:
-            return
-        self._owner = owner
-        self._stop.clear()
-        for target, what in ((self._follow, "events"), (self._resync_loop, "resync")):
-            thread = threading.Thread(target=target, name=f"docker-{what}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self) -> None:
-        """Stop both threads (the event stream is closed to wake its reader)."""
-        self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            with suppress(Exception):
-                stream.close()
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._threads = []
-
-    def health(self) -> dict[str, Any]:
-        """Connected to the daemon's event stream, or the last error."""
-        if not self._threads:
-            message = "not started"
-        elif self._connected:
-            message = f"watching events ({len(self._patched)} endpoints labelled)"
-        else:
-            message = self._error or "connecting"
-        return {
-            "runtime": self.name,
-            "endpoint": self.socket_path,
-            "healthy": bool(self._threads) and self._connected,
-            "message": message,
-        }
-
-    # -- work -------------------------------------------------------------
+        super().__init__(socket_path, resync_interval)
 
     def _client(self) -> docker.APIClient:
         return docker.APIClient(base_url=_url(self.socket_path), timeout=30)
 
-    def _follow(self) -> None:
-        delay = 0.2
-        while not self._stop.is_set():
-            try:
-                client = self._client()
-            except docker.errors.DockerException as exc:
-                self._failed(exc)
-            else:
-                try:
-                    # Subscribe before listing, so a start between both is not lost.
-                    since = int(time.time())  # a second replayed again is harmless
-                    self._stream = client.events(
-                        since=since,
-                        filters={"type": ["container", "network"], "event": ["start", "connect"]},
-                        decode=True,
-                    )
-                    self.resync(client)
-                    self._connected, self._error, delay = True, "", 0.2
-                    for event in self._stream:
-                        self._event(client, event)
-                    if not self._stop.is_set():
-                        self._failed(ConnectionError("the event stream ended"))
-                except Exception as exc:  # daemon gone or restarting: retry
-                    if not self._stop.is_set():
-                        self._failed(exc)
-                finally:
-                    self._stream = None
-                    client.close()
-            self._stop.wait(delay)
-            delay = min(delay * 2, RETRY_MAX)
+    def _cancel(self, stream: Any) -> None:
+        stream.close()
 
-    def _failed(self, exc: BaseException) -> None:
-        self._connected = False
-        self._error = f"{type(exc).__name__}: {exc}"
-        log.warning("docker watcher on %s: %s", self.socket_path, self._error)
+    def _watch(self) -> None:
+        client = self._client()
+        try:
+            # Subscribe before listing, so a start between both is not lost.
+            since = int(time.time())  # a second replayed again is harmless
+            self._stream = client.events(
+                since=since,
+                filters={"type": ["container", "network"], "event": ["start", "connect"]},
+                decode=True,
+            )
+            self.resync(client)
+            self._now_connected()
+            for event in self._stream:
+                self._event(client, event)
+        finally:
+            client.close()
 
-    def _resync_loop(self) -> None:
-        while not self._stop.wait(self.resync_interval):
-            if not self._connected:
-                continue
-            try:
-                client = self._client()
-                try:
-                    self.resync(client)
-                finally:
-                    client.close()
-            except Exception as exc:
-                self._failed(exc)
+    def _resync_now(self) -> None:
+        client = self._client()
+        try:
+            self.resync(client)
+        finally:
+            client.close()
 
     def _event(self, client: docker.APIClient, event: Mapping[str, Any]) -> None:
         actor = event.get("Actor") or {}
@@ -197,9 +120,7 @@ class DockerWatcher:
     def resync(self, client: docker.APIClient) -> None:
         """Label the endpoints of every running container; forget removed endpoints."""
         known = self._known()
-        with self._lock:
-            for key in [k for k in self._patched if k.split(":", 1)[1] not in known]:
-                del self._patched[key]
+        self._forget_all_but(known)
         for c in client.containers():
             names = c.get("Names") or ["/"]
             eids = _endpoint_ids((c.get("NetworkSettings") or {}).get("Networks"))
@@ -210,16 +131,5 @@ class DockerWatcher:
     def _apply(
         self, endpoint_ids: Iterable[str], labels: Mapping[str, str] | None, name: str
     ) -> None:
-        assert self._owner is not None
-        wanted = (security_labels(labels), name)
         for eid in endpoint_ids:
-            key = endpoint_key(eid)
-            with self._lock:
-                if self._patched.get(key) == wanted:
-                    continue
-                try:
-                    self._owner.endpoint_patch(key, EndpointPatch(labels=wanted[0], name=name))
-                except Exception as exc:  # removed meanwhile: the next event or resync
-                    log.info("docker watcher: %s not patched: %s", key, exc)
-                    continue
-                self._patched[key] = wanted
+            self._patch(endpoint_key(eid), security_labels(labels), name)
