@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cilia.runtime import grpc_protos
-from cilia.runtime.watcher import RuntimeWatcher
+from cilia.runtime.watcher import EventWatcher
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _event_subject(topic: str, event: Any) -> str | None:
     return str(event.container_id) if exec_id in ("", event.container_id) else None
 
 
-class ContainerdWatcher(RuntimeWatcher):
+class ContainerdWatcher(EventWatcher):
     """Labels of one containerd's containers (in the given namespaces) onto endpoints."""
 
     name = "containerd"

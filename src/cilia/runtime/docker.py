@@ -21,7 +21,7 @@ import docker
 import docker.errors
 
 from cilia.runtime.docker_plugin import container_id, endpoint_key
-from cilia.runtime.watcher import RuntimeWatcher
+from cilia.runtime.watcher import EventWatcher
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _endpoint_ids(networks: Mapping[str, Any] | None) -> list[str]:
     return [n["EndpointID"] for n in (networks or {}).values() if n and n.get("EndpointID")]
 
 
-class DockerWatcher(RuntimeWatcher):
+class DockerWatcher(EventWatcher):
     """Labels of the containers of one Docker daemon, onto their Cilia endpoints."""
 
     name = "docker"

@@ -23,7 +23,7 @@ RETRY_MAX = 5.0
 """Seconds between reconnection attempts: doubling from RETRY_FIRST up to this."""
 
 
-class RuntimeWatcher:
+class EventWatcher:
     """Life cycle, health and patch bookkeeping of one runtime's label watcher.
 
     A subclass watches its runtime in `_watch` (subscribe, resync, `_now_connected`,
