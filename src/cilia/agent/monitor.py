@@ -156,7 +156,7 @@ class Monitor:
         return any(ev_type in sub.filter.types for sub in self._subs)
 
     def seen(self, source: str) -> None:
-        """Note an event of `source` that nobody was subscribed to (cilia_event_ts)."""
+        """Note that events of `source` happened, published or not (cilia_event_ts)."""
         self.last_event[source] = time.time()
 
     def publish(self, ev: dict[str, Any]) -> None:
