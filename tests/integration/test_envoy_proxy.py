@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +22,7 @@ from cilia.proxy.envoy.config import ORIGINAL_DST_HEADER
 from cilia.proxy.envoy.process import envoy_binary
 from cilia.proxy.envoy.proxy import EnvoyConfigError
 from cilia.proxy.manager import ProxyManager
-from cilia.proxy.records import L7Record
+from cilia.proxy.records import L7Record, Verdict
 from tests.integration.proxy_procs import wait_for
 
 try:
@@ -65,6 +66,8 @@ class Env:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.records: list[L7Record] = []
+        self.counts: Counter[Verdict] = Counter()
+        self.want_records = True
         self.manager = ProxyManager(
             tmp,
             lambda: {"127.0.0.1/32": LUKE, "127.0.0.2/32": LEIA},
@@ -72,6 +75,8 @@ class Env:
             port_range=(30000 + os.getpid() % 20000, 65000),
             upstream=lambda _ep, _r: ("127.0.0.1", self.server.server_address[1]),
             on_request=self.records.append,
+            on_counts=self.counts.update,
+            wants_records=lambda: self.want_records,
         )
         self.manager.start()
         self.port = 0
@@ -154,6 +159,33 @@ def test_allowed_request_reaches_server_unchanged_and_denied_gets_403(env: Env) 
     )
     denied = next(r for r in env.records if r.http_path == "/v1/exhaust-port")
     assert (denied.peer_identity, denied.http_method, denied.http_status) == (LUKE, "PUT", 403)
+
+
+def test_a_burst_is_counted_exactly_and_records_wait_for_a_reader(env: Env) -> None:
+    env.policy(luke_public_only())
+    before, records = Counter(env.counts), len(env.records)
+    env.want_records = False
+    try:
+        c = env.conn()
+        try:
+            statuses = Counter(
+                request(c, "GET", "/public" if i % 5 else "/x")[0] for i in range(500)
+            )
+        finally:
+            c.close()
+        assert statuses == Counter({200: 400, 403: 100})
+        wanted = before + Counter({"forwarded": 400, "denied": 100})
+        wait_for(lambda: env.counts == wanted, 30, f"counts {wanted}")
+        assert len(env.records) == records, "no records while nobody wants them"
+    finally:
+        env.want_records = True
+    c = env.conn()
+    try:
+        assert request(c, "GET", "/x")[0] == 403
+    finally:
+        c.close()
+    wait_for(lambda: len(env.records) == records + 1, 30, "a record once wanted again")
+    assert env.counts == wanted + Counter({"denied": 1})
 
 
 def test_path_regex_is_anchored(env: Env) -> None:

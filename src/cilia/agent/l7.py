@@ -2,8 +2,9 @@
 
 Redirects come from the policy engine (EndpointPolicy.redirects); this module
 hands them to the ProxyManager, which answers with proxy ports that the
-datapath writes into the policy map. Every request a proxy sees becomes a
-monitor event and counts in the cilia_policy_l7_* metrics.
+datapath writes into the policy map. Every request a proxy sees counts in the
+cilia_policy_l7_* metrics (in batches) and becomes a monitor event while a
+monitor client takes L7 events (only then are per-request records built).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cilia.datapath.layout import MARK_MAGIC_FROM_PROXY
 from cilia.datapath.proxy_routing import ensure_proxy_routing
 from cilia.policy.desired import Direction, Redirect
 from cilia.proxy.manager import ProxyManager, RedirectInfo
-from cilia.proxy.records import L7Record
+from cilia.proxy.records import L7Record, Verdict
 
 log = logging.getLogger("cilia.l7")
 
@@ -57,6 +58,8 @@ class L7Gateway:
                 # (ingress); egress upstreams carry the source endpoint's identity.
                 upstream_mark=lambda identity: MARK_MAGIC_FROM_PROXY | (identity << 16),
                 on_request=self._on_request,
+                on_counts=self._on_counts,
+                wants_records=lambda: self.monitor.wants("l7"),
             )
             self.manager.start()
         ports = self.manager.update(endpoint_id, redirects, identity)
@@ -91,12 +94,16 @@ class L7Gateway:
             self.manager.stop()
             self.manager = None
 
-    def _on_request(self, rec: L7Record) -> None:
+    def _on_counts(self, counts: Mapping[Verdict, int]) -> None:
         counters = l7_counters()
-        counters.received.inc()
-        {"forwarded": counters.forwarded, "denied": counters.denied}.get(
-            rec.verdict, counters.parse_errors
-        ).inc()
+        counters.received.inc(sum(counts.values()))
+        for verdict, n in counts.items():
+            {"forwarded": counters.forwarded, "denied": counters.denied}.get(
+                verdict, counters.parse_errors
+            ).inc(n)
+        self.monitor.seen("l7")
+
+    def _on_request(self, rec: L7Record) -> None:
         local_ip = rec.destination[0] if rec.direction is Direction.INGRESS else rec.source[0]
         local = self.endpoint_of_ip(local_ip)
         ep_id, ep_identity = local if local else (None, None)

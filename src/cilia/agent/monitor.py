@@ -151,6 +151,14 @@ class Monitor:
         """Current subscribers (a snapshot)."""
         return self._subs
 
+    def wants(self, ev_type: str) -> bool:
+        """Does any subscriber take events of this type (worth building them)?"""
+        return any(ev_type in sub.filter.types for sub in self._subs)
+
+    def seen(self, source: str) -> None:
+        """Note that events of `source` happened, published or not (cilia_event_ts)."""
+        self.last_event[source] = time.time()
+
     def publish(self, ev: dict[str, Any]) -> None:
         """Hand an event (a JSON-able dict with a `type`) to every interested subscriber.
 

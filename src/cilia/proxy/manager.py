@@ -21,7 +21,7 @@ from cilia.proxy.envoy.proxy import EnvoyProxy
 from cilia.proxy.kafka.policy import KafkaPolicy
 from cilia.proxy.kafka.proxy import KafkaProxy
 from cilia.proxy.loop import LoopThread
-from cilia.proxy.records import L7Record
+from cilia.proxy.records import CountsHook, L7Record
 from cilia.proxy.sockets import KeepAlive
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,29 @@ class RedirectInfo:
 
 
 class IdentityIndex:
-    """Longest-prefix lookup of an address in an ipcache snapshot (unknown → world)."""
+    """Longest-prefix lookup of an address in an ipcache snapshot (unknown → world).
+
+    Answers are cached per address for the life of the snapshot (a refresh makes
+    a new index); the cache starts over when it reaches `CACHE_SIZE` addresses.
+    """
+
+    CACHE_SIZE = 4096
 
     def __init__(self, ipcache: Mapping[str, int]) -> None:
         nets = [(ipaddress.ip_network(p, strict=False), i) for p, i in ipcache.items()]
         self._nets = sorted(nets, key=lambda item: -item[0].prefixlen)
+        self._cache: dict[str, int] = {}
 
     def __call__(self, ip: str) -> int:
+        identity = self._cache.get(ip)
+        if identity is None:
+            identity = self._lookup(ip)
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[ip] = identity
+        return identity
+
+    def _lookup(self, ip: str) -> int:
         addr = ipaddress.ip_address(ip)
         for net, identity in self._nets:
             if addr in net:
@@ -66,6 +82,8 @@ class ProxyManager:
     call `refresh()` after it changes. `upstream(endpoint_id, redirect)`, when
     given, names a fixed upstream per redirect (plain mode for tests); without
     it proxies are transparent and forward to each flow's original destination.
+    Proxies report request counts to `on_counts` (in batches) and records to
+    `on_request` while `wants_records()`.
     """
 
     def __init__(
@@ -77,6 +95,8 @@ class ProxyManager:
         port_range: tuple[int, int] = (10000, 20000),
         upstream: Callable[[int, Redirect], tuple[str, int]] | None = None,
         on_request: Callable[[L7Record], None] | None = None,
+        on_counts: CountsHook | None = None,
+        wants_records: Callable[[], bool] = lambda: True,
         upstream_mark: Callable[[int], int] | None = None,
         keepalive: KeepAlive | None = None,
         envoy_binary: str | None = None,
@@ -87,6 +107,8 @@ class ProxyManager:
         self.port_range = port_range
         self.upstream = upstream
         self.on_request = on_request
+        self.on_counts = on_counts
+        self.wants_records = wants_records
         self.upstream_mark = upstream_mark
         self.keepalive = keepalive or KeepAlive()
         self.envoy = EnvoyProxy(
@@ -99,6 +121,8 @@ class ProxyManager:
             ),
             identity_of=self.identity_of,
             on_request=on_request,
+            on_counts=on_counts,
+            wants_records=wants_records,
             binary=envoy_binary,
         )
         self._loop = LoopThread("cilia-kafka-proxy")
@@ -226,6 +250,8 @@ class ProxyManager:
             direction=key[1],
             upstream=self.upstream(key[0], redirect) if self.upstream else None,
             on_request=self.on_request,
+            on_counts=self.on_counts,
+            wants_records=self.wants_records,
             upstream_mark=self._mark_of(key),
             keepalive=self.keepalive,
         )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from cilia.policy.desired import Direction
 
 Verdict = Literal["forwarded", "denied", "parse-error"]
+CountsHook = Callable[[Mapping[Verdict, int]], None]
+"""Receives request counts per verdict, one call per batch of requests."""
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,20 @@ class Counters:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, record: L7Record) -> None:
-        """Count one record (received counts every request that was read, even a malformed one)."""
+        """Count one record."""
+        self.add(record.verdict, 1)
+
+    def add(self, verdict: Verdict, n: int) -> None:
+        """Count `n` requests of one verdict (received counts every request that was read,
+        even a malformed one)."""
         with self._lock:
-            self.received += 1
-            if record.verdict == "forwarded":
-                self.forwarded += 1
-            elif record.verdict == "denied":
-                self.denied += 1
+            self.received += n
+            if verdict == "forwarded":
+                self.forwarded += n
+            elif verdict == "denied":
+                self.denied += n
             else:
-                self.parse_errors += 1
+                self.parse_errors += n
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

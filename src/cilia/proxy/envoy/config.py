@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cilia.policy.desired import Direction, L7Allow
+from cilia.proxy.envoy.accesslog import listener_format
 from cilia.proxy.envoy.rbac import rbac_policies
 from cilia.proxy.sockets import KeepAlive
 
@@ -107,17 +108,6 @@ def _upstream_cluster(lst: HttpListener) -> str:
 
 def listener(s: Settings, lst: HttpListener) -> Json:
     """A listener whose filter chain never changes with policy (rules live in its routes)."""
-    fmt = {
-        "listener": lst.name,
-        "method": "%REQ(:METHOD)%",
-        "path": "%REQ(:PATH)%",
-        "host": "%REQ(:AUTHORITY)%",
-        "status": "%RESPONSE_CODE%",
-        "flags": "%RESPONSE_FLAGS%",
-        "details": "%RESPONSE_CODE_DETAILS%",
-        "source": "%DOWNSTREAM_REMOTE_ADDRESS%",
-        "destination": "%DOWNSTREAM_LOCAL_ADDRESS%",
-    }
     hcm = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": lst.name,
@@ -182,7 +172,7 @@ def listener(s: Settings, lst: HttpListener) -> Json:
                 "typed_config": {
                     "@type": _T + "extensions.access_loggers.file.v3.FileAccessLog",
                     "path": str(s.access_log),
-                    "log_format": {"json_format": fmt},
+                    "log_format": {"json_format": listener_format(lst.name)},
                 },
             }
         ],

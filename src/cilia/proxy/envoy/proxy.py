@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from cilia.policy.desired import Direction
+from cilia.proxy.envoy import accesslog
 from cilia.proxy.envoy import config as cfg
+from cilia.proxy.envoy.accesslog import LineBuffer
 from cilia.proxy.envoy.config import HttpListener, Settings
 from cilia.proxy.envoy.process import EnvoyProcess
-from cilia.proxy.records import Counters, L7Record
+from cilia.proxy.records import Counters, CountsHook, L7Record, Verdict
 
 log = logging.getLogger(__name__)
 
 _STAT = re.compile(r"^(?P<name>\S+): (?P<value>.*)$")
+READ_SIZE = 1 << 20
+"""Bytes per read of the access log: a burst is taken in a few large reads."""
 
 
 class EnvoyConfigError(RuntimeError):
@@ -45,8 +49,11 @@ def _address(text: str) -> tuple[str, int]:
 class EnvoyProxy:
     """Supervises one Envoy and programs its HTTP listeners through filesystem xDS.
 
-    `identity_of(ip)` names the peer of each logged request (the source on
-    ingress, the original destination on egress) for `on_request` records.
+    Every logged request is counted per listener (`counters`) and reported in
+    batches to `on_counts`; `on_request` gets one record per request only while
+    `wants_records()` (decoding each line costs far more than counting it).
+    `identity_of(ip)` names the peer of each record (the source on ingress, the
+    original destination on egress).
     """
 
     def __init__(
@@ -55,6 +62,8 @@ class EnvoyProxy:
         *,
         identity_of: Callable[[str], int] = lambda _ip: 0,
         on_request: Callable[[L7Record], None] | None = None,
+        on_counts: CountsHook | None = None,
+        wants_records: Callable[[], bool] = lambda: True,
         binary: str | None = None,
         concurrency: int = 2,
         log_level: str = "warning",
@@ -62,6 +71,8 @@ class EnvoyProxy:
         self.settings = settings
         self.identity_of = identity_of
         self.on_request = on_request
+        self.on_counts = on_counts
+        self.wants_records = wants_records
         self.process = EnvoyProcess(
             settings.directory / "bootstrap.json",
             settings.admin_socket,
@@ -89,9 +100,7 @@ class EnvoyProxy:
         _write_atomic(s.directory / "bootstrap.json", cfg.bootstrap(s))
         _write_atomic(s.xds_path("cds"), cfg.discovery("0", cfg.clusters(s, [])))
         _write_atomic(s.xds_path("lds"), cfg.discovery("0", []))
-        self._stop.clear()
-        self._tail = threading.Thread(target=self._read_access_log, name="envoy-log", daemon=True)
-        self._tail.start()
+        self._start_reader()
         self.process.start(timeout)
 
     def stop(self) -> None:
@@ -190,38 +199,64 @@ class EnvoyProxy:
             time.sleep(0.05)
         raise EnvoyConfigError(f"envoy did not apply configuration {version} within {timeout}s")
 
-    def _read_access_log(self) -> None:
-        with open(self.settings.access_log, encoding="utf-8", errors="replace") as f:
-            f.seek(0, os.SEEK_END)
-            pending = ""
+    def _start_reader(self) -> None:
+        """Follow the access log from its current end (every line appended from now on)."""
+        fd = os.open(self.settings.access_log, os.O_RDONLY)
+        os.lseek(fd, 0, os.SEEK_END)
+        self._stop.clear()
+        self._tail = threading.Thread(
+            target=self._read_access_log, args=(fd,), name="envoy-log", daemon=True
+        )
+        self._tail.start()
+
+    def _read_access_log(self, fd: int) -> None:
+        try:
+            lines = LineBuffer()
             while not self._stop.is_set():
-                chunk = f.readline()
+                chunk = os.read(fd, READ_SIZE)
                 if not chunk:
                     self._stop.wait(0.1)
                     continue
-                pending += chunk
-                if pending.endswith("\n"):
-                    self._record(pending)
-                    pending = ""
+                block = lines.feed(chunk)
+                if block:
+                    self._consume(block)
+        finally:
+            os.close(fd)
 
-    def _record(self, line: str) -> None:
-        try:
-            entry = json.loads(line)
-        except ValueError:
+    def _consume(self, block: bytes) -> None:
+        """Count a block of complete log lines; records only if somebody wants them."""
+        listeners = self._listeners
+        totals: dict[Verdict, int] = {}
+        for (name, verdict), n in accesslog.tally(block).items():
+            if name in listeners:
+                self.counters.setdefault(name, Counters()).add(verdict, n)
+                totals[verdict] = totals.get(verdict, 0) + n
+        if totals and self.on_counts is not None:
+            try:
+                self.on_counts(totals)
+            except Exception:
+                log.exception("envoy on_counts hook failed")
+        if self.on_request is None or not self.wants_records():
             return
-        lst = self._listeners.get(entry.get("listener", ""))
-        if lst is None:
-            return
+        for entry in accesslog.entries(block):
+            lst = listeners.get(entry.get("listener", ""))
+            if lst is None:
+                continue
+            try:
+                self.on_request(self._record(lst, entry))
+            except Exception:
+                log.exception("envoy on_request hook failed")
+
+    def _record(self, lst: HttpListener, entry: dict[str, Any]) -> L7Record:
         source, destination = (
-            _address(entry.get("source", "")),
-            _address(entry.get("destination", "")),
+            _address(entry.get("source") or ""),
+            _address(entry.get("destination") or ""),
         )
         peer = source if lst.direction is Direction.INGRESS else destination
         status = int(entry["status"]) if str(entry.get("status", "")).isdigit() else None
-        denied = str(entry.get("details", "")).startswith("rbac_access_denied")
-        record = L7Record(
+        return L7Record(
             "http",
-            "denied" if denied else "forwarded",
+            accesslog.verdict_of(entry),
             lst.direction,
             self.identity_of(peer[0]),
             source,
@@ -232,9 +267,3 @@ class EnvoyProxy:
             http_host=entry.get("host"),
             http_status=status,
         )
-        self.counters.setdefault(lst.name, Counters()).count(record)
-        if self.on_request is not None:
-            try:
-                self.on_request(record)
-            except Exception:
-                log.exception("envoy on_request hook failed")

@@ -27,7 +27,7 @@ from cilia.proxy.kafka.messages import (
     parse_request,
 )
 from cilia.proxy.kafka.policy import KafkaPolicy
-from cilia.proxy.records import Counters, L7Record, Verdict
+from cilia.proxy.records import Counters, CountsHook, L7Record, Verdict
 from cilia.proxy.sockets import KeepAlive, listener, set_keepalive
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class KafkaProxy:
     `identity_of(ip)` gives the peer's security identity: the client's on
     ingress, the original destination's on egress. `upstream_mark(identity)`,
     when given, sets SO_MARK on upstream sockets so the datapath can tell proxy
-    traffic (and its source identity) apart.
+    traffic (and its source identity) apart. Each request is counted to
+    `on_counts` and handed to `on_request` as a record while `wants_records()`.
     """
 
     def __init__(
@@ -69,6 +70,8 @@ class KafkaProxy:
         direction: Direction = Direction.INGRESS,
         upstream: tuple[str, int] | None = None,
         on_request: RecordHook | None = None,
+        on_counts: CountsHook | None = None,
+        wants_records: Callable[[], bool] = lambda: True,
         upstream_mark: Callable[[int], int] | None = None,
         keepalive: KeepAlive | None = None,
         connect_timeout: float = 10.0,
@@ -79,6 +82,8 @@ class KafkaProxy:
         self.direction = direction
         self.upstream = upstream
         self.on_request = on_request
+        self.on_counts = on_counts
+        self.wants_records = wants_records
         self.upstream_mark = upstream_mark
         self.keepalive = keepalive or KeepAlive()
         self.connect_timeout = connect_timeout
@@ -125,11 +130,13 @@ class KafkaProxy:
 
     def _report(self, record: L7Record) -> None:
         self.counters.count(record)
-        if self.on_request is not None:
-            try:
+        try:
+            if self.on_counts is not None:
+                self.on_counts({record.verdict: 1})
+            if self.on_request is not None and self.wants_records():
                 self.on_request(record)
-            except Exception:
-                log.exception("kafka proxy on_request hook failed")
+        except Exception:
+            log.exception("kafka proxy request hook failed")
 
 
 class _Connection:
