@@ -222,7 +222,7 @@ def main() -> int:
     ap.add_argument("--pods", type=int, help="number of endpoints (default 1000, quick 200)")
     args = ap.parse_args()
     n = args.pods or (200 if args.quick else 1000)
-    rounds = 3 if args.quick else 6
+    rounds = 3 if args.quick else 25  # 50 changes: every endpoint log fills up (100 entries)
     with agent({"CILIA_SYNC_INTERVAL": "10", **wide_pod_range()}) as cilia:
         s, rss = run(cilia, n, rounds)
     ok = report(n, s, rss)
