@@ -63,7 +63,7 @@ def agent(env: dict[str, str] | None = None) -> Iterator[Cilia]:
     """A running agent under a fresh prefix; `cilia down` and a leftover check at the end."""
     tmp = Path(tempfile.mkdtemp(prefix="cilia-bench-"))
     cilia = Cilia(tmp)
-    cilia.env.update(env or {})
+    cilia.configure(env or {})
     log(f"agent prefix {cilia.config.name_prefix}, pod range {cilia.config.pod_cidr}")
     failed = False
     try:

@@ -55,6 +55,11 @@ class Cilia:
             "CILIA_POD_CIDR": f"10.{octet}.{int(self.tag[2:4], 16)}.0/24",
             "CILIA_SYNC_INTERVAL": "1",
         }
+        self.configure({})
+
+    def configure(self, env: dict[str, str]) -> None:
+        """Add CILIA_* settings (before `start`); `config` follows them."""
+        self.env.update(env)
         self.config = AgentConfig(
             **{k[6:].lower(): v for k, v in self.env.items() if k.startswith("CILIA_")}
         )
@@ -192,7 +197,7 @@ def running_agent(tmp: Path, **env: str) -> Iterator[Cilia]:
     """A started agent (extra CILIA_* settings in env); on exit `cilia down` must leave
     nothing behind."""
     agent = Cilia(tmp)
-    agent.env.update(env)
+    agent.configure(env)
     try:
         agent.start()
         yield agent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ def pod_netns_name(name_prefix: str, namespace: str, pod: str) -> str:
     """Network namespace of a pod. '_' cannot occur in a prefix or a Kubernetes name, so
     one agent's names never match another's prefix (`cilia_` vs `cilia-test-1_`)."""
     return f"{name_prefix}_{namespace}_{pod}"
+
+
+LOG_ENTRIES = 100
+"""State changes an endpoint remembers (`cilia endpoint log`)."""
+STATE_LOG_ENTRIES = 10
+"""The newest of them kept across a restart: the state file is rewritten after every
+change, and with a thousand endpoints their whole logs made it ~15 MB."""
 
 
 def host_ifname(name_prefix: str, namespace: str, pod: str) -> str:
@@ -87,7 +95,7 @@ class Endpoint:
     """Whether labels held back by the init annotation were released."""
     trace: bool = False
     """TraceNotification: the datapath reports this endpoint's forwarded packets."""
-    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_ENTRIES))
 
     @property
     def name(self) -> str:
@@ -97,7 +105,8 @@ class Endpoint:
     def set_state(self, state: EndpointState, reason: str) -> None:
         """Change state and remember why (shown by `cilia endpoint log`)."""
         self.state = state
-        self.log.append({"time": time.time(), "state": state.value, "message": reason})
+        # Interned: a regeneration gives a thousand endpoints the same few messages.
+        self.log.append({"time": time.time(), "state": state.value, "message": sys.intern(reason)})
 
     @property
     def is_local_pod(self) -> bool:
@@ -168,7 +177,7 @@ class Endpoint:
             "extra_labels": self.extra_labels.to_list(),
             "labels_released": self.labels_released,
             "trace": self.trace,
-            "log": list(self.log),
+            "log": list(self.log)[-STATE_LOG_ENTRIES:],
         }
 
     @classmethod

@@ -40,6 +40,8 @@ class ObjectStore:
 
     def __init__(self) -> None:
         self._objects: dict[str, Manifest] = {}
+        self._dumped: dict[str, dict[str, Any]] = {}
+        """Persistable form of each object (they are frozen), made on the first save."""
 
     def plan_apply(self, manifests: list[Manifest]) -> list[tuple[Manifest, Action]]:
         """What applying would do, in apply order; refuses impossible updates first."""
@@ -66,9 +68,11 @@ class ObjectStore:
     def put(self, obj: Manifest) -> None:
         """Store or replace an object."""
         self._objects[obj.key] = obj
+        self._dumped.pop(obj.key, None)
 
     def remove(self, key: str) -> Manifest | None:
         """Forget an object."""
+        self._dumped.pop(key, None)
         return self._objects.pop(key, None)
 
     def get(self, key: str) -> Manifest | None:
@@ -94,8 +98,11 @@ class ObjectStore:
         return [o for k, o in sorted(self._objects.items()) if o.kind in kinds]
 
     def to_state(self) -> list[dict[str, Any]]:
-        """Persistable form."""
-        return [dump(o) for _, o in sorted(self._objects.items())]
+        """Persistable form (shared: not to be changed)."""
+        for key, obj in self._objects.items():
+            if key not in self._dumped:
+                self._dumped[key] = dump(obj)
+        return [self._dumped[key] for key in sorted(self._objects)]
 
     @classmethod
     def from_state(cls, items: list[dict[str, Any]]) -> ObjectStore:
