@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from cilia.agent.config import AgentConfig
 from cilia.cli.client import Client
@@ -60,9 +61,9 @@ class Cilia:
     def configure(self, env: dict[str, str]) -> None:
         """Add CILIA_* settings (before `start`); `config` follows them."""
         self.env.update(env)
-        self.config = AgentConfig(
-            **{k[6:].lower(): v for k, v in self.env.items() if k.startswith("CILIA_")}
-        )
+        # Read exactly as the agent reads its environment (JSON lists and maps included).
+        with mock.patch.dict(os.environ, self.env, clear=True):
+            self.config = AgentConfig()
 
     @property
     def client(self) -> Client:
