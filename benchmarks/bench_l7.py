@@ -139,7 +139,7 @@ def cpu_busy(seconds: float = 1.0) -> float:
 
 ROLES = {
     "envoy": "/envoy ",
-    "responder": "cilia.runtime.responder --pod default/web",
+    "responder": "cilia.runtime.responders --control",
     "agent": "cilia.cli.main agent",
     "broker": " broker --listener-url",
 }

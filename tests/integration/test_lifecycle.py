@@ -116,7 +116,9 @@ def test_failed_pod_leaves_nothing_behind(cilia: Cilia) -> None:
     """,
         check=False,
     )
-    assert res.code == 1 and "broken" in res.stderr
+    assert res.code == 1
+    assert "pod default/broken: container c: cannot run '/nonexistent/bin'" in res.stderr
+    assert "No such file or directory" in res.stderr and "Traceback" not in res.stderr
     assert cilia.run("get", "pods", "-A", "-o", "json").json()["items"] == []
     assert cilia.client.request("GET", "/endpoint") == []
     netns = f"{cilia.config.name_prefix}_default_broken"

@@ -54,7 +54,8 @@ def test_probes_and_restart_policy_parse() -> None:
 
 def test_a_container_with_ports_and_no_command_is_the_builtin_responder() -> None:
     (spec,) = container_specs(_pod("{name: c, ports: [{containerPort: 80}]}"))
-    assert spec.builtin and spec.tcp_ports == [80] and "cilia.runtime.responder" in spec.argv
+    assert spec.builtin and spec.tcp_ports == [80] and spec.argv == []
+    assert spec.responder_key == "default/p/c"
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from cilia.datapath.pod_network import remove_host_veth, remove_pod_network
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
 from cilia.runtime.local import kill_netns_processes, remove_sandbox
+from cilia.runtime.responders import ResponderHost
 from cilia.runtime.supervisor import ContainerStatus
 
 log = logging.getLogger("cilia.cleanup")
@@ -126,12 +127,13 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
         state = {}
     if state.get("pod_cidr"):  # in cluster mode the range came from the store
         config = config.model_copy(update={"pod_cidr": state["pod_cidr"]})
+    responders = ResponderHost.of(config.run_dir, config.state_dir, state)
     for ep in state.get("endpoints", []):
         # A runtime's container keeps running: only its Cilia network goes.
         local = ep.get("runtime", "local") == "local"
         if local:
             containers = [ContainerStatus.from_dict(c) for c in ep.get("containers", [])]
-            remove_sandbox(os.path.basename(ep["netns"]), containers)
+            remove_sandbox(os.path.basename(ep["netns"]), containers, responders)
         remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
         what = "pod" if local else f"{ep['runtime']} endpoint"
         removed.append(
@@ -140,6 +142,9 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
                 f"{what} {ep['namespace']}/{ep['pod']} ({ep['netns']}, {ep['ifname']})",
             )
         )
+    if responders.record is not None and responders.running():
+        removed.append(Removed("process", f"responder host {responders.record.pid}"))
+    responders.shutdown()
     for name in list_netns():
         if name.startswith(f"{config.name_prefix}_"):
             kill_netns_processes(name)

@@ -73,6 +73,7 @@ from cilia.policy.services import ServiceTranslator
 from cilia.runtime import local as pods
 from cilia.runtime import supervisor
 from cilia.runtime.owner import EndpointRequest
+from cilia.runtime.responders import ResponderHost
 
 log = logging.getLogger("cilia.agent")
 
@@ -110,6 +111,7 @@ class Agent:
         self.ipam = Ipam(config.pod_cidr, {config.host_router_ip})
         self.ipam_reserved: set[str] = set()
         """Addresses handed out by `POST /v1/ipam` and not yet taken by an endpoint."""
+        self.responders = ResponderHost.of(config.run_dir, config.state_dir)
         self.cidr = CidrIdentities()
         self._translate_services = ServiceTranslator()
         self.resolver: PolicyResolver | None = None
@@ -227,6 +229,7 @@ class Agent:
         self.objects = ObjectStore.from_state(state["objects"])
         self.ipam_reserved = set(state.get("ipam_reserved", []))
         self.ipam.used |= self.ipam_reserved
+        self.responders = ResponderHost.of(self.config.run_dir, self.config.state_dir, state)
         for raw in state["endpoints"]:
             ep = Endpoint.from_state(raw)
             if not ep.is_local_pod and not is_netns(ep.netns):
@@ -261,6 +264,7 @@ class Agent:
                 "objects": self.objects.to_state(),
                 "endpoints": [ep.to_state() for ep in self.endpoints.values()],
                 "ipam_reserved": sorted(self.ipam_reserved),
+                "responder_host": self.responders.record and self.responders.record.to_dict(),
             },
         )
 
@@ -568,15 +572,16 @@ class Agent:
         try:
             ep = self._create_endpoint(req, self._security_labels(pod))
             specs = pods.container_specs(pod)
-            ep.containers = supervisor.start_containers(path, specs, self._log_dir(ep), time.time())
+            log_dir, now = self._log_dir(ep), time.time()
+            ep.containers = supervisor.start_containers(path, specs, log_dir, now, self.responders)
             for spec, status in zip(specs, ep.containers, strict=True):
                 status.ready = spec.readiness is None  # else its probe decides
-            if not supervisor.wait_builtin_ready(path, specs, pods.READY_TIMEOUT):
-                raise AgentError("the built-in responder did not listen on its ports in time")
-        except BaseException:
+        except BaseException as exc:
             if ep is not None:
                 self._destroy_endpoint(ep)
-            pods.remove_sandbox(netns, [])
+            pods.remove_sandbox(netns, [], self.responders)
+            if isinstance(exc, supervisor.ContainerStartError):
+                raise AgentError(f"pod {pod.namespace}/{pod.name}: {exc}", status=422) from None
             raise
 
     def _create_endpoint(self, req: EndpointRequest, labels: Labels) -> Endpoint:
@@ -655,7 +660,8 @@ class Agent:
             self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
         conntrack.flush(self.datapath.ct, ep.id)
         if ep.is_local_pod:
-            pods.remove_sandbox(self._local_netns(ep.namespace, ep.pod), ep.containers)
+            netns = self._local_netns(ep.namespace, ep.pod)
+            pods.remove_sandbox(netns, ep.containers, self.responders)
         remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
         self._give_back_address(ep)
         self.identities.release(ep.identity)
@@ -681,13 +687,17 @@ class Agent:
             return False
         specs, now, log_dir = pods.container_specs(pod), time.time(), self._log_dir(ep)
         if [c.name for c in ep.containers] != [s.name for s in specs]:
-            supervisor.stop_containers(ep.containers)  # state of an older agent
+            supervisor.stop_containers(ep.containers, self.responders)  # an older agent's
             pods.kill_netns_processes(self._local_netns(ep.namespace, ep.pod))
-            ep.containers = supervisor.start_containers(ep.netns, specs, log_dir, now)
+            ep.containers = supervisor.start_containers(
+                ep.netns, specs, log_dir, now, self.responders
+            )
             events = ["containers started again"]
         else:
             policy = pod.spec.restartPolicy
-            events = supervisor.supervise(ep.netns, specs, ep.containers, policy, log_dir, now)
+            events = supervisor.supervise(
+                ep.netns, specs, ep.containers, policy, log_dir, now, self.responders
+            )
         for event in events:
             log.info("pod %s: %s", ep.name, event)
             ep.log.append({"time": now, "state": ep.state.value, "message": event})
@@ -889,6 +899,7 @@ class Agent:
         """Restarts exited containers, then runs the readiness checks that are due
         (outside the lock: a probe may take its timeout)."""
         with self.lock:
+            self.responders.refresh()
             changed = {ep.name for ep in self.endpoints.values() if self._supervise(ep)}
             due = self._probes_due()
         results = [(ep, spec, i, supervisor.check_ready(ep.netns, spec)) for ep, spec, i in due]

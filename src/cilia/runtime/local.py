@@ -10,27 +10,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
 from cilia.datapath.netns import create_netns, delete_netns, netns_exists, resolve_netns
 from cilia.k8s.manifests import Container, Pod
-from cilia.runtime.supervisor import ContainerSpec, ContainerStatus, Readiness, stop_containers
+from cilia.runtime.supervisor import (
+    ContainerSpec,
+    ContainerStatus,
+    Readiness,
+    Responders,
+    stop_containers,
+)
 
 log = logging.getLogger("cilia.agent")
-
-READY_TIMEOUT = 5.0
-"""Seconds a pod's built-in responders have to listen on their ports."""
-
-
-def responder_argv(pod: str, tcp: list[int], udp: list[int]) -> list[str]:
-    """Command line of the built-in responder for a container with ports and no command."""
-    argv = [sys.executable, "-m", "cilia.runtime.responder", "--pod", pod]
-    for p in tcp:
-        argv += ["--tcp", str(p)]
-    for p in udp:
-        argv += ["--udp", str(p)]
-    return argv
 
 
 def _readiness(container: Container) -> Readiness | None:
@@ -62,9 +54,8 @@ def container_specs(pod: Pod) -> list[ContainerSpec]:
         udp = [p.containerPort for p in c.ports if p.protocol == "UDP"]
         argv = [*(c.command or []), *(c.args or [])]
         builtin = not argv and bool(tcp or udp)
-        if builtin:
-            argv = responder_argv(f"{pod.namespace}/{pod.name}", tcp, udp)
-        specs.append(ContainerSpec(c.name, argv, tcp, udp, builtin, _readiness(c)))
+        name = f"{pod.namespace}/{pod.name}"
+        specs.append(ContainerSpec(c.name, argv, tcp, udp, builtin, _readiness(c), name))
     return specs
 
 
@@ -75,9 +66,9 @@ def create_sandbox(netns: str) -> str:
     return resolve_netns(netns)
 
 
-def remove_sandbox(netns: str, containers: Sequence[ContainerStatus]) -> None:
-    """Stop the pod's processes and delete its namespace (idempotent)."""
-    stop_containers(containers)
+def remove_sandbox(netns: str, containers: Sequence[ContainerStatus], host: Responders) -> None:
+    """Stop the pod's processes and responders and delete its namespace (idempotent)."""
+    stop_containers(containers, host)
     kill_netns_processes(netns)
     delete_netns(netns)
 

@@ -3,7 +3,9 @@
 ``python -m cilia.runtime.responder --pod NS/NAME [--tcp PORT]... [--udp PORT]...``
 
 Listens on IPv4 and IPv6 (one dual-stack socket per port when IPv6 is available).
-Kept to the standard library and few imports so it starts quickly.
+Kept to the standard library and few imports so it starts quickly. The agent serves
+its pods' responders from one process (`cilia.runtime.responders`) with these handlers;
+this command runs one on its own (tests use it for outside peers).
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> N
         await reader.readexactly(length)
 
 
-async def _serve_http(
+async def serve_http(
     pod: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
+    """Answer HTTP/1.x requests on one connection with the pod's JSON until it closes."""
     try:
         while True:
             try:
@@ -91,7 +94,9 @@ async def _serve_http(
         writer.close()
 
 
-class _Echo(asyncio.DatagramProtocol):
+class Echo(asyncio.DatagramProtocol):
+    """Sends every datagram back to where it came from."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # 3.11's selector transport does not subclass DatagramTransport: cast, no check.
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -113,11 +118,11 @@ async def serve(pod: str, tcp: Sequence[int], udp: Sequence[int]) -> None:
         async def handle(
             r: asyncio.StreamReader, w: asyncio.StreamWriter, port: int = port
         ) -> None:
-            await _serve_http(pod, port, r, w)
+            await serve_http(pod, port, r, w)
 
         servers.append(await asyncio.start_server(handle, sock=sock, limit=MAX_HEADER))
     for port in udp:
-        await loop.create_datagram_endpoint(_Echo, sock=_listen_socket(socket.SOCK_DGRAM, port))
+        await loop.create_datagram_endpoint(Echo, sock=_listen_socket(socket.SOCK_DGRAM, port))
     await stop.wait()
     for server in servers:
         server.close()

@@ -5,8 +5,9 @@ OnFailure, Never) after a backoff that doubles with each restart (as kubelet's
 CrashLoopBackOff, with shorter steps), and its restarts are counted. A container is
 ready when its `readinessProbe` says so (tcpSocket, httpGet or exec, run inside the
 pod's network namespace against 127.0.0.1, with Kubernetes' period and thresholds);
-without a probe, once its process runs. The built-in responder is ready when its
-ports listen.
+without a probe, once its process runs. A container with ports and no command is the
+built-in responder: its sockets are served by the node's responder host (`Responders`),
+and it is ready when its ports listen.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cilia.datapath.netns import popen_in_netns, setns
 from cilia.runtime.processes import (
@@ -26,7 +27,6 @@ from cilia.runtime.processes import (
     process_alive,
     start_process,
     stop_process,
-    wait_listening,
 )
 
 RestartPolicy = Literal["Always", "OnFailure", "Never"]
@@ -36,6 +36,24 @@ BACKOFF_MAX = 60.0
 BACKOFF_RESET = 120.0
 """A container that ran this long without exiting starts its backoff afresh."""
 PROBE_HOST = "127.0.0.1"
+BUILTIN_PERIOD = 10.0
+"""Seconds between the listening checks of a built-in responder without a probe."""
+
+
+class ContainerStartError(RuntimeError):
+    """A container's command could not be run (not found, not executable)."""
+
+
+class Responders(Protocol):
+    """Where built-in responders run: one process per node serving every pod's ports."""
+
+    def start(
+        self, key: str, pod: str, netns: str, tcp: Sequence[int], udp: Sequence[int]
+    ) -> None: ...
+
+    def stop(self, key: str) -> None: ...
+
+    def serving(self) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -55,8 +73,8 @@ class Readiness:
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """What the runtime needs of one container. `builtin`: the built-in responder,
-    ready when its ports listen."""
+    """What the runtime needs of one container. `builtin`: the built-in responder
+    (no command), answering as `pod` and ready when its ports listen."""
 
     name: str
     argv: list[str]
@@ -64,6 +82,12 @@ class ContainerSpec:
     udp_ports: list[int]
     builtin: bool = False
     readiness: Readiness | None = None
+    pod: str = ""
+
+    @property
+    def responder_key(self) -> str:
+        """The built-in responder's name in the responder host."""
+        return f"{self.pod}/{self.name}"
 
 
 @dataclass
@@ -73,6 +97,8 @@ class ContainerStatus:
 
     name: str
     process: ProcessRecord | None = None
+    responder: str | None = None
+    """The key of the built-in responder serving this container."""
     restarts: int = 0
     ready: bool = False
     state: Literal["running", "waiting", "terminated"] = "running"
@@ -116,31 +142,56 @@ def pod_phase(statuses: Sequence[ContainerStatus]) -> str:
     return "Succeeded" if all(s.exit_code == 0 for s in statuses) else "Failed"
 
 
+def _launch(
+    netns_path: str, spec: ContainerSpec, status: ContainerStatus, log_dir: Path, host: Responders
+) -> None:
+    """Run one container: its command, or its ports in the responder host."""
+    if spec.builtin:
+        host.start(spec.responder_key, spec.pod, netns_path, spec.tcp_ports, spec.udp_ports)
+        status.responder = spec.responder_key
+    elif spec.argv:
+        try:
+            status.process = start_process(netns_path, spec.argv, log_dir / f"{spec.name}.log")
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise ContainerStartError(
+                f"container {spec.name}: cannot run {spec.argv[0]!r}: {why}"
+            ) from None
+
+
+def _gone(status: ContainerStatus, host: Responders) -> bool:
+    """Whether a running container's process (or responder) ended."""
+    if status.responder is not None:
+        return status.responder not in host.serving()
+    return status.process is not None and not process_alive(status.process)
+
+
 def start_containers(
-    netns_path: str, specs: Sequence[ContainerSpec], log_dir: Path, now: float
+    netns_path: str, specs: Sequence[ContainerSpec], log_dir: Path, now: float, host: Responders
 ) -> list[ContainerStatus]:
-    """Start every container's process (if it has a command) inside the pod; stops
-    them all if one fails."""
+    """Start every container inside the pod; stops them all if one fails."""
     log_dir.mkdir(parents=True, exist_ok=True)
     statuses: list[ContainerStatus] = []
     try:
         for spec in specs:
             status = ContainerStatus(spec.name, started_at=now)
-            if spec.argv:
-                status.process = start_process(netns_path, spec.argv, log_dir / f"{spec.name}.log")
             statuses.append(status)
+            _launch(netns_path, spec, status, log_dir, host)
     except BaseException:
-        stop_containers(statuses)
+        stop_containers(statuses, host)
         raise
     return statuses
 
 
-def stop_containers(statuses: Sequence[ContainerStatus]) -> None:
-    """Stop every container's process (idempotent)."""
+def stop_containers(statuses: Sequence[ContainerStatus], host: Responders) -> None:
+    """Stop every container's process or responder (idempotent)."""
     for status in statuses:
         if status.process is not None:
             stop_process(status.process)
             status.process = None
+        if status.responder is not None:
+            host.stop(status.responder)
+            status.responder = None
 
 
 def supervise(
@@ -150,17 +201,20 @@ def supervise(
     policy: RestartPolicy,
     log_dir: Path,
     now: float,
+    host: Responders,
 ) -> list[str]:
     """Notice exits and restart per `policy` once the backoff passed; `statuses` are
     index-aligned with `specs` and updated in place. Returns what happened, one line
     per change."""
     events = []
     for spec, status in zip(specs, statuses, strict=True):
-        proc = status.process
-        if status.state == "running" and proc is not None and not process_alive(proc):
-            code = exit_code(proc)
-            stop_process(proc)  # reaps it, and any process it left in its group
-            status.process, status.exit_code, status.ready = None, code, False
+        if status.state == "running" and _gone(status, host):
+            code = None
+            if status.process is not None:
+                code = exit_code(status.process)
+                stop_process(status.process)  # reaps it, and any process it left in its group
+            status.process, status.responder = None, None
+            status.exit_code, status.ready = code, False
             status.successes = 0
             if now - status.started_at >= BACKOFF_RESET:
                 status.backoff = 0
@@ -171,10 +225,14 @@ def supervise(
                 status.state = "terminated"
                 events.append(f"container {spec.name} exited ({_code(code)}), not restarted")
         if status.state == "waiting" and now >= status.restart_at:
-            log = log_dir / f"{spec.name}.log"
-            status.process = start_process(netns_path, spec.argv, log)
-            status.state, status.started_at = "running", now
             status.restarts, status.backoff = status.restarts + 1, status.backoff + 1
+            try:
+                _launch(netns_path, spec, status, log_dir, host)
+            except ContainerStartError as exc:
+                status.restart_at = now + restart_delay(status.backoff)
+                events.append(f"{exc}, trying again")
+                continue
+            status.state, status.started_at = "running", now
             status.probed_at, status.failures = 0.0, 0
             events.append(f"container {spec.name} restarted ({status.restarts})")
     return events
@@ -190,7 +248,7 @@ def probe_due(spec: ContainerSpec, status: ContainerStatus, now: float) -> bool:
         return False
     check = spec.readiness
     if check is None:
-        return True
+        return not status.ready or (spec.builtin and now >= status.probed_at + BUILTIN_PERIOD)
     if now < status.started_at + check.initial_delay:
         return False
     return now >= status.probed_at + check.period
@@ -251,11 +309,3 @@ def _exec_ok(netns_path: str, check: Readiness) -> bool:
         proc.kill()
         proc.wait()
         return False
-
-
-def wait_builtin_ready(netns_path: str, specs: Sequence[ContainerSpec], timeout: float) -> bool:
-    """Wait until every built-in responder listens on its ports (other containers'
-    ports are informational, as in Kubernetes)."""
-    builtin = [s for s in specs if s.builtin]
-    tcp = [p for s in builtin for p in s.tcp_ports]
-    return wait_listening(netns_path, tcp, [p for s in builtin for p in s.udp_ports], timeout)
