@@ -10,7 +10,11 @@ RSS. Each count is printed before/after; any growth but RSS fails the run (exit 
 and RSS may grow by at most 10 %. Per-cycle time of the first 10 % of the cycles
 against the last 10 % tells whether the agent slows down.
 
-Usage: python -m benchmarks.bench_soak [--quick] [--cycles N] [--pods K]   (root)
+With `--responders` the pods have ports 80/TCP and 53/UDP and no command, so the
+node's responder host serves them: its open fds by kind and its RSS are counted too.
+
+Usage: python -m benchmarks.bench_soak [--quick] [--cycles N] [--pods K] [--responders]
+(root)
 """
 
 from __future__ import annotations
@@ -93,6 +97,18 @@ def files_under(*dirs: Path) -> int:
     return sum(len(files) for d in dirs for _, _, files in os.walk(d))
 
 
+def responder_host(pid: int) -> int | None:
+    """The responder host among the agent's children."""
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"cilia.runtime.responders" in argv:
+            return child
+    return None
+
+
 def counts(cilia: Cilia, pid: int, pods: list[str]) -> dict[str, int]:
     c = cilia.client
     out = {
@@ -108,12 +124,15 @@ def counts(cilia: Cilia, pid: int, pods: list[str]) -> dict[str, int]:
     out["agent threads"] = status_field(pid, "Threads")
     out |= {f"agent fds: {k}": v for k, v in sorted(fd_kinds(pid).items())}
     out["agent RSS (kB)"] = status_field(pid, "VmRSS")
+    if (host := responder_host(pid)) is not None:
+        out |= {f"responder host fds: {k}": v for k, v in sorted(fd_kinds(host).items())}
+        out["responder host RSS (kB)"] = status_field(host, "VmRSS")
     return out
 
 
-def cycle(cilia: Cilia, i: int, k: int) -> float:
+def cycle(cilia: Cilia, i: int, k: int, responders: bool) -> float:
     """Create k pods (their groups rotate, so identities come and go) and delete them."""
-    docs = [pod_yaml(NS, f"c{j}", f"g{(i + j) % 3}") for j in range(k)]
+    docs = [pod_yaml(NS, f"c{j}", f"g{(i + j) % 3}", responders) for j in range(k)]
     text = "---\n".join(docs)
     start = time.perf_counter()
     cilia.client.request("POST", "/objects/apply", json={"text": text, "source": "soak"})
@@ -126,17 +145,18 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="100 cycles")
     ap.add_argument("--cycles", type=int, help="default 2000 (quick 100)")
     ap.add_argument("--pods", type=int, default=2, help="pods created and deleted per cycle")
+    ap.add_argument("--responders", action="store_true", help="pods with built-in responders")
     args = ap.parse_args()
     n = args.cycles or (100 if args.quick else 2000)
     with agent({"CILIA_SYNC_INTERVAL": "10", **wide_pod_range()}) as cilia:
         pid = agent_pid(cilia)
         apply_all(cilia, [namespace_yaml(NS), POLICY, pod_yaml(NS, "stay", "stay")])
-        cycle(cilia, 0, args.pods)  # warm-up: first-use allocations are not leaks
+        cycle(cilia, 0, args.pods, args.responders)  # warm-up: first-use allocations are not leaks
         pods = ["stay", *(f"c{j}" for j in range(args.pods))]
         before = counts(cilia, pid, pods)
         times = []
         for i in range(n):
-            times.append(cycle(cilia, i, args.pods))
+            times.append(cycle(cilia, i, args.pods, args.responders))
             if (i + 1) % max(1, n // 20) == 0:
                 log(f"{i + 1}/{n} cycles, last {times[-1] * 1e3:.0f} ms")
         time.sleep(1)  # let exited children be reaped
@@ -145,7 +165,7 @@ def main() -> int:
     print(f"\n== Soak: {n} cycles of {args.pods} pods created and deleted ==")
     for key in before:
         b, a = before[key], after.get(key, 0)
-        limit = int(b * RSS_SLACK) if key.startswith("agent RSS") else b
+        limit = int(b * RSS_SLACK) if "RSS" in key else b
         bad = a > limit
         leaks += [key] if bad else []
         print(f"  {key:32s} before {b:8d}  after {a:8d}  {'LEAK' if bad else 'ok'}")

@@ -21,11 +21,14 @@ def wide_pod_range() -> dict[str, str]:
     return {"CILIA_POD_CIDR": f"10.{250 + r // 32}.{(r % 32) * 8}.0/21"}
 
 
-def pod_yaml(ns: str, name: str, group: str) -> str:
-    """An idle pod: one container without command or ports, so no process runs."""
+def pod_yaml(ns: str, name: str, group: str, responder: bool = False) -> str:
+    """An idle pod: one container without command or ports, so no process runs; with
+    `responder`, ports 80/TCP and 53/UDP, served by the node's responder host."""
+    ports = "    ports: [{containerPort: 80}, {containerPort: 53, protocol: UDP}]\n"
     return (
         f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, "
         f"labels: {{app: {ns}, group: {group}}}}}\nspec:\n  containers:\n  - name: idle\n"
+        + (ports if responder else "")
     )
 
 
