@@ -262,6 +262,47 @@ def test_node_traffic_to_an_l7_port_goes_through_the_proxy(cilia: Cilia) -> None
         c.delete(HOST_POLICY)
 
 
+def _time_wait(local: tuple[str, int], remote: tuple[str, int]) -> bool:
+    """Whether the node holds a TCP socket local -> remote in TIME_WAIT."""
+
+    def hexaddr(ip: str, port: int) -> str:
+        return f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
+
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    want = (hexaddr(*local), hexaddr(*remote), "06")
+    return any(tuple(row.split()[1:4]) == want for row in rows)
+
+
+def test_a_new_connection_on_a_time_wait_tuple_reaches_the_proxy(cilia: Cilia) -> None:
+    """Envoy closes first on `Connection: close`, so its side of the tuple stays in
+    TIME_WAIT; a client reusing the source port must reach the proxy's listener, not
+    the dead socket (which would only ACK its SYN and leave it in SYN-SENT)."""
+    c = cilia
+    c.apply(SA_POLICY)
+    try:
+        netns = c.client.request("GET", "/pods/default/luke/netns")["netns"]
+        luke = c.client.request("GET", "/endpoint/default/luke")["ipv4"]
+        leia = c.client.request("GET", "/endpoint/default/leia")["ipv4"]
+        port = 40000 + int.from_bytes(os.urandom(2), "big") % 20000
+        for attempt in range(2):
+            sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+            with sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.settimeout(3)
+                sock.bind((luke, port))
+                sock.connect((leia, 80))
+                sock.sendall(
+                    f"GET /public HTTP/1.1\r\nHost: {leia}\r\nConnection: close\r\n\r\n".encode()
+                )
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), (attempt, data[:80])
+            assert _time_wait((leia, 80), (luke, port)), "the proxy's side closed first"
+    finally:
+        c.delete(SA_POLICY)
+
+
 def test_stopping_the_agent_stops_envoy(cilia: Cilia) -> None:
     c = cilia
     c.apply(SA_POLICY)
