@@ -58,7 +58,12 @@ class Left:
                 for ep in state["endpoints"]
                 for c in ep["containers"]
                 if c["process"]
-            ],
+            ]
+            + (
+                [ProcessRecord.from_dict(state["responder_host"])]
+                if state["responder_host"]
+                else []
+            ),
             map_inode=(c.config.bpf_dir / "maps" / "cilia_policy").stat().st_ino,
             links={p.name for p in (c.config.bpf_dir / "links").iterdir()},
         )
@@ -91,7 +96,8 @@ def test_clean_state_removes_what_a_crashed_agent_left(tmp_path: Path) -> None:
         assert old_pods and not (links & old_pods)
         log = c.config.log_file.read_text()
         assert "cilia.clean-state: removed pod default/xwing" in log
-        assert "earlier state removed: address=1 device=1 pins=1 pod=3 state=1" in log, log
+        assert "cilia.clean-state: removed responder host" in log
+        assert "earlier state removed: address=1 device=1 pins=1 pod=3 process=1 state=1" in log
         assert json.loads(c.config.state_file.read_text())["endpoints"] == []
 
         # The clean agent works: pods come up and policy is enforced.
@@ -119,7 +125,7 @@ def test_clean_state_stops_the_envoy_a_crashed_agent_left(tmp_path: Path) -> Non
         c.run("up", "--clean-state")
         assert not process_alive(proc)  # at most a zombie nobody reaped yet
         log = c.config.log_file.read_text()
-        assert f"removed process {envoy[0]} (" in log and "process=1 route=1" in log, log
+        assert f"removed process {envoy[0]} (" in log and "process=2 route=1" in log, log
         assert c.client.request("GET", "/endpoint") == []
     finally:
         left = c.stop()
