@@ -64,6 +64,7 @@ class Pod:
             self.ip,
             self.identity,
             policy,
+            self.net.host_mac,
             proxy_ports=proxy_ports,
         )
 
