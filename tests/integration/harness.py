@@ -12,7 +12,8 @@ import secrets
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,16 @@ def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
     net = config.pod_cidr.rsplit(".", 1)[0] + "."
     left += [f"route {line}" for line in out.splitlines() if line.startswith(net)]
     return left
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether `check` comes true within `timeout` seconds (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
 
 
 @contextmanager

@@ -8,13 +8,13 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import Cilia, running_agent
+from tests.integration.harness import Cilia, eventually, running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +33,6 @@ def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
 def _row(cilia: Cilia, name: str) -> dict[str, Any]:
     rows = cilia.client.request("GET", "/objects/pods")
     return next(r for r in rows if r["name"] == name)
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
 
 
 def _pod(name: str, container: str, spec: str = "") -> str:
@@ -79,7 +70,7 @@ def test_tcp_probe_waits_for_the_port(cilia: Cilia) -> None:
     cilia.apply(text)
     try:
         assert _row(cilia, "late")["ready"] == "0/1"
-        assert _eventually(lambda: _row(cilia, "late")["ready"] == "1/1")
+        assert eventually(lambda: _row(cilia, "late")["ready"] == "1/1")
     finally:
         cilia.delete(text)
 
@@ -99,7 +90,7 @@ def test_http_probe_follows_the_status_code(cilia: Cilia, tmp_path: Path) -> Non
     for text in texts:
         cilia.apply(text)
     try:
-        assert _eventually(lambda: _row(cilia, "web-ok")["ready"] == "1/1")
+        assert eventually(lambda: _row(cilia, "web-ok")["ready"] == "1/1")
         time.sleep(2.5)  # several probes answered 404
         assert _row(cilia, "web-404")["ready"] == "0/1"
     finally:
@@ -119,9 +110,9 @@ def test_exec_probe_and_readiness_lost(cilia: Cilia, tmp_path: Path) -> None:
         time.sleep(1.5)
         assert _row(cilia, "flagged")["ready"] == "0/1"
         flag.touch()
-        assert _eventually(lambda: _row(cilia, "flagged")["ready"] == "1/1")
+        assert eventually(lambda: _row(cilia, "flagged")["ready"] == "1/1")
         flag.unlink()
-        assert _eventually(lambda: _row(cilia, "flagged")["ready"] == "0/1")
+        assert eventually(lambda: _row(cilia, "flagged")["ready"] == "0/1")
     finally:
         cilia.delete(text)
 
@@ -143,13 +134,13 @@ def test_restart_policy(
     cilia.apply(text)
     try:
         if restarted:  # backoff 0 s, 1 s, 2 s: the third restart within about 4 s
-            assert _eventually(lambda: _row(cilia, name)["restarts"] >= 3, timeout=12)
+            assert eventually(lambda: _row(cilia, name)["restarts"] >= 3, timeout=12)
             log = cilia.client.request("GET", f"/endpoint/default/{name}/log")
             assert any("exited (exit code" in e["message"] for e in log), log
             pod = cilia.run("get", "pod", name, "-o", "json").json()
             assert pod["status"]["containerStatuses"][0]["restartCount"] >= 3
         else:
-            assert _eventually(lambda: _row(cilia, name)["phase"] == phase)
+            assert eventually(lambda: _row(cilia, name)["phase"] == phase)
             time.sleep(1.5)
             row = _row(cilia, name)
             assert row["restarts"] == 0 and row["phase"] == phase, row

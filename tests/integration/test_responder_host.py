@@ -9,13 +9,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cilia.datapath.netns import socket_in_netns
-from tests.integration.harness import Cilia, leftovers, running_agent
+from tests.integration.harness import Cilia, eventually, leftovers, running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -100,15 +100,6 @@ def _restarts(cilia: Cilia, name: str) -> int:
     return int(next(r for r in rows if r["name"] == name)["restarts"])
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
-
-
 def test_one_process_serves_every_pod(cilia: Cilia) -> None:
     assert len(_processes(cilia, "cilia.runtime.responders")) == 1
     assert _processes(cilia, "cilia.runtime.responder") == []
@@ -141,10 +132,10 @@ def test_a_killed_host_is_restarted_and_its_containers_counted(cilia: Cilia) -> 
     (host,) = _processes(cilia, "cilia.runtime.responders")
     before = {name: _restarts(cilia, name) for name in PODS}
     os.kill(host, signal.SIGKILL)
-    assert _eventually(lambda: all(_http_pod(cilia, n) == f"default/{n}" for n in PODS))
+    assert eventually(lambda: all(_http_pod(cilia, n) == f"default/{n}" for n in PODS), 15.0)
     (again,) = _processes(cilia, "cilia.runtime.responders")
     assert again != host
-    assert _eventually(lambda: all(_restarts(cilia, n) == before[n] + 1 for n in PODS))
+    assert eventually(lambda: all(_restarts(cilia, n) == before[n] + 1 for n in PODS), 15.0)
     assert _restarts(cilia, "client") == 0
 
 
@@ -152,7 +143,7 @@ def test_the_host_outlives_an_agent_restart(cilia: Cilia) -> None:
     (host,) = _processes(cilia, "cilia.runtime.responders")
     before = {name: _restarts(cilia, name) for name in PODS}
     os.kill(int(cilia.config.pid_file.read_text()), signal.SIGTERM)
-    assert _eventually(lambda: not cilia.config.socket_path.exists(), 20.0)
+    assert eventually(lambda: not cilia.config.socket_path.exists(), 20.0)
     cilia.start()
     assert _processes(cilia, "cilia.runtime.responders") == [host]
     for name in PODS:
