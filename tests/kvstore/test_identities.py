@@ -135,7 +135,12 @@ def test_wiped_store_is_republished(etcd: Etcd, nodes: Nodes) -> None:
             "b": db,
         }
 
-    assert wait_until(restored, 30)  # the watch saw the masters vanish (slow when loaded)
+    # The watch saw the masters vanish (or come back re-created).
+    assert wait_until(restored, 30), (
+        references(etcd, keys, WEB),
+        references(etcd, keys, DB),
+        [(kv.key, kv.value) for kv in etcd.list_prefix(nodes.prefix)[0]],
+    )
     for ident, lbls in ((web, WEB), (db, DB)):
         master = etcd.get(keys.master(ident))
         assert master is not None and master.value == encode_labels(lbls).encode()

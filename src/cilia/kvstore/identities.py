@@ -39,6 +39,7 @@ from cilia.kvstore.client import (
     LeaseNotFound,
     Put,
     Reflector,
+    TxnResult,
     prefix_end,
 )
 from cilia.kvstore.keys import IDENTITIES_PREFIX, IdentityKeys, decode_labels, encode_labels
@@ -176,6 +177,10 @@ class ClusterIdentityAllocator:
         self._ids_of: dict[Labels, set[int]] = {}
         self._held: dict[Labels, _Held] = {}
         self._held_ids: dict[int, Labels] = {}
+        self._referenced_at: dict[int, int] = {}
+        """Store revision of this node's last reference write per id. A master key
+        created after it was deleted and written again since, maybe between two watch
+        batches (which coalesce the delete away), and this node's reference with it."""
         self._inflight: set[int] = set()
         self._dirty: set[Labels] = set()
         self._free = FreeIds(min_id, max_id)
@@ -436,7 +441,7 @@ class ClusterIdentityAllocator:
             finally:
                 with self._lock:
                     self._inflight.discard(ident)
-            if result.succeeded:
+            if self._referenced(ident, result):
                 return ident
             taken, users = result.responses
             assert isinstance(taken, list) and isinstance(users, list)
@@ -472,6 +477,13 @@ class ClusterIdentityAllocator:
             [Compare(self.keys.master(ident), "value", "==", encoded.encode())],
             [Put(reference, str(ident).encode(), lease)],
         )
+        return self._referenced(ident, result)
+
+    def _referenced(self, ident: int, result: TxnResult) -> bool:
+        """Note when a transaction that wrote this node's reference to `ident` ran."""
+        if result.succeeded:
+            with self._lock:
+                self._referenced_at[ident] = result.revision
         return result.succeeded
 
     def _recreate(self, ident: int, encoded: str, reference: str, lease: int) -> bool:
@@ -486,7 +498,7 @@ class ClusterIdentityAllocator:
             ],
             [Put(master, encoded.encode()), Put(reference, str(ident).encode(), lease)],
         )
-        return result.succeeded
+        return self._referenced(ident, result)
 
     def _reserve(self) -> int:
         """A free id for an allocation in flight (kept from other local allocations)."""
@@ -513,7 +525,7 @@ class ClusterIdentityAllocator:
                 [Put(master, encoded.encode()), Put(reference, str(ident).encode(), lease)],
                 [Get(master)],
             )
-            if result.succeeded:
+            if self._referenced(ident, result):
                 log.info("re-created identity %d for %s", ident, labels)
                 return ident
             current = result.responses[0]
@@ -538,6 +550,7 @@ class ClusterIdentityAllocator:
             if new != ident:
                 held = self._held.pop(labels)
                 self._held_ids.pop(ident, None)
+                self._referenced_at.pop(ident, None)
                 if ident not in self._cache:
                     self._free.free(ident)
                 self._hold(labels, new, held.refs)
@@ -580,6 +593,7 @@ class ClusterIdentityAllocator:
                 if held.refs == 0 and self._held.get(labels) is held:
                     del self._held[labels]
                     del self._held_ids[held.identity]
+                    self._referenced_at.pop(held.identity, None)
                     self._dirty.discard(labels)
                     if held.identity not in self._cache:
                         self._free.free(held.identity)
@@ -602,7 +616,7 @@ class ClusterIdentityAllocator:
         ids = self._ids_of.get(labels, set()) - exclude
         return min(ids) if ids else None
 
-    def _cache_put(self, ident: int, labels: Labels) -> None:
+    def _cache_put(self, ident: int, labels: Labels, created: int) -> None:
         old = self._cache.get(ident)
         if old is not None and old != labels:
             self._cache_drop(ident)
@@ -610,7 +624,8 @@ class ClusterIdentityAllocator:
         self._ids_of.setdefault(labels, set()).add(ident)
         self._free.take(ident)
         mine = self._held_ids.get(ident)
-        if mine is not None and mine != labels:
+        recreated = created > self._referenced_at.get(ident, created)
+        if mine is not None and (mine != labels or recreated):
             self._dirty.add(mine)
 
     def _cache_drop(self, ident: int) -> None:
@@ -628,15 +643,17 @@ class ClusterIdentityAllocator:
         elif ident not in self._inflight:
             self._free.free(ident)
 
-    def _decode_master(self, kv: KeyValue) -> tuple[int, Labels] | None:
+    def _decode_master(self, kv: KeyValue) -> tuple[int, Labels, int] | None:
+        """(id, labels, create revision) of a master key; None if it is not one."""
         ident = self.keys.parse_master(kv.key)
         if ident is None:
             return None
         try:
-            return ident, decode_labels(kv.value.decode("utf-8", "surrogateescape"))
+            labels = decode_labels(kv.value.decode("utf-8", "surrogateescape"))
         except ValueError:
             log.warning("ignoring identity key %s: undecodable labels %r", kv.key, kv.value)
             return None
+        return ident, labels, kv.create_revision
 
     # -- watch callbacks (reflector thread) ------------------------------------
 
@@ -648,8 +665,8 @@ class ClusterIdentityAllocator:
             self._free = FreeIds(self.min_id, self.max_id)
             for ident in (*self._held_ids, *self._inflight):
                 self._free.take(ident)
-            for ident, labels in entries:
-                self._cache_put(ident, labels)
+            for ident, labels, created in entries:
+                self._cache_put(ident, labels, created)
             self._dirty.update(
                 labels
                 for ident, labels in self._held_ids.items()
@@ -665,8 +682,8 @@ class ClusterIdentityAllocator:
                 ident = self.keys.parse_master(key)
                 if ident is not None:
                     self._cache_drop(ident)
-            for ident, labels in entries:
-                self._cache_put(ident, labels)
+            for ident, labels, created in entries:
+                self._cache_put(ident, labels, created)
             dirty = bool(self._dirty)
         self._changed(dirty)
 
