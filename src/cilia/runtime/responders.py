@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ def _listener(netns: str, kind: int, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         addr: tuple[str, int] = ("::", port)
     except OSError as exc:
-        if exc.errno != 97:  # EAFNOSUPPORT: the namespace has no IPv6
+        if exc.errno != errno.EAFNOSUPPORT:  # else the namespace has no IPv6
             raise
         sock = socket_in_netns(netns, socket.AF_INET, kind)
         addr = ("0.0.0.0", port)
