@@ -128,6 +128,29 @@ def test_deleting_a_pod_closes_only_its_sockets(cilia: Cilia) -> None:
     assert _sockets(host) == before
 
 
+TWINS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: twins, namespace: default}
+spec:
+  containers:
+  - {name: one, ports: [{containerPort: 80}]}
+  - {name: two, ports: [{containerPort: 80}]}
+"""
+
+
+def test_a_port_taken_twice_refuses_the_pod_and_leaves_no_socket(cilia: Cilia) -> None:
+    (host,) = _processes(cilia, "cilia.runtime.responders")
+    before = _sockets(host)
+    res = cilia.apply(TWINS, check=False)
+    assert res.code == 1
+    assert "pod default/twins: container two: built-in responder:" in res.stderr
+    assert "Address already in use" in res.stderr
+    assert all(row["name"] != "twins" for row in cilia.client.request("GET", "/objects/pods"))
+    assert _sockets(host) == before, "container one's listener was closed again"
+    assert _http_pod(cilia, "web-a") == "default/web-a"
+
+
 def test_a_killed_host_is_restarted_and_its_containers_counted(cilia: Cilia) -> None:
     (host,) = _processes(cilia, "cilia.runtime.responders")
     before = {name: _restarts(cilia, name) for name in PODS}

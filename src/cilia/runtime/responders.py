@@ -106,11 +106,19 @@ class _Host:
                     finally:
                         responder.writers.discard(w)
 
-                server = await asyncio.start_server(handle, sock=sock, limit=MAX_HEADER)
+                try:
+                    server = await asyncio.start_server(handle, sock=sock, limit=MAX_HEADER)
+                except BaseException:
+                    sock.close()
+                    raise
                 responder.servers.append(server)
             for port in udp:
                 sock = _listener(netns, socket.SOCK_DGRAM, port)
-                transport, _ = await loop.create_datagram_endpoint(Echo, sock=sock)
+                try:
+                    transport, _ = await loop.create_datagram_endpoint(Echo, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
                 responder.transports.append(transport)
         except BaseException:
             responder.close()

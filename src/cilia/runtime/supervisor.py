@@ -147,7 +147,10 @@ def _launch(
 ) -> None:
     """Run one container: its command, or its ports in the responder host."""
     if spec.builtin:
-        host.start(spec.responder_key, spec.pod, netns_path, spec.tcp_ports, spec.udp_ports)
+        try:
+            host.start(spec.responder_key, spec.pod, netns_path, spec.tcp_ports, spec.udp_ports)
+        except ContainerStartError as exc:
+            raise ContainerStartError(f"container {spec.name}: built-in responder: {exc}") from None
         status.responder = spec.responder_key
     elif spec.argv:
         try:
