@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -145,6 +146,24 @@ def test_wiped_store_is_republished(etcd: Etcd, nodes: Nodes) -> None:
         master = etcd.get(keys.master(ident))
         assert master is not None and master.value == encode_labels(lbls).encode()
     assert a.identities.republish() == {} and b.identities.republish() == {}
+
+
+def test_a_wipe_and_recreation_seen_as_one_change_is_republished(etcd: Etcd, nodes: Nodes) -> None:
+    """Node b's watch gets the wipe and a's re-creation of the master in one batch (its
+    callback is held up meanwhile, so the queued events coalesce into an upsert with
+    the same labels): b must still notice that its reference went with the wipe."""
+    a, b = nodes("a"), nodes("b")
+    db = b.identities.allocate(DB)
+    assert a.identities.allocate(DB) == db
+    keys = a.identities.keys
+    with b.identities._lock:  # b's watch callback waits for this lock
+        etcd.put(keys.master(60000), encode_labels(labels("k8s:app=other")).encode())
+        time.sleep(0.3)  # b's watch thread is now blocked in its callback
+        etcd.delete_prefix(nodes.prefix)
+        assert wait_until(lambda: references(etcd, keys, DB) == {"a": db}, 10)
+    assert wait_until(lambda: references(etcd, keys, DB) == {"a": db, "b": db}, 10), references(
+        etcd, keys, DB
+    )
 
 
 def test_new_lease_republishes_references(etcd: Etcd, nodes: Nodes) -> None:
