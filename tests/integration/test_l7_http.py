@@ -168,6 +168,22 @@ def test_service_account_http_policy(cilia: Cilia) -> None:
     assert c.run("status", "--all-redirects", "-o", "json").json()["redirect-list"] == []
 
 
+def test_tracing_an_endpoint_keeps_its_l7_redirect(cilia: Cilia) -> None:
+    """TraceNotification rewrites the endpoint's entries: the proxy ports must stay."""
+    c = cilia
+    c.apply(SA_POLICY)
+    try:
+        for enabled in ("true", "false"):
+            c.run("endpoint", "config", "default/leia", f"TraceNotification={enabled}")
+            requests: list[tuple[str, str, dict[str, str]]] = [
+                ("GET", "/public", {}),
+                ("GET", "/private", {}),
+            ]
+            assert http(c, "default/luke", "default/leia", requests) == [200, 403], enabled
+    finally:
+        c.delete(SA_POLICY)
+
+
 def test_egress_http_policy(cilia: Cilia) -> None:
     c = cilia
     c.apply(EGRESS_POLICY)

@@ -268,6 +268,22 @@ class Agent:
             },
         )
 
+    def program(self, ep: Endpoint) -> tuple[int, int]:
+        """Write an endpoint's policy (with its proxies' ports) and flags into the
+        datapath; returns (entries written, entries removed)."""
+        assert ep.network is not None
+        proxy_ports = self.l7.update(ep.id, ep.policy.redirects, ep.identity)
+        return self.datapath.program_endpoint(
+            ep.network.host_ifindex,
+            ep.id,
+            ep.ipv4,
+            ep.identity,
+            ep.policy,
+            ep.network.host_mac,
+            trace=ep.trace,
+            proxy_ports=proxy_ports,
+        )
+
     # -- regeneration ------------------------------------------------------
 
     def regenerate(self, reason: str, full: bool = False) -> None:
@@ -313,17 +329,7 @@ class Agent:
                 redirects=chain_local_ingress(policy.redirects, ep.identity, local, ingress_of),
             )
             try:
-                proxy_ports = self.l7.update(ep.id, ep.policy.redirects, ep.identity)
-                added, removed = self.datapath.program_endpoint(
-                    ep.network.host_ifindex,
-                    ep.id,
-                    ep.ipv4,
-                    ep.identity,
-                    ep.policy,
-                    ep.network.host_mac,
-                    trace=ep.trace,
-                    proxy_ports=proxy_ports,
-                )
+                added, removed = self.program(ep)
             except Exception as exc:
                 self.watcher.endpoint_failed(ep, exc)
                 raise

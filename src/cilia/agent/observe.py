@@ -107,20 +107,12 @@ def sync_policymap(agent: Agent, ep_id: int) -> str:
 
 
 def set_endpoint_trace(agent: Agent, key: str, enabled: bool) -> Endpoint:
-    """Switch TraceNotification for one endpoint (only its flags are rewritten)."""
+    """Switch TraceNotification for one endpoint (its entries are rewritten unchanged)."""
     with agent.lock:
         ep = agent.endpoint(key)
         ep.trace = enabled
         if ep.network is not None:
-            agent.datapath.program_endpoint(
-                ep.network.host_ifindex,
-                ep.id,
-                ep.ipv4,
-                ep.identity,
-                ep.policy,
-                ep.network.host_mac,
-                trace=enabled,
-            )
+            agent.program(ep)  # with its proxy ports: flags alone must not drop redirects
         ep.set_state(ep.state, f"TraceNotification={'true' if enabled else 'false'}")
         agent.save()
     agent.monitor.agent_event(
