@@ -624,23 +624,18 @@ class Agent:
             ep.identity = self.identities.allocate(labels)
             identity_taken = True
             ep.network = self._pod_network(ep)
-            # Default deny until the first regeneration: enforcement is
-            # configured before the programs see any packet.
-            self.datapath.program_endpoint(
-                ep.network.host_ifindex,
-                ep.id,
-                ep.ipv4,
-                ep.identity,
-                PolicyResolver(
-                    self._policy_rules(),
-                    dict(self.identities.items()),
-                    host_allows_world=self.config.legacy_host_allows_world,
-                    allow_localhost=self.config.allow_localhost == "always",
-                ).resolve(labels),
-                ep.network.host_mac,
-            )
+            # The policy is enforced (its L7 ports through their proxies) before the
+            # programs see any packet; the next regeneration completes it.
+            ep.policy = PolicyResolver(
+                self._policy_rules(),
+                dict(self.identities.items()),
+                host_allows_world=self.config.legacy_host_allows_world,
+                allow_localhost=self.config.allow_localhost == "always",
+            ).resolve(labels)
+            self.program(ep)
             self.datapath.attach(ep.ifname, ep.network.host_ifindex)
         except BaseException:
+            self.l7.update(ep.id, frozenset())
             self.datapath.detach(ep.ifname)
             if ep.network is not None:
                 self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
