@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cilia.datapath.netns import socket_in_netns
-from tests.integration.harness import Cilia, eventually, leftovers, running_agent
+from tests.integration.harness import Cilia, eventually, running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -186,4 +186,3 @@ def test_down_stops_the_host(tmp_path: Path) -> None:
         left = c.stop()
     assert left == []
     assert _processes(c, "cilia.runtime.responders") == []
-    assert leftovers(c.config, set()) == []

@@ -9,6 +9,7 @@ from cilia.k8s.manifests import ManifestError, Pod, parse_manifests
 from cilia.runtime.local import container_specs
 from cilia.runtime.supervisor import (
     BACKOFF_MAX,
+    BUILTIN_PERIOD,
     ContainerSpec,
     ContainerStatus,
     Readiness,
@@ -135,6 +136,18 @@ def test_probe_timing() -> None:
     assert not probe_due(spec, status, 106.5) and probe_due(spec, status, 107.0)
     status.state = "waiting"
     assert not probe_due(spec, status, 200.0)
+
+
+def test_without_a_probe_only_builtin_responders_are_rechecked() -> None:
+    command = ContainerSpec("c", ["sleep", "600"], [80], [])
+    status = ContainerStatus("c", started_at=100.0)
+    assert probe_due(command, status, 100.0)  # not ready yet: checked once
+    record_probe(command, status, True, 100.0)
+    assert not probe_due(command, status, 1000.0)
+    builtin = ContainerSpec("c", [], [80], [], builtin=True)
+    status = ContainerStatus("c", started_at=100.0, ready=True, probed_at=100.0)
+    assert not probe_due(builtin, status, 100.0 + BUILTIN_PERIOD - 0.5)
+    assert probe_due(builtin, status, 100.0 + BUILTIN_PERIOD)
 
 
 def test_container_status_survives_the_state_file() -> None:

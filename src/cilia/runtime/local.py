@@ -48,13 +48,12 @@ def _readiness(container: Container) -> Readiness | None:
 
 def container_specs(pod: Pod) -> list[ContainerSpec]:
     """What to run: each container's command, or the built-in responder for its ports."""
-    specs = []
+    specs, name = [], f"{pod.namespace}/{pod.name}"
     for c in pod.spec.containers:
         tcp = [p.containerPort for p in c.ports if p.protocol == "TCP"]
         udp = [p.containerPort for p in c.ports if p.protocol == "UDP"]
         argv = [*(c.command or []), *(c.args or [])]
         builtin = not argv and bool(tcp or udp)
-        name = f"{pod.namespace}/{pod.name}"
         specs.append(ContainerSpec(c.name, argv, tcp, udp, builtin, _readiness(c), name))
     return specs
 

@@ -21,7 +21,9 @@ from typing import cast
 MAX_HEADER = 16384
 
 
-def _listen_socket(kind: int, port: int) -> socket.socket:
+def listen_socket(kind: int, port: int) -> socket.socket:
+    """A non-blocking socket bound to `port` in this thread's network namespace:
+    dual-stack, or IPv4 where the namespace has no IPv6; closed again on failure."""
     try:
         sock = socket.socket(socket.AF_INET6, kind)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -29,9 +31,13 @@ def _listen_socket(kind: int, port: int) -> socket.socket:
     except OSError:
         sock = socket.socket(socket.AF_INET, kind)
         addr = ("0.0.0.0", port)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(addr)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -113,7 +119,7 @@ async def serve(pod: str, tcp: Sequence[int], udp: Sequence[int]) -> None:
         loop.add_signal_handler(sig, stop.set)
     servers = []
     for port in tcp:
-        sock = _listen_socket(socket.SOCK_STREAM, port)
+        sock = listen_socket(socket.SOCK_STREAM, port)
 
         async def handle(
             r: asyncio.StreamReader, w: asyncio.StreamWriter, port: int = port
@@ -122,7 +128,7 @@ async def serve(pod: str, tcp: Sequence[int], udp: Sequence[int]) -> None:
 
         servers.append(await asyncio.start_server(handle, sock=sock, limit=MAX_HEADER))
     for port in udp:
-        await loop.create_datagram_endpoint(Echo, sock=_listen_socket(socket.SOCK_DGRAM, port))
+        await loop.create_datagram_endpoint(Echo, sock=listen_socket(socket.SOCK_DGRAM, port))
     await stop.wait()
     for server in servers:
         server.close()

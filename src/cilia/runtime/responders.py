@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import signal
@@ -34,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cilia.datapath.netns import socket_in_netns
+from cilia.datapath.netns import setns
 from cilia.runtime.processes import ProcessRecord, process_alive, start_process, stop_process
-from cilia.runtime.responder import MAX_HEADER, Echo, serve_http
+from cilia.runtime.responder import MAX_HEADER, Echo, listen_socket, serve_http
 from cilia.runtime.supervisor import ContainerStartError
 
 CONTROL_LIMIT = 65536
@@ -46,24 +45,9 @@ START_TIMEOUT = 10.0
 
 
 def _listener(netns: str, kind: int, port: int) -> socket.socket:
-    """A dual-stack socket bound to `port` inside the namespace at `netns`."""
-    try:
-        sock = socket_in_netns(netns, socket.AF_INET6, kind)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        addr: tuple[str, int] = ("::", port)
-    except OSError as exc:
-        if exc.errno != errno.EAFNOSUPPORT:  # else the namespace has no IPv6
-            raise
-        sock = socket_in_netns(netns, socket.AF_INET, kind)
-        addr = ("0.0.0.0", port)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """The stand-alone responder's socket, created inside the namespace at `netns`."""
+    with setns(netns):  # nothing awaits in here
+        return listen_socket(kind, port)
 
 
 @dataclass
@@ -139,10 +123,9 @@ class _Host:
             self.stop(key)
             return {}
         if op == "start":
-            ports = [int(p) for p in (*request["tcp"], *request["udp"])]
-            if not all(0 < p < 65536 for p in ports):
-                raise ValueError(f"invalid port in {ports}")
             tcp, udp = [int(p) for p in request["tcp"]], [int(p) for p in request["udp"]]
+            if not all(0 < p < 65536 for p in (*tcp, *udp)):
+                raise ValueError(f"invalid port in {tcp + udp}")
             await self.start(key, str(request["pod"]), str(request["netns"]), tcp, udp)
             return {}
         raise ValueError(f"unknown op {op!r}")
