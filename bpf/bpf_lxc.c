@@ -18,10 +18,19 @@
 #include "lib/proxy.h"
 #include "lib/overlay.h"
 #include "lib/arp.h"
+#include "lib/icmp6.h"
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
 #define ETH_P_IPV6_BE bpf_htons(ETH_P_IPV6)
+
+/* 4 or 6 by the frame's protocol, 0 for any other. */
+static __always_inline __u8 l3_of(const struct __sk_buff *skb)
+{
+	if (skb->protocol == ETH_P_IP_BE)
+		return 4;
+	return skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
+}
 
 static __always_inline __u8 tracing(const struct endpoint_info *ep)
 {
@@ -38,8 +47,7 @@ static __always_inline __u8 tracing(const struct endpoint_info *ep)
  * (0: allowed, or not a local enforced destination) and the proxy port. */
 static __always_inline int local_ingress_verdict(const struct verdict_ctx *c, __u16 *proxy_port)
 {
-	__u32 daddr = c->f.daddr;
-	struct lxc_ip_info *dst = bpf_map_lookup_elem(&cilia_lxc_ip, &daddr);
+	struct lxc_ip_info *dst = bpf_map_lookup_elem(&cilia_lxc_ip, &c->f.daddr);
 
 	*proxy_port = 0;
 	if (!dst || !(dst->flags & EP_F_INGRESS_ENFORCED))
@@ -69,7 +77,7 @@ static __always_inline int to_network(struct __sk_buff *skb, const struct verdic
 
 	if (!cfg || !cfg->vxlan_ifindex)
 		return forward(skb, c);
-	ret = tunnel_endpoint_of(cfg, c->f.daddr, dst, &remote);
+	ret = tunnel_endpoint_of(cfg, &c->f.daddr, dst, &remote);
 	if (!ret && remote)
 		ret = set_tunnel(skb, remote, c->src_identity);
 	if (ret) {
@@ -102,23 +110,32 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
 		return answered == TC_ACT_OK ? forward(skb, &c) : answered;
 	}
-	if (skb->protocol != ETH_P_IP_BE) {
-		c.l3 = skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
-		return drop(skb, &c, DROP_UNSUPPORTED_L3); /* IPv6 and the rest */
-	}
-	c.l3 = 4;
+	c.l3 = l3_of(skb);
+	/* An endpoint without an IPv6 address takes no IPv6 (nor other L3). */
+	if (!c.l3 || (c.l3 == 6 && addr_is_zero(&ep->ipv6)))
+		return drop(skb, &c, DROP_UNSUPPORTED_L3);
 
-	int ret = parse_ipv4(skb, &c.f);
+	int ret = parse_ip(skb, &c.f);
 
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
-	if (direction == DIR_EGRESS && c.f.saddr != ep->ipv4)
+	if (icmp6_link_control(&c.f, ep, direction)) {
+		int answered = direction == DIR_EGRESS ? nd_respond(skb, &c.f, ep) : TC_ACT_OK;
+
+		return answered == TC_ACT_OK ? forward(skb, &c) : answered;
+	}
+
+	union v6addr own = ep->ipv6;
+
+	if (c.l3 == 4)
+		addr_set_v4(&own, ep->ipv4);
+	if (direction == DIR_EGRESS && !addr_eq(&c.f.saddr, &own))
 		return drop(skb, &c, DROP_INVALID_SIP);
-	if (direction == DIR_INGRESS && c.f.daddr != ep->ipv4)
+	if (direction == DIR_INGRESS && !addr_eq(&c.f.daddr, &own))
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
 
 	struct ipcache_value peer_info;
-	__u32 peer = identity_of(direction == DIR_INGRESS ? c.f.saddr : c.f.daddr, &peer_info);
+	__u32 peer = identity_of(direction == DIR_INGRESS ? &c.f.saddr : &c.f.daddr, &peer_info);
 	/* From another node the source identity is the one its VNI carried. */
 	__u8 tunnelled = direction == DIR_INGRESS && from_overlay(skb, &peer);
 	__u8 proxied = direction == DIR_INGRESS && !tunnelled && from_proxy(skb, &peer);
@@ -131,7 +148,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	else
 		c.dst_identity = peer;
 
-	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len))
+	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len) ||
+	    icmp6_error_related(skb, &c.f, c.ep_id))
 		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
@@ -205,22 +223,23 @@ int cilia_to_container(struct __sk_buff *skb)
 SEC("tc")
 int cilia_from_host(struct __sk_buff *skb)
 {
-	struct verdict_ctx c = { .direction = DIR_INGRESS, .ifindex = skb->ifindex, .l3 = 4 };
+	struct verdict_ctx c = { .direction = DIR_INGRESS, .ifindex = skb->ifindex };
 	struct ipcache_value src_info;
 	struct lxc_ip_info *dst;
 	__u16 proxy_port = 0;
 	int ret;
 
-	if (skb->protocol != ETH_P_IP_BE)
-		return TC_ACT_SHOT; /* only bounced IPv4 packets come here */
-	ret = parse_ipv4(skb, &c.f);
+	c.l3 = l3_of(skb);
+	if (!c.l3)
+		return TC_ACT_SHOT; /* only bounced IP packets come here */
+	ret = parse_ip(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
 	dst = bpf_map_lookup_elem(&cilia_lxc_ip, &c.f.daddr);
 	if (!dst)
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
 	c.ep_id = dst->ep_id;
-	c.src_identity = identity_of(c.f.saddr, &src_info);
+	c.src_identity = identity_of(&c.f.saddr, &src_info);
 	if (from_overlay(skb, &c.src_identity))
 		src_info.flags = 0; /* from another node: the identity of its VNI */
 	ret = policy_verdict(c.src_identity, src_info.flags, c.ep_id, &c.f, DIR_INGRESS, &proxy_port);
@@ -252,10 +271,8 @@ int cilia_from_overlay(struct __sk_buff *skb)
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return drop(skb, &c, DROP_NO_TUNNEL_KEY);
 	c.src_identity = overlay_identity(key.tunnel_id);
-	if (skb->protocol != ETH_P_IP_BE)
-		return drop(skb, &c, DROP_UNSUPPORTED_L3);
-	c.l3 = 4;
-	ret = parse_ipv4(skb, &c.f);
+	c.l3 = l3_of(skb);
+	ret = parse_ip(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
 	if (c.src_identity > MARK_IDENTITY_MAX)
@@ -264,7 +281,7 @@ int cilia_from_overlay(struct __sk_buff *skb)
 	if (dst) {
 		c.ep_id = dst->ep_id;
 		skb->mark = MARK_MAGIC_OVERLAY | (c.src_identity << 16);
-	} else if (identity_of(c.f.daddr, &dst_info) == ID_HOST) {
+	} else if (identity_of(&c.f.daddr, &dst_info) == ID_HOST) {
 		c.dst_identity = ID_HOST;
 		forward(skb, &c);
 	} else {
@@ -281,7 +298,8 @@ int cilia_from_overlay(struct __sk_buff *skb)
  * node sends from a local endpoint's address (an ingress proxy answering for
  * the pod on its transparent socket); world for other forwarded packets; host
  * for the node's own. */
-static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb, __u32 saddr)
+static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb,
+						     const union v6addr *saddr)
 {
 	__u32 identity = 0, ifindex = skb->ingress_ifindex;
 	struct ipcache_value src_info;
@@ -290,8 +308,8 @@ static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb,
 	if (from_proxy(skb, &identity) && identity)
 		return identity;
 	if (!ifindex)
-		return bpf_map_lookup_elem(&cilia_lxc_ip, &saddr) ? identity_of(saddr, &src_info)
-								  : ID_HOST;
+		return bpf_map_lookup_elem(&cilia_lxc_ip, saddr) ? identity_of(saddr, &src_info)
+								 : ID_HOST;
 	ep = bpf_map_lookup_elem(&cilia_endpoints, &ifindex);
 	return ep ? ep->identity : ID_WORLD;
 }
@@ -303,7 +321,7 @@ static __always_inline __u32 routed_source_identity(const struct __sk_buff *skb,
 SEC("tc")
 int cilia_to_overlay(struct __sk_buff *skb)
 {
-	struct verdict_ctx c = { .direction = DIR_EGRESS, .ifindex = skb->ifindex, .l3 = 4 };
+	struct verdict_ctx c = { .direction = DIR_EGRESS, .ifindex = skb->ifindex };
 	struct datapath_config *cfg = config_get();
 	struct bpf_tunnel_key key = {};
 	struct ipcache_value dst_info;
@@ -312,14 +330,15 @@ int cilia_to_overlay(struct __sk_buff *skb)
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
 		return TC_ACT_OK;
-	if (skb->protocol != ETH_P_IP_BE || !cfg)
+	c.l3 = l3_of(skb);
+	if (!c.l3 || !cfg)
 		return TC_ACT_SHOT; /* without a key the device could not send it anyway */
-	ret = parse_ipv4(skb, &c.f);
+	ret = parse_ip(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
-	c.src_identity = routed_source_identity(skb, c.f.saddr);
-	c.dst_identity = identity_of(c.f.daddr, &dst_info);
-	ret = tunnel_endpoint_of(cfg, c.f.daddr, &dst_info, &remote);
+	c.src_identity = routed_source_identity(skb, &c.f.saddr);
+	c.dst_identity = identity_of(&c.f.daddr, &dst_info);
+	ret = tunnel_endpoint_of(cfg, &c.f.daddr, &dst_info, &remote);
 	if (!ret && !remote)
 		ret = DROP_NO_TUNNEL_ENDPOINT; /* routed here, yet no other node owns it */
 	if (!ret)

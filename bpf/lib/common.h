@@ -30,6 +30,8 @@
 #define DROP_UNKNOWN_TARGET 150
 #define DROP_NO_ENDPOINT 152
 #define DROP_CT_CREATE_FAILED 155
+#define DROP_INVALID_EXTHDR 156 /* an IPv6 extension header chain that is malformed, unknown or too long */
+#define DROP_FRAG_NOSUPPORT 157 /* an IPv6 fragment: its L4 header cannot be checked */
 #define DROP_POLICY_L4 159
 #define DROP_NO_TUNNEL_ENDPOINT 160 /* a cluster address that no node owns */
 #define DROP_POLICY_CIDR 162
@@ -47,6 +49,13 @@
 #define MARK_MAGIC_FROM_PROXY 0x0b00
 #define MARK_MAGIC_OVERLAY 0x0c00
 #define MARK_IDENTITY_MAX 0xffff /* identities fit in the mark's 16 upper bits */
+/* An address of either family. IPv4 is held IPv4-mapped (::ffff:a.b.c.d), so
+ * the two families never share a key in any map. */
+union v6addr {
+	__u32 p[4];
+	__u8 b[16];
+};
+
 #define EP_F_INGRESS_ENFORCED (1 << 0)
 #define EP_F_EGRESS_ENFORCED (1 << 1)
 #define EP_F_TRACE (1 << 2) /* emit trace events for forwarded packets */
@@ -60,9 +69,10 @@ struct endpoint_info {
 	__u8 pad1;
 	__u8 router_mac[ETH_ALEN]; /* the host-side veth's: the pod's gateway */
 	__u16 pad2;
+	union v6addr ipv6; /* all zero: the endpoint has no IPv6 address */
 };
 
-/* Local endpoint of an address (for ingress redirects decided at the source). */
+/* Local endpoint of an address (key: union v6addr), for ingress decided at the source. */
 struct lxc_ip_info {
 	__u16 ep_id;
 	__u8 flags; /* EP_F_* of the endpoint */
@@ -70,10 +80,11 @@ struct lxc_ip_info {
 	__u32 pad2;
 };
 
-/* IP to identity, longest prefix match (prefixlen counts bits of ipv4). */
+/* IP to identity, longest prefix match over the 128 bits of addr; an IPv4
+ * prefix /n is its IPv4-mapped prefix ::ffff:0:0/(96 + n). */
 struct ipcache_key {
 	__u32 prefixlen;
-	__u32 ipv4; /* network order */
+	union v6addr addr;
 };
 
 struct ipcache_value {
@@ -83,6 +94,7 @@ struct ipcache_value {
 };
 
 #define IPCACHE_F_CIDR (1 << 0) /* identity derived from a CIDR, not an endpoint */
+#define IPCACHE_F_IPV6 (1 << 1) /* an IPv6 prefix: never the identity of an IPv4 address */
 
 /* One allowance. identity 0 = any peer; dport 0 + proto 0 = every port. */
 struct policy_key {
@@ -105,8 +117,8 @@ struct policy_value {
 
 /* Connection tracking: the tuple as the originating packet carried it. */
 struct ct_key {
-	__u32 saddr;
-	__u32 daddr;
+	union v6addr saddr;
+	union v6addr daddr;
 	__u16 sport; /* network order */
 	__u16 dport; /* network order */
 	__u8 proto;
@@ -136,6 +148,8 @@ struct datapath_config {
 	__u32 vxlan_ifindex; /* overlay device towards other nodes (0: single node, no tunnel) */
 	__u32 cluster_ipv4;  /* network order: the cluster's pod range, every node's pods... */
 	__u32 cluster_mask;  /* ...and its netmask; a range address no node owns is dropped (160) */
+	union v6addr cluster_ipv6; /* the cluster's IPv6 pod range... */
+	__u32 cluster_ipv6_len;    /* ...and its prefix length (0: none) */
 };
 
 struct metrics_key {
@@ -164,8 +178,8 @@ struct event {
 	__u8 l3; /* 4 = IPv4, 6 = IPv6, 0 = other */
 	__u32 src_identity;
 	__u32 dst_identity;
-	__u32 saddr; /* network order */
-	__u32 daddr;
+	union v6addr saddr; /* IPv4-mapped when l3 is 4 */
+	union v6addr daddr;
 	__u16 sport; /* network order */
 	__u16 dport;
 	__u32 len;
@@ -178,12 +192,41 @@ struct event {
 
 /* The parsed packet the policy and CT code work on. */
 struct flow {
-	__u32 saddr;
-	__u32 daddr;
+	union v6addr saddr;
+	union v6addr daddr;
 	__u16 sport;
 	__u16 dport;
-	__u8 proto;
+	__u8 proto; /* the L4 protocol, after any IPv6 extension headers */
 	__u8 tcp_flags;
+	__u8 family; /* 4 or 6 */
+	__u8 icmp_type;
+	__u8 hop_limit; /* IPv6 only: neighbour discovery must carry 255 */
+	__u8 pad;
+	__u16 l4_off; /* offset of the L4 header from the start of the frame */
 };
+
+static __always_inline int addr_eq(const union v6addr *a, const union v6addr *b)
+{
+	return a->p[0] == b->p[0] && a->p[1] == b->p[1] && a->p[2] == b->p[2] && a->p[3] == b->p[3];
+}
+
+static __always_inline int addr_is_zero(const union v6addr *a)
+{
+	return !(a->p[0] | a->p[1] | a->p[2] | a->p[3]);
+}
+
+/* An IPv4 address (network order) as IPv4-mapped IPv6. */
+static __always_inline void addr_set_v4(union v6addr *a, __u32 ipv4)
+{
+	a->p[0] = 0;
+	a->p[1] = 0;
+	a->p[2] = bpf_htonl(0xffff);
+	a->p[3] = ipv4;
+}
+
+static __always_inline int addr_is_v4mapped(const union v6addr *a)
+{
+	return a->p[0] == 0 && a->p[1] == 0 && a->p[2] == bpf_htonl(0xffff);
+}
 
 #endif

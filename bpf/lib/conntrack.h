@@ -94,6 +94,22 @@ static __always_inline int ct_track(const struct flow *f, __u16 ep_id, __u8 dire
 	return 0;
 }
 
+/* Is there a connection, either way round and in either direction, of the
+ * packet an ICMP error quotes? Then the error belongs to it. */
+static __always_inline int ct_related(const struct flow *quoted, __u16 ep_id)
+{
+	struct ct_key k = {};
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		ct_fill_key(&k, quoted, ep_id, i & 1 ? DIR_EGRESS : DIR_INGRESS, i >> 1);
+		if (bpf_map_lookup_elem(&cilia_ct, &k))
+			return 1;
+	}
+	return 0;
+}
+
 /* Policy now denies this flow: forget it so it cannot come back as a reply. */
 static __always_inline void ct_forget(const struct flow *f, __u16 ep_id, __u8 direction)
 {

@@ -29,7 +29,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__type(key, union v6addr);
 	__type(value, struct lxc_ip_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_lxc_ip SEC(".maps");
@@ -43,7 +43,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_ipcache SEC(".maps");
 
-/* Pod range of another node -> that node's underlay IPv4 (network order). */
+/* Pod range (either family) of another node -> that node's underlay IPv4 (network order). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, TUNNEL_MAX);

@@ -12,17 +12,37 @@
 
 #define TUNNEL_TTL 64
 
+/* Does a fall in the prefix of len bits at net? */
+static __always_inline int addr_in_prefix(const union v6addr *a, const union v6addr *net, __u32 len)
+{
+	int i;
+
+	if (len > 128)
+		return 0;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__u32 bits = len > 32 ? 32 : len;
+		__u32 mask = bits ? bpf_htonl(0xffffffffU << (32 - bits)) : 0;
+
+		if ((a->p[i] ^ net->p[i]) & mask)
+			return 0;
+		len -= bits;
+	}
+	return 1;
+}
+
 /* The node to tunnel a packet for daddr to, in *remote (0: it stays on this
  * node or leaves by normal routing); dst is daddr's ipcache entry. Returns 0
  * or DROP_NO_TUNNEL_ENDPOINT for a cluster address that no node owns. */
-static __always_inline int tunnel_endpoint_of(const struct datapath_config *cfg, __u32 daddr,
+static __always_inline int tunnel_endpoint_of(const struct datapath_config *cfg,
+					      const union v6addr *daddr,
 					      const struct ipcache_value *dst, __u32 *remote)
 {
-	struct ipcache_key k = { .prefixlen = 32, .ipv4 = daddr };
+	struct ipcache_key k = { .prefixlen = 128, .addr = *daddr };
 	__u32 *node;
 
 	*remote = 0;
-	if (bpf_map_lookup_elem(&cilia_lxc_ip, &daddr))
+	if (bpf_map_lookup_elem(&cilia_lxc_ip, daddr))
 		return 0; /* a local endpoint */
 	if (dst->tunnel_endpoint) {
 		*remote = dst->tunnel_endpoint;
@@ -35,7 +55,10 @@ static __always_inline int tunnel_endpoint_of(const struct datapath_config *cfg,
 		*remote = *node;
 		return 0;
 	}
-	if ((daddr & cfg->cluster_mask) == cfg->cluster_ipv4)
+	if (addr_is_v4mapped(daddr) ? (daddr->p[3] & cfg->cluster_mask) == cfg->cluster_ipv4
+				    : cfg->cluster_ipv6_len &&
+					      addr_in_prefix(daddr, &cfg->cluster_ipv6,
+							     cfg->cluster_ipv6_len))
 		return DROP_NO_TUNNEL_ENDPOINT;
 	return 0;
 }

@@ -4,14 +4,19 @@
 #define CILIA_POLICY_H
 
 #include "maps.h"
+#include "parse.h"
 
 /* Identity of an address (longest prefix match; unknown means world), with
  * the rest of its entry in *info. */
-static __always_inline __u32 identity_of(__u32 ipv4, struct ipcache_value *info)
+static __always_inline __u32 identity_of(const union v6addr *addr, struct ipcache_value *info)
 {
-	struct ipcache_key k = { .prefixlen = 32, .ipv4 = ipv4 };
+	struct ipcache_key k = { .prefixlen = 128, .addr = *addr };
 	struct ipcache_value *v = bpf_map_lookup_elem(&cilia_ipcache, &k);
 
+	/* An IPv6 prefix short enough to cover the IPv4-mapped range (::/0 among
+	 * them) never names an IPv4 address: the families stay apart. */
+	if (v && (v->flags & IPCACHE_F_IPV6) && addr_is_v4mapped(addr))
+		v = NULL;
 	if (!v) {
 		info->identity = ID_WORLD;
 		info->flags = 0;
@@ -64,7 +69,7 @@ static __always_inline int policy_verdict(__u32 identity, __u32 id_flags, __u16 
 	__u16 dport = bpf_ntohs(f->dport);
 	struct policy_value *v;
 
-	if (f->proto == IPPROTO_ICMP)
+	if (f->proto == IPPROTO_ICMP || f->proto == IPPROTO_ICMPV6_)
 		dport = 0; /* ICMP has no port: only L3 allowances match it */
 	v = peer_allowed(identity, ep_id, dport, f->proto, direction);
 	if (!v)

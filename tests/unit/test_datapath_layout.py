@@ -17,6 +17,7 @@ C_TYPES = {
     "__u16": ctypes.c_uint16,
     "__u32": ctypes.c_uint32,
     "__u64": ctypes.c_uint64,
+    "union v6addr": layout.Addr,
 }
 ARRAY_SIZES = {"ETH_ALEN": 6}
 """Array sizes the header takes from kernel headers."""
@@ -44,7 +45,7 @@ def _header() -> str:
 def _structs() -> dict[str, list[tuple[str, type]]]:
     out = {}
     for name, body in re.findall(r"struct (\w+) \{(.*?)\};", _header(), flags=re.S):
-        members = re.findall(r"(__u\d+) (\w+)(?:\[(\w+)\])?;", body)
+        members = re.findall(r"(__u\d+|union v6addr) (\w+)(?:\[(\w+)\])?;", body)
         out[name] = [
             (member, C_TYPES[ctype] * ARRAY_SIZES[size] if size else C_TYPES[ctype])
             for ctype, member, size in members

@@ -54,27 +54,35 @@ def test_waiting_subscriber_is_woken_from_another_thread() -> None:
     assert batch and batch[0]["message"] == "woken"
 
 
-def test_decode_drop_event() -> None:
-    raw = struct.pack(
-        "=QBBBBHBBIIIIHHIII",
+def _event(l3: int, saddr: bytes, daddr: bytes, proto: int = 6) -> bytes:
+    return struct.pack(
+        "=QBBBBHBBII16s16sHHIII",
         5_000_000_000,
         1,
         133,
         0,
-        6,
+        proto,
         7,
         0x02,
-        4,
+        l3,
         258,
         256,
-        struct.unpack("=I", socket.inet_aton("10.0.0.2"))[0],
-        struct.unpack("=I", socket.inet_aton("10.0.0.3"))[0],
+        saddr,
+        daddr,
         socket.htons(40000),
         socket.htons(80),
         74,
         12,
         0,
     )
+
+
+def _mapped(ip: str) -> bytes:
+    return bytes(10) + b"\xff\xff" + socket.inet_aton(ip)
+
+
+def test_decode_drop_event() -> None:
+    raw = _event(4, _mapped("10.0.0.2"), _mapped("10.0.0.3"))
     assert len(raw) == EVENT_SIZE
     ev = decode(raw, BootClock())
     assert ev["type"] == "drop" and ev["reason-name"] == "Policy denied (L3)"
@@ -85,9 +93,22 @@ def test_decode_drop_event() -> None:
         80,
     )
     assert ev["tcp-flags"] == "SYN" and ev["direction"] == "ingress"
+    assert ev["family"] == "IPv4"
     line = format_event(ev)
     assert line.startswith("xx drop (Policy denied (L3)) ingress endpoint 7")
     assert "identity 258->256" in line and "10.0.0.2:40000 -> 10.0.0.3:80 [SYN]" in line
+
+
+def test_decode_ipv6_event() -> None:
+    src, dst = "fd00:c1a::2", "fd00:c1a::3"
+    raw = _event(6, socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
+    ev = decode(raw, BootClock())
+    assert (ev["src-ip"], ev["dst-ip"], ev["family"]) == (src, dst, "IPv6")
+    assert "[fd00:c1a::2]:40000 -> [fd00:c1a::3]:80 [SYN]" in ev["summary"]
+    unparsed = decode(_event(6, bytes(16), bytes(16)), BootClock())
+    assert "src-ip" not in unparsed and unparsed["l3"] == "IPv6"
+    echo = decode(_event(6, bytes(15) + b"\x01", bytes(15) + b"\x02", proto=58), BootClock())
+    assert echo["protocol"] == "ICMPv6" and "src-port" not in echo
 
 
 class _Lost:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cilia.datapath import libbpf
-from cilia.datapath.events import PROTOCOLS
+from cilia.datapath.events import PROTOCOLS, host_port
 from cilia.datapath.layout import CtEntry, CtKey
-from cilia.datapath.maps import CtMap, be_to_ip
+from cilia.datapath.maps import CtMap, addr_str
 
 KEY_SIZE = ctypes.sizeof(CtKey)
 VALUE_SIZE = ctypes.sizeof(CtEntry)
@@ -171,8 +171,8 @@ def _row(k: CtKey, v: CtEntry, now: int) -> dict[str, Any]:
         "endpoint": k.ep_id,
         "direction": "ingress" if k.direction == 0 else "egress",
         "protocol": proto,
-        "source": f"{be_to_ip(k.saddr)}:{socket.ntohs(k.sport)}",
-        "destination": f"{be_to_ip(k.daddr)}:{socket.ntohs(k.dport)}",
+        "source": host_port(addr_str(k.saddr), socket.ntohs(k.sport)),
+        "destination": host_port(addr_str(k.daddr), socket.ntohs(k.dport)),
         "state": state,
         "flags": flags,
         "expires-in": int(v.expires) - now,

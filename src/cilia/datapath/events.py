@@ -24,7 +24,7 @@ from typing import Any
 from cilia.datapath import libbpf
 from cilia.datapath.drop_reasons import reason_name
 from cilia.datapath.layout import EVENT_DROP, EVENT_TRACE, Event
-from cilia.datapath.maps import be_to_ip
+from cilia.datapath.maps import addr_str
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
@@ -34,10 +34,10 @@ _REC_HDR = struct.Struct("=I")
 EVENT_SIZE = ctypes.sizeof(Event)
 # ts_ns type reason direction proto ep_id tcp_flags l3 src_id dst_id saddr daddr
 # sport dport len ifindex pad  (the layout of struct event in bpf/lib/common.h)
-_EVENT = struct.Struct("=QBBBBHBBIIIIHHIII")
+_EVENT = struct.Struct("=QBBBBHBBII16s16sHHIII")
 assert _EVENT.size == EVENT_SIZE, "struct event and layout.Event disagree"
 
-PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP"}
+PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 _TCP_FLAGS = ((0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"))
 TYPE_NAMES = {EVENT_DROP: "drop", EVENT_TRACE: "trace"}
 
@@ -147,9 +147,9 @@ def decode(raw: bytes, clock: BootClock) -> dict[str, Any]:
     if etype == EVENT_DROP:
         ev["reason"] = reason
         ev["reason-name"] = reason_name(reason)
-    if l3 == 4:
-        ev["src-ip"] = be_to_ip(saddr)
-        ev["dst-ip"] = be_to_ip(daddr)
+    if l3 == 4 or (l3 == 6 and (any(saddr) or any(daddr))):  # IPv6 not parsed: no tuple
+        ev["src-ip"] = addr_str(saddr) if l3 == 6 or any(saddr) else "0.0.0.0"
+        ev["dst-ip"] = addr_str(daddr) if l3 == 6 or any(daddr) else "0.0.0.0"
         ev["protocol"] = PROTOCOLS.get(proto, str(proto))
         if proto in (6, 17):
             ev["src-port"] = socket.ntohs(sport)
@@ -158,8 +158,14 @@ def decode(raw: bytes, clock: BootClock) -> dict[str, Any]:
             ev["tcp-flags"] = tcp_flag_names(tcp_flags)
     else:
         ev["l3"] = {6: "IPv6", 0: "other"}.get(l3, str(l3))
+    ev["family"] = {4: "IPv4", 6: "IPv6"}.get(l3, "other")
     ev["summary"] = summary(ev)
     return ev
+
+
+def host_port(ip: str, port: int) -> str:
+    """'a.b.c.d:port', or '[x::y]:port' for IPv6."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def summary(ev: dict[str, Any]) -> str:
@@ -168,7 +174,7 @@ def summary(ev: dict[str, Any]) -> str:
         return f"{ev.get('l3', 'non-IPv4')} packet, {ev['length']} bytes"
     src, dst = ev["src-ip"], ev["dst-ip"]
     if "src-port" in ev:
-        src, dst = f"{src}:{ev['src-port']}", f"{dst}:{ev['dst-port']}"
+        src, dst = host_port(src, ev["src-port"]), host_port(dst, ev["dst-port"])
     flags = f" [{ev['tcp-flags']}]" if ev.get("tcp-flags") else ""
     return f"{ev['protocol']} {src} -> {dst}{flags}, {ev['length']} bytes"
 

@@ -8,6 +8,7 @@ EP_F_INGRESS_ENFORCED = 1 << 0
 EP_F_EGRESS_ENFORCED = 1 << 1
 EP_F_TRACE = 1 << 2
 IPCACHE_F_CIDR = 1 << 0
+IPCACHE_F_IPV6 = 1 << 1
 MARK_MAGIC_MASK = 0x0F00
 MARK_MAGIC_TO_PROXY = 0x0A00
 MARK_MAGIC_FROM_PROXY = 0x0B00
@@ -15,6 +16,16 @@ MARK_MAGIC_OVERLAY = 0x0C00
 EVENT_DROP = 1
 EVENT_TRACE = 2
 POLICY_PROTO_MARKER = 255
+
+
+Addr = ctypes.c_uint8 * 16
+"""union v6addr: an IPv6 address, or an IPv4 one IPv4-mapped (::ffff:a.b.c.d)."""
+
+
+class AddrKey(ctypes.Structure):
+    """A map key that is one `union v6addr` (the local endpoint addresses)."""
+
+    _fields_ = [("addr", Addr)]
 
 
 class EndpointInfo(ctypes.Structure):
@@ -26,6 +37,7 @@ class EndpointInfo(ctypes.Structure):
         ("pad1", ctypes.c_uint8),
         ("router_mac", ctypes.c_uint8 * 6),
         ("pad2", ctypes.c_uint16),
+        ("ipv6", Addr),
     ]
 
 
@@ -39,7 +51,7 @@ class LxcIpInfo(ctypes.Structure):
 
 
 class IpcacheKey(ctypes.Structure):
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("ipv4", ctypes.c_uint32)]
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", Addr)]
 
 
 class IpcacheValue(ctypes.Structure):
@@ -72,8 +84,8 @@ class PolicyValue(ctypes.Structure):
 
 class CtKey(ctypes.Structure):
     _fields_ = [
-        ("saddr", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint32),
+        ("saddr", Addr),
+        ("daddr", Addr),
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("proto", ctypes.c_uint8),
@@ -103,6 +115,8 @@ class DatapathConfig(ctypes.Structure):
         ("vxlan_ifindex", ctypes.c_uint32),
         ("cluster_ipv4", ctypes.c_uint32),
         ("cluster_mask", ctypes.c_uint32),
+        ("cluster_ipv6", Addr),
+        ("cluster_ipv6_len", ctypes.c_uint32),
     ]
 
 
@@ -128,8 +142,8 @@ class Event(ctypes.Structure):
         ("l3", ctypes.c_uint8),
         ("src_identity", ctypes.c_uint32),
         ("dst_identity", ctypes.c_uint32),
-        ("saddr", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint32),
+        ("saddr", Addr),
+        ("daddr", Addr),
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("len", ctypes.c_uint32),

@@ -114,9 +114,16 @@ def endpoint_flags(policy: EndpointPolicy, trace: bool = False) -> int:
 
 
 def _as_prefix(prefix: str) -> str:
-    """A bare address as its /32 (prefixes are taken as written: this runs for every
-    ipcache entry on every regeneration, so no parsing)."""
-    return prefix if "/" in prefix else f"{prefix}/32"
+    """A bare address as its /32 or /128 (prefixes are taken as written: this runs for
+    every ipcache entry on every regeneration, so no parsing)."""
+    if "/" in prefix:
+        return prefix
+    return f"{prefix}/128" if ":" in prefix else f"{prefix}/32"
+
+
+def _addresses(rec: EndpointRecord) -> tuple[str, ...]:
+    """The endpoint's addresses: IPv4, and IPv6 when it has one."""
+    return (rec.ipv4, rec.ipv6) if rec.ipv6 else (rec.ipv4,)
 
 
 def boottime() -> int:
@@ -364,6 +371,7 @@ class Datapath:
         router_mac: str,
         trace: bool = False,
         proxy_ports: Mapping[Redirect, int] | None = None,
+        ipv6: str = "",
     ) -> tuple[int, int]:
         """Make the kernel enforce `policy` for an endpoint; returns (written, removed).
 
@@ -377,13 +385,15 @@ class Datapath:
         for t in written:
             self.policy.put(t, desired[t])
             realized[t] = desired[t]
-        rec = EndpointRecord(ep_id, ipv4, identity, endpoint_flags(policy, trace), router_mac)
+        flags = endpoint_flags(policy, trace)
+        rec = EndpointRecord(ep_id, ipv4, identity, flags, router_mac, ipv6)
         if self._realized_endpoints.get(ifindex) != rec:
             self.endpoints.set(ifindex, rec)
             self._realized_endpoints[ifindex] = rec
-        if self._realized_lxc_ip.get(ipv4) != (ep_id, rec.flags):
-            self.lxc_ip.set(ipv4, ep_id, rec.flags)
-            self._realized_lxc_ip[ipv4] = (ep_id, rec.flags)
+        for ip in _addresses(rec):
+            if self._realized_lxc_ip.get(ip) != (ep_id, rec.flags):
+                self.lxc_ip.set(ip, ep_id, rec.flags)
+                self._realized_lxc_ip[ip] = (ep_id, rec.flags)
         for t in removed:
             self.policy.remove(t)
             del realized[t]
@@ -393,9 +403,9 @@ class Datapath:
         """Forget an endpoint's configuration and policy entries."""
         rec = self._realized_endpoints.pop(ifindex, None)
         self.endpoints.remove(ifindex)
-        if rec is not None:
-            self.lxc_ip.remove(rec.ipv4)
-            self._realized_lxc_ip.pop(rec.ipv4, None)
+        for ip in _addresses(rec) if rec is not None else ():
+            self.lxc_ip.remove(ip)
+            self._realized_lxc_ip.pop(ip, None)
         for t in self._realized_policy.pop(ep_id, {}):
             self.policy.remove(t)
 

@@ -13,6 +13,9 @@ from typing import Generic, NamedTuple, TypeVar
 
 from cilia.datapath import libbpf
 from cilia.datapath.layout import (
+    IPCACHE_F_IPV6,
+    Addr,
+    AddrKey,
     CtEntry,
     CtKey,
     EndpointInfo,
@@ -37,6 +40,29 @@ def ip_to_be(ip: str) -> int:
 def be_to_ip(value: int) -> str:
     """Inverse of ip_to_be."""
     return socket.inet_ntoa(struct.pack("=I", value))
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def addr_bytes(ip: str) -> bytes:
+    """The 16 bytes of `union v6addr`: an IPv6 address, or an IPv4 one IPv4-mapped."""
+    if ":" in ip:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    return _V4_MAPPED + socket.inet_aton(ip)
+
+
+def addr(ip: str) -> ctypes.Array[ctypes.c_uint8]:
+    """`union v6addr` of an address of either family."""
+    return Addr.from_buffer_copy(addr_bytes(ip))
+
+
+def addr_str(raw: bytes | ctypes.Array[ctypes.c_uint8]) -> str:
+    """Inverse of addr: dotted IPv4 for an IPv4-mapped address, else IPv6."""
+    data = bytes(raw)
+    if data[:12] == _V4_MAPPED:
+        return socket.inet_ntoa(data[12:])
+    return socket.inet_ntop(socket.AF_INET6, data)
 
 
 class BpfMap(Generic[K, V]):
@@ -94,7 +120,9 @@ class EndpointRecord:
     identity: int
     flags: int
     router_mac: str
-    """The host-side veth's MAC, which the ARP responder answers with."""
+    """The host-side veth's MAC, which the ARP and neighbour responders answer with."""
+    ipv6: str = ""
+    """"" = the endpoint has no IPv6 address (its IPv6 packets are dropped)."""
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -103,7 +131,8 @@ def _mac_bytes(mac: str) -> bytes:
 
 def _record(info: EndpointInfo) -> EndpointRecord:
     mac = ":".join(f"{b:02x}" for b in bytes(info.router_mac))
-    return EndpointRecord(info.ep_id, be_to_ip(info.ipv4), info.identity, info.flags, mac)
+    ipv6 = "" if not any(info.ipv6) else addr_str(info.ipv6)
+    return EndpointRecord(info.ep_id, be_to_ip(info.ipv4), info.identity, info.flags, mac, ipv6)
 
 
 class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
@@ -118,6 +147,8 @@ class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
             ipv4=ip_to_be(rec.ipv4), identity=rec.identity, ep_id=rec.ep_id, flags=rec.flags
         )
         info.router_mac[:] = _mac_bytes(rec.router_mac)
+        if rec.ipv6:
+            info.ipv6[:] = addr_bytes(rec.ipv6)
         self.update(ctypes.c_uint32(ifindex), info)
 
     def get(self, ifindex: int) -> EndpointRecord | None:
@@ -136,15 +167,22 @@ class EndpointMap(BpfMap[ctypes.c_uint32, EndpointInfo]):
         return {int(k.value): _record(v) for k, v in self.items()}
 
 
+_MAPPED_BITS = 96
+
+
 def prefix_key(prefix: str) -> IpcacheKey:
-    """LPM key of a prefix (or a bare address, /32)."""
-    net = ipaddress.IPv4Network(prefix, strict=False)
-    return IpcacheKey(prefixlen=net.prefixlen, ipv4=ip_to_be(str(net.network_address)))
+    """LPM key of a prefix of either family (a bare address: /32 or /128); IPv4
+    prefixes are IPv4-mapped, /n becoming /96+n."""
+    net = ipaddress.ip_network(prefix, strict=False)
+    extra = _MAPPED_BITS if net.version == 4 else 0
+    return IpcacheKey(prefixlen=net.prefixlen + extra, addr=addr(str(net.network_address)))
 
 
 def key_prefix(key: IpcacheKey) -> str:
-    """'a.b.c.d/len' of an LPM key."""
-    return f"{be_to_ip(key.ipv4)}/{key.prefixlen}"
+    """'a.b.c.d/len' or 'x::/len' of an LPM key."""
+    ip = addr_str(key.addr)
+    plen = key.prefixlen - _MAPPED_BITS if ":" not in ip else key.prefixlen
+    return f"{ip}/{plen}"
 
 
 class IpcacheEntry(NamedTuple):
@@ -165,6 +203,8 @@ class IpcacheMap(BpfMap[IpcacheKey, IpcacheValue]):
     def set(self, prefix: str, identity: int, flags: int = 0, tunnel_endpoint: str = "") -> None:
         """Map a prefix (or a bare address, /32) to an identity and its owning node."""
         node = ip_to_be(tunnel_endpoint) if tunnel_endpoint else 0
+        if ":" in prefix:
+            flags |= IPCACHE_F_IPV6
         value = IpcacheValue(identity=identity, flags=flags, tunnel_endpoint=node)
         self.update(prefix_key(prefix), value)
 
@@ -177,11 +217,11 @@ class IpcacheMap(BpfMap[IpcacheKey, IpcacheValue]):
         return self.delete(prefix_key(prefix))
 
     def dump(self) -> dict[str, IpcacheEntry]:
-        """All prefixes as 'a.b.c.d/len' -> entry."""
+        """All prefixes as 'a.b.c.d/len' or 'x::/len' -> entry."""
         return {
             key_prefix(k): IpcacheEntry(
                 int(v.identity),
-                int(v.flags),
+                int(v.flags) & ~IPCACHE_F_IPV6,
                 be_to_ip(v.tunnel_endpoint) if v.tunnel_endpoint else "",
             )
             for k, v in self.items()
@@ -245,23 +285,23 @@ class PolicyMap(BpfMap[PolicyKey, PolicyValue]):
         }
 
 
-class LxcIpMap(BpfMap[ctypes.c_uint32, LxcIpInfo]):
-    """Local endpoint address -> (endpoint id, flags)."""
+class LxcIpMap(BpfMap[AddrKey, LxcIpInfo]):
+    """Local endpoint address (either family) -> (endpoint id, flags)."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, ctypes.c_uint32, LxcIpInfo)
+        super().__init__(path, AddrKey, LxcIpInfo)
 
-    def set(self, ipv4: str, ep_id: int, flags: int) -> None:
+    def set(self, ip: str, ep_id: int, flags: int) -> None:
         """Record a local endpoint address."""
-        self.update(ctypes.c_uint32(ip_to_be(ipv4)), LxcIpInfo(ep_id=ep_id, flags=flags))
+        self.update(AddrKey(addr(ip)), LxcIpInfo(ep_id=ep_id, flags=flags))
 
-    def remove(self, ipv4: str) -> bool:
+    def remove(self, ip: str) -> bool:
         """Forget an address."""
-        return self.delete(ctypes.c_uint32(ip_to_be(ipv4)))
+        return self.delete(AddrKey(addr(ip)))
 
     def dump(self) -> dict[str, tuple[int, int]]:
         """Address -> (endpoint id, flags)."""
-        return {be_to_ip(int(k.value)): (int(v.ep_id), int(v.flags)) for k, v in self.items()}
+        return {addr_str(k.addr): (int(v.ep_id), int(v.flags)) for k, v in self.items()}
 
 
 class CtMap(BpfMap[CtKey, CtEntry]):
