@@ -235,6 +235,8 @@ int cilia_from_host(struct __sk_buff *skb)
 	ret = parse_ip(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
+	if (c.l3 == 6 && is_link_scope(&c.f.daddr))
+		return TC_ACT_SHOT; /* the device's own neighbour discovery and MLD */
 	dst = bpf_map_lookup_elem(&cilia_lxc_ip, &c.f.daddr);
 	if (!dst)
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
@@ -336,6 +338,9 @@ int cilia_to_overlay(struct __sk_buff *skb)
 	ret = parse_ip(skb, &c.f);
 	if (ret != PARSE_OK)
 		return drop(skb, &c, ret);
+	/* The device's own neighbour discovery and MLD: nowhere to tunnel them. */
+	if (c.l3 == 6 && is_link_scope(&c.f.daddr))
+		return TC_ACT_SHOT;
 	c.src_identity = routed_source_identity(skb, &c.f.saddr);
 	c.dst_identity = identity_of(&c.f.daddr, &dst_info);
 	ret = tunnel_endpoint_of(cfg, &c.f.daddr, &dst_info, &remote);
