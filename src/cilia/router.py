@@ -9,8 +9,9 @@ import ipaddress
 
 
 def default_router_ip(pod_cidr: str) -> str:
-    """The last usable address of the pod range."""
-    return str(ipaddress.IPv4Network(pod_cidr)[-2])
+    """The last usable address of the pod range (IPv6 has no broadcast address)."""
+    net = ipaddress.ip_network(pod_cidr)
+    return str(net[-2] if net.version == 4 else net[-1])
 
 
 def router_ip(pod_cidr: str, configured: str = "") -> str:
@@ -30,3 +31,24 @@ def router_ip_problem(pod_cidr: str, address: str) -> str | None:
     if ip in (net.network_address, net.broadcast_address):
         return f"{address} is the network or broadcast address of {pod_cidr}"
     return None
+
+
+IPV6_RANGE = "fd00:c1a::/96"
+"""The IPv6 pod range of a node alone: the first /96 of the default cluster /64."""
+IPV6_CLUSTER_ALLOC_CIDR = "fd00:c1a::/64"
+IPV6_NODE_PREFIX = 96
+"""Each node's IPv6 pod range in cluster mode (the reference's /96 out of a /64)."""
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def valid_ipv6_range(value: str, longest: int) -> str:
+    """`value` normalized, or ValueError naming why it cannot hold pod addresses."""
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv6 network: {exc}") from None
+    if net.prefixlen > longest:
+        raise ValueError(f"{net} is narrower than /{longest}")
+    if net.is_link_local or net.is_multicast or net.is_loopback or net.overlaps(_V4_MAPPED):
+        raise ValueError(f"{net} is link-local, multicast, loopback or IPv4-mapped")
+    return str(net)

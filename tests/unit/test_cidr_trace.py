@@ -17,6 +17,9 @@ CLIENT = Labels.parse(["k8s:app=client", "k8s:io.kubernetes.pod.namespace=defaul
 P8, P16, P24, P32 = "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32"
 IDS = {256: WEB, 257: CLIENT, 300: cidr_labels(P8), 301: cidr_labels(P16), 302: cidr_labels(P24)}
 IDS[303] = cidr_labels(P32)
+V4_WORLD, V6_WORLD, V6_NET, V6_HOST = 304, 305, 306, 307
+IDS |= {V4_WORLD: cidr_labels("0.0.0.0/0"), V6_WORLD: cidr_labels("::/0")}
+IDS |= {V6_NET: cidr_labels("fd00:1::/64"), V6_HOST: cidr_labels("fd00:1::7")}
 SEL = {"matchLabels": {"app": "web"}}
 
 
@@ -32,17 +35,23 @@ def test_cidr_labels_cover_every_shorter_prefix() -> None:
     assert not cidr_selector(P24).matches(labels)
 
 
-def test_rule_prefixes_include_excepts_not_world() -> None:
+def test_rule_prefixes_include_excepts_and_world_of_both_families() -> None:
     rules = parse_rules(
         [
             {
                 "endpointSelector": SEL,
                 "egress": [{"toCIDRSet": [{"cidr": "0.0.0.0/0", "except": ["10.1.0.0/16"]}]}],
-                "ingress": [{"fromCIDR": ["192.168.1.7"]}],
+                "ingress": [{"fromCIDR": ["192.168.1.7", "fd00:1::7", "::/0"]}],
             }
         ]
     )
-    assert rule_prefixes(rules) == {"10.1.0.0/16", "192.168.1.7/32"}
+    assert rule_prefixes(rules) == {
+        "0.0.0.0/0",
+        "10.1.0.0/16",
+        "192.168.1.7/32",
+        "fd00:1::7/128",
+        "::/0",
+    }
 
 
 def test_cidr_selects_itself_and_more_specific_minus_excepts() -> None:
@@ -53,7 +62,20 @@ def test_cidr_selects_itself_and_more_specific_minus_excepts() -> None:
         "endpointSelector": SEL,
         "egress": [{"toCIDRSet": [{"cidr": "0.0.0.0/0", "except": [P24]}]}],
     }
-    assert peers(world) == {WORLD, 300, 301}
+    assert peers(world) == {V4_WORLD, 300, 301}
+
+
+def test_each_family_allows_only_its_own_prefixes() -> None:
+    def egress(*cidrs: str) -> set[int]:
+        return peers({"endpointSelector": SEL, "egress": [{"toCIDR": list(cidrs)}]})
+
+    assert egress("0.0.0.0/0") == {V4_WORLD, 300, 301, 302, 303}
+    assert egress("::/0") == {V6_WORLD, V6_NET, V6_HOST}
+    assert egress("fd00:1::/64") == {V6_NET, V6_HOST}
+    assert egress("fd00:1::/64", "10.1.2.0/24") == {V6_NET, V6_HOST, 302, 303}
+    v6_except = {"toCIDRSet": [{"cidr": "::/0", "except": ["fd00:1::/64"]}]}
+    assert peers({"endpointSelector": SEL, "egress": [v6_except]}) == {V6_WORLD}
+    assert WORLD in peers({"endpointSelector": SEL, "egress": [{"toEntities": ["world"]}]})
 
 
 def test_ingress_cidr_with_ports() -> None:
@@ -72,7 +94,7 @@ def test_entities() -> None:
     def ent(name: str) -> set[int]:
         return peers({"endpointSelector": SEL, "ingress": [{"fromEntities": [name]}]}, IN)
 
-    assert ent("world") == {WORLD, 300, 301, 302, 303}
+    assert ent("world") == {WORLD, *range(300, 308)}
     assert ent("host") == {HOST} and ent("init") == {INIT} and ent("all") == {0}
     assert 256 in ent("cluster") and HOST in ent("cluster") and 300 not in ent("cluster")
 

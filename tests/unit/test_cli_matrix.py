@@ -73,8 +73,19 @@ def test_missing_names_sources_nobody_probed_and_unknown_pods() -> None:
         }
     )
     gaps = missing(merged["results"], merged["pods"], merged["pods"], [80], ["TCP", "UDP"])
-    assert ("x/a", "x/c", 80, "TCP") in gaps  # node1 did not know x/c
-    assert ("x/a", "x/a", 80, "UDP") in gaps  # nobody probed UDP
+    assert ("x/a", "x/c", 80, "TCP", 4) in gaps  # node1 did not know x/c
+    assert ("x/a", "x/a", 80, "UDP", 4) in gaps  # nobody probed UDP
     assert {g[0] for g in gaps} == {"x/a", "x/b", "x/c"}
     assert len(gaps) == 3 * 3 * 2 - 2
     assert missing(merged["results"], ["x/a"], ["x/a", "x/b"], [80], ["TCP"]) == []
+
+
+def test_a_family_nobody_probed_is_missing() -> None:
+    rows = [
+        {"from": "x/a", "to": "x/b", "port": 80, "protocol": "TCP", "result": "allowed"},
+        {"from": "x/a", "to": "x/b", "port": 80, "protocol": "TCP", "family": 6, "result": "x"},
+    ]
+    assert missing(rows, ["x/a"], ["x/b"], [80], ["TCP"], [4, 6]) == []
+    assert missing(rows[:1], ["x/a"], ["x/b"], [80], ["TCP"], [4, 6]) == [
+        ("x/a", "x/b", 80, "TCP", 6)
+    ]

@@ -133,7 +133,7 @@ def test_reserved_selector() -> None:
     assert entries(p) == {(IN, 1, 0, ANY)}
 
 
-def test_world_cidr_means_world_and_other_cidrs_need_identities() -> None:
+def test_cidrs_select_only_their_identities_world_prefixes_included() -> None:
     p = policy(
         {
             "endpointSelector": WEB_SEL,
@@ -146,7 +146,7 @@ def test_world_cidr_means_world_and_other_cidrs_need_identities() -> None:
         }
     )
     assert p.egress_enforced
-    assert entries(p) == {(E, 2, 0, ANY)}
+    assert entries(p) == set()  # no CIDR identity exists yet: nothing is allowed
 
 
 def test_requires_filters_peers_and_expands_wildcards() -> None:

@@ -91,6 +91,9 @@ class ProbeRequest(BaseModel):
     port: int = Field(ge=1, le=65535)
     protocol: Proto = "TCP"
     timeout: float = Field(1.0, gt=0, le=30)
+    family: Literal["4", "6", "both"] | None = Field(
+        None, description="address family probed (default: both when IPv6 is on, else 4)"
+    )
 
 
 class MatrixRequest(BaseModel):
@@ -100,6 +103,9 @@ class MatrixRequest(BaseModel):
     protocols: list[Proto] = Field(default_factory=lambda: ["TCP"])  # type: ignore[arg-type]
     namespaces: list[str] = Field(default_factory=list)
     timeout: float = Field(1.0, gt=0, le=30)
+    family: Literal["4", "6", "both"] | None = Field(
+        None, description="address family probed (default: both when IPv6 is on, else 4)"
+    )
 
 
 def _split_pod(ref: str) -> tuple[str, str]:
@@ -346,18 +352,23 @@ def create_app(agent: Agent) -> FastAPI:
         with agent.lock:
             return {"netns": agent.pod_netns(namespace, name)}
 
+    def _families(family: str | None) -> list[int]:
+        if family is None:
+            return [4, 6] if agent.config.enable_ipv6 else [4]
+        return [4, 6] if family == "both" else [int(family)]
+
     async def _probe_pair(
-        src: str, dst: str, port: int, proto: str, timeout: float
+        src: str, dst: str, port: int, proto: str, timeout: float, family: int = 4
     ) -> dict[str, Any]:
         with agent.lock:
             src_path = agent.pod_netns(*_split_pod(src))
-            dst_ip = agent.pod_address("/".join(_split_pod(dst)))
+            dst_ip = agent.pod_address("/".join(_split_pod(dst)), family)
+        row = {"from": src, "to": dst, "port": port, "protocol": proto, "family": family}
+        if not dst_ip:
+            return row | {"result": "denied", "detail": f"no IPv{family} address", "latency_ms": 0}
         res = await probe(src_path, dst_ip, port, proto, timeout)
-        return {
-            "from": src,
-            "to": dst,
-            "port": port,
-            "protocol": proto,
+        return row | {
+            "address": dst_ip,
             "result": res.result,
             "detail": res.detail,
             "latency_ms": round(res.latency_ms, 2),
@@ -365,7 +376,13 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.post("/v1/probe")
     async def probe_one(req: ProbeRequest) -> dict[str, Any]:
-        return await _probe_pair(req.source, req.destination, req.port, req.protocol, req.timeout)
+        """One probe per family; `result` is allowed only when every family's is."""
+        results = [
+            await _probe_pair(req.source, req.destination, req.port, req.protocol, req.timeout, f)
+            for f in _families(req.family)
+        ]
+        allowed = all(r["result"] == "allowed" for r in results)
+        return {**results[0], "result": "allowed" if allowed else "denied", "families": results}
 
     @app.post("/v1/probe/matrix")
     async def probe_matrix(req: MatrixRequest) -> dict[str, Any]:
@@ -374,19 +391,17 @@ def create_app(agent: Agent) -> FastAPI:
             names = agent.pod_names(req.namespaces, local_only=False)
         sem = asyncio.Semaphore(MATRIX_CONCURRENCY)
 
-        async def one(src: str, dst: str, port: int, proto: str) -> dict[str, Any]:
+        async def one(src: str, dst: str, port: int, proto: str, family: int) -> dict[str, Any]:
             async with sem:
-                return await _probe_pair(src, dst, port, proto, req.timeout)
+                return await _probe_pair(src, dst, port, proto, req.timeout, family)
 
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(
-                one(s, d, p, proto)
-                for s, d, p, proto in itertools.product(sources, names, req.ports, req.protocols)
-            )
-        )
+        families = _families(req.family)
+        pairs = itertools.product(sources, names, req.ports, req.protocols, families)
+        results = await asyncio.gather(*(one(*pair) for pair in pairs))
         return {
             "pods": names,
+            "families": families,
             "sources": sources,
             "results": list(results),
             "elapsed_seconds": round(time.monotonic() - started, 2),

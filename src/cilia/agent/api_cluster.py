@@ -4,7 +4,7 @@ ipcache with its tunnel endpoints."""
 from __future__ import annotations
 
 import time
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from fastapi import APIRouter
@@ -82,6 +82,10 @@ def cluster_router(agent: Agent) -> APIRouter:
             entries = agent.datapath.tunnel_entries()
         return [{"prefix": p, "node-ip": ip} for p, ip in sorted(entries.items())]
 
+    def _family_order(prefix: str) -> tuple[int, IPv4Network | IPv6Network]:
+        net = ip_network(prefix)
+        return net.version, net
+
     @r.get("/v1/bpf/ipcache")
     def bpf_ipcache() -> list[dict[str, Any]]:
         with agent.lock:
@@ -93,7 +97,7 @@ def cluster_router(agent: Agent) -> APIRouter:
                 "flags": e.flags,
                 "tunnel-endpoint": e.tunnel_endpoint,
             }
-            for p, e in sorted(entries.items(), key=lambda item: ip_network(item[0]))
+            for p, e in sorted(entries.items(), key=lambda item: _family_order(item[0]))
         ]
 
     return r

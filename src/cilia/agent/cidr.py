@@ -42,5 +42,6 @@ class CidrIdentities:
         return dict(self.by_prefix)
 
     def identities(self) -> frozenset[int]:
-        """The CIDR identities (their ipcache entries are flagged as CIDR)."""
-        return frozenset(self.by_prefix.values())
+        """The CIDR identities whose ipcache entries are flagged as CIDR (a denial names
+        CIDR policy, 162): all but the /0 ones, which stand for the world (133)."""
+        return frozenset(i for p, i in self.by_prefix.items() if not p.endswith("/0"))

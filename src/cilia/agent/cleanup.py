@@ -25,6 +25,7 @@ from cilia.datapath.overlay import remove_overlay_device
 from cilia.datapath.pod_network import remove_host_veth, remove_pod_network
 from cilia.datapath.proxy_device import proxy_device_name, remove_proxy_device
 from cilia.datapath.proxy_routing import remove_proxy_routing
+from cilia.router import default_router_ip
 from cilia.runtime.local import kill_netns_processes, remove_sandbox
 from cilia.runtime.responders import ResponderHost
 from cilia.runtime.supervisor import ContainerStatus
@@ -134,7 +135,7 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
         if local:
             containers = [ContainerStatus.from_dict(c) for c in ep.get("containers", [])]
             remove_sandbox(os.path.basename(ep["netns"]), containers, responders)
-        remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"])
+        remove_pod_network(ep["netns"], ep["ifname"], ep["ipv4"], ep.get("ipv6", ""))
         what = "pod" if local else f"{ep['runtime']} endpoint"
         removed.append(
             Removed(
@@ -167,7 +168,10 @@ def remove_state(config: AgentConfig, *, starting: bool = False) -> list[Removed
         removed.append(Removed("device", f"device {proxy_device_name(config.name_prefix)}"))
     if remove_overlay_device(config.overlay_device):
         removed.append(Removed("device", f"device {config.overlay_device} (and its routes)"))
-    for router in {config.host_router_ip, state.get("router_ip") or config.host_router_ip}:
+    routers = {config.host_router_ip, state.get("router_ip") or config.host_router_ip}
+    # The IPv6 router of the configured range goes whether IPv6 is on now or not.
+    routers |= {ip for ip in (default_router_ip(config.ipv6_range), state.get("router_ipv6")) if ip}
+    for router in sorted(routers):
         if remove_host_address(router):
             removed.append(Removed("address", f"router address {router}"))
     if pins.exists():

@@ -16,7 +16,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from cilia.agent import config_file as cf
 from cilia.defaults import RUN_DIR, SOCKET_NAME
 from cilia.k8s.strict_yaml import InputLimits
-from cilia.router import router_ip, router_ip_problem
+from cilia.router import (
+    IPV6_CLUSTER_ALLOC_CIDR,
+    IPV6_NODE_PREFIX,
+    IPV6_RANGE,
+    router_ip,
+    router_ip_problem,
+    valid_ipv6_range,
+)
 
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
@@ -44,6 +51,11 @@ class AgentConfig(BaseSettings):
     pod_cidr: str = Field("10.200.0.0/16", description="IPv4 range of local pods")
     router_ip: str = Field(
         "", description="the node's address towards its pods, in the pod range (default: its last)"
+    )
+    enable_ipv6: bool = Field(False, description="dual stack: every pod gets an IPv6 address too")
+    ipv6_range: str = Field(IPV6_RANGE, description="IPv6 range of local pods (one node alone)")
+    ipv6_cluster_alloc_cidr: str = Field(
+        IPV6_CLUSTER_ALLOC_CIDR, description="IPv6 /64 the nodes' /96 pod ranges are carved from"
     )
     node_name: str = Field(default_factory=socket.gethostname)
     ct_lifetime_tcp: int = 21600
@@ -175,6 +187,16 @@ class AgentConfig(BaseSettings):
     def _valid_cluster_cidr(cls, value: str) -> str:
         return str(ipaddress.IPv4Network(value, strict=True))
 
+    @field_validator("ipv6_range")
+    @classmethod
+    def _valid_ipv6_range(cls, value: str) -> str:
+        return valid_ipv6_range(value, IPV6_NODE_PREFIX)
+
+    @field_validator("ipv6_cluster_alloc_cidr")
+    @classmethod
+    def _valid_ipv6_cluster_cidr(cls, value: str) -> str:
+        return valid_ipv6_range(value, 64)
+
     @field_validator("container_runtime")
     @classmethod
     def _valid_runtimes(cls, value: list[str]) -> list[str]:
@@ -257,6 +279,12 @@ class AgentConfig(BaseSettings):
         """The node's address towards its pods (`router-ip`, by default the last of the pod
         range): identity `host`."""
         return router_ip(self.pod_cidr, self.router_ip)
+
+    @property
+    def host_router_ipv6(self) -> str:
+        """The node's IPv6 address towards its pods (the last of the IPv6 range, identity
+        `host`), "" with IPv6 off."""
+        return router_ip(self.ipv6_range) if self.enable_ipv6 else ""
 
     @property
     def overlay_device(self) -> str:

@@ -47,7 +47,11 @@ from cilia.agent.trigger import Trigger
 from cilia.agent.workloads import Workloads
 from cilia.datapath import conntrack
 from cilia.datapath.address_watch import AddressWatch
-from cilia.datapath.host_address import ensure_host_address, remove_host_address
+from cilia.datapath.host_address import (
+    enable_ipv6_routing,
+    ensure_host_address,
+    remove_host_address,
+)
 from cilia.datapath.manager import CtLifetimes, Datapath
 from cilia.datapath.netns import is_netns
 from cilia.datapath.overlay import VXLAN_OVERHEAD
@@ -109,6 +113,9 @@ class Agent:
         self.objects = ObjectStore()
         self.endpoints: dict[int, Endpoint] = {}
         self.ipam = Ipam(config.pod_cidr, {config.host_router_ip})
+        self.ipam6 = (
+            Ipam(config.ipv6_range, {config.host_router_ipv6}) if config.enable_ipv6 else None
+        )
         self.ipam_reserved: set[str] = set()
         """Addresses handed out by `POST /v1/ipam` and not yet taken by an endpoint."""
         self.responders = ResponderHost.of(config.run_dir, config.state_dir)
@@ -162,6 +169,8 @@ class Agent:
         maps = self.datapath.maps_dir
         self.monitor.start_reader(f"{maps}/cilia_events", f"{maps}/cilia_events_lost")
         ensure_host_address(self.config.host_router_ip)
+        if self.config.enable_ipv6:
+            enable_ipv6_routing(self.config.host_router_ipv6)
         self.datapath.attach_proxy_device(proxy_device_name(self.config.name_prefix))
         if self.cluster is not None:
             self.datapath.attach_overlay(
@@ -234,12 +243,16 @@ class Agent:
             ep = Endpoint.from_state(raw)
             if not ep.is_local_pod and not is_netns(ep.netns):
                 log.info("container %s went away while the agent was down", ep.container_id)
-                remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
+                remove_pod_network(ep.netns, ep.ifname, ep.ipv4, ep.ipv6)
                 self.identities.release(ep.identity)
                 self._give_back_address(ep)
                 continue
             self.endpoints[ep.id] = ep
             self.ipam.used.add(ep.ipv4)
+            if self.ipam6 is None:
+                ep.ipv6 = ""  # IPv6 was turned off: the datapath drops the pod's IPv6
+            elif ep.ipv6:
+                self.ipam6.used.add(ep.ipv6)
             try:
                 if ep.is_local_pod:
                     pods.create_sandbox(self._local_netns(ep.namespace, ep.pod))
@@ -259,6 +272,7 @@ class Agent:
                 "version": STATE_VERSION,
                 "pod_cidr": self.config.pod_cidr,
                 "router_ip": self.config.host_router_ip,
+                "router_ipv6": self.config.host_router_ipv6,
                 "identities": self.identities.snapshot(),
                 "policy": self.repo.to_json(),
                 "objects": self.objects.to_state(),
@@ -282,6 +296,7 @@ class Agent:
             ep.network.host_mac,
             trace=ep.trace,
             proxy_ports=proxy_ports,
+            ipv6=ep.ipv6,
         )
 
     # -- regeneration ------------------------------------------------------
@@ -375,8 +390,12 @@ class Agent:
         if self.config.legacy_host_allows_world:
             desired |= {f"{ip}/32": HOST for ip in host_ipv4_addresses()}
         desired[f"{self.config.host_router_ip}/32"] = HOST
+        if self.config.enable_ipv6:
+            desired[f"{self.config.host_router_ipv6}/128"] = HOST
         for ep in self.endpoints.values():
             desired[f"{ep.ipv4}/32"] = ep.identity
+            if ep.ipv6:
+                desired[f"{ep.ipv6}/128"] = ep.identity
         return desired
 
     # -- objects (manifests) ---------------------------------------------
@@ -546,6 +565,8 @@ class Agent:
             route_src=self.config.host_router_ip,
             route_mtu=self.config.mtu - VXLAN_OVERHEAD if tunnel else None,
             pod_ifname=ep.pod_ifname,
+            ipv6=ep.ipv6,
+            route_src6=self.config.host_router_ipv6 or None,
         )
 
     # -- endpoints --------------------------------------------------------
@@ -609,6 +630,8 @@ class Agent:
             ifname=ifname,
             ipv4=req.ipv4 or self.ipam.allocate(),
             labels=labels,
+            # Runtimes that configure the workload side themselves (Docker) stay IPv4.
+            ipv6=self.ipam6.allocate() if self.ipam6 and not req.peer_in_host else "",
             container_id=req.container_id,
             runtime=req.runtime,
             pod_ifname=req.interface_name,
@@ -639,7 +662,7 @@ class Agent:
             self.datapath.detach(ep.ifname)
             if ep.network is not None:
                 self.datapath.remove_endpoint(ep.network.host_ifindex, ep.id)
-            remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
+            remove_pod_network(ep.netns, ep.ifname, ep.ipv4, ep.ipv6)
             self._give_back_address(ep)
             if identity_taken:
                 self.identities.release(ep.identity)
@@ -650,7 +673,7 @@ class Agent:
 
     def _endpoint_of_ip(self, ip: str) -> tuple[int, int] | None:
         """(endpoint id, identity) of a local endpoint address."""
-        ep = next((e for e in list(self.endpoints.values()) if e.ipv4 == ip), None)
+        ep = next((e for e in list(self.endpoints.values()) if ip in (e.ipv4, e.ipv6)), None)
         return (ep.id, ep.identity) if ep else None
 
     def _destroy_endpoint(self, ep: Endpoint) -> None:
@@ -663,7 +686,7 @@ class Agent:
         if ep.is_local_pod:
             netns = self._local_netns(ep.namespace, ep.pod)
             pods.remove_sandbox(netns, ep.containers, self.responders)
-        remove_pod_network(ep.netns, ep.ifname, ep.ipv4)
+        remove_pod_network(ep.netns, ep.ifname, ep.ipv4, ep.ipv6)
         self._give_back_address(ep)
         self.identities.release(ep.identity)
         self.endpoints.pop(ep.id, None)
@@ -676,6 +699,8 @@ class Agent:
             self.ipam_reserved.add(ep.ipv4)
         else:
             self.ipam.release(ep.ipv4)
+        if ep.ipv6 and self.ipam6 is not None:
+            self.ipam6.release(ep.ipv6)
 
     def _log_dir(self, ep: Endpoint) -> Path:
         return self.config.state_dir / "logs" / ep.namespace / ep.pod
@@ -786,10 +811,11 @@ class Agent:
     # -- read side -------------------------------------------------------
 
     def endpoint(self, key: str) -> Endpoint:
-        """Find an endpoint by id, `ns/pod`, IPv4 address or `container-id:<id>`."""
+        """Find an endpoint by id, `ns/pod`, IPv4 or IPv6 address or `container-id:<id>`."""
         with self.lock:
             for ep in self.endpoints.values():
-                if key in (str(ep.id), ep.name, ep.ipv4, f"container-id:{ep.container_id}"):
+                keys = (str(ep.id), ep.name, ep.ipv4, ep.ipv6, f"container-id:{ep.container_id}")
+                if key and key in keys:
                     return ep
         raise AgentError(f"endpoint {key} not found", status=404)
 
@@ -797,10 +823,14 @@ class Agent:
         """Status of a pod of another node (`ns/name`), as its node published it."""
         return self.cluster.remote_pod(ref) if self.cluster is not None else None
 
-    def pod_address(self, ref: str) -> str:
-        """IPv4 of a pod of this node or, in cluster mode, of any node."""
+    def pod_address(self, ref: str, family: int = 4) -> str:
+        """IPv4 (or IPv6, "" when it has none) of a pod of this node or, in cluster mode,
+        of any node."""
+        key = "ipv6" if family == 6 else "ipv4"
         remote = self.remote_pod(ref)
-        return str(remote["ipv4"]) if remote else self.endpoint(ref).ipv4
+        if remote:
+            return str(remote.get(key) or "")
+        return str(getattr(self.endpoint(ref), key))
 
     def pod_names(self, namespaces: list[str], local_only: bool) -> list[str]:
         """`ns/name` of the pods with an address here (and on every node unless
@@ -845,6 +875,7 @@ class Agent:
                 "realized-revision": self.realized_revision,
                 "policy-rules": len(self.repo.rules),
                 "pod-cidr": self.config.pod_cidr,
+                "ipv6-range": self.config.ipv6_range if self.config.enable_ipv6 else "",
                 "controllers": {"total": len(self.controllers.all()), "failing": len(failing)},
                 "conntrack": self.ct_gc.status(),
                 "monitor": self.monitor.status(),
@@ -860,6 +891,7 @@ class Agent:
         containers = ep.containers
         return {
             "ipv4": ep.ipv4,
+            "ipv6": ep.ipv6,
             "identity": ep.identity,
             "endpoint": ep.id,
             "state": ep.state.value,

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from cilia.datapath.netns import resolve_netns
-from cilia.datapath.pod_network import GATEWAY_IP, POD_IFNAME, PodNetwork
+from cilia.datapath.pod_network import GATEWAY_IP, GATEWAY_IPV6, POD_IFNAME, PodNetwork
 from cilia.labels import Labels
 from cilia.policy.desired import EndpointPolicy
 from cilia.runtime.supervisor import ContainerStatus
@@ -68,6 +68,8 @@ class Endpoint:
     ifname: str
     ipv4: str
     labels: Labels
+    ipv6: str = ""
+    """"" = IPv4 only (IPv6 off, or a runtime that configures the workload itself)."""
     container_id: str = ""
     runtime: str = "local"
     pod_ifname: str = POD_IFNAME
@@ -117,16 +119,20 @@ class Endpoint:
         """Address, gateway, MACs, MTU and routes of the workload side (CNI result)."""
         net = self.network
         route_mtu = {"mtu": net.route_mtu} if net and net.route_mtu else {}
+        routes = [
+            {"dst": f"{self.gateway}/32", **route_mtu},
+            {"dst": "0.0.0.0/0", "gw": self.gateway, **route_mtu},
+        ]
+        if self.ipv6:
+            routes.append({"dst": "::/0", "gw": GATEWAY_IPV6, **route_mtu})
         return {
             "ipv4": self.ipv4,
             "gateway": self.gateway,
+            **({"ipv6": self.ipv6, "gateway6": GATEWAY_IPV6} if self.ipv6 else {}),
             "mac": net.pod_mac if net else None,
             "host-mac": net.host_mac if net else None,
             "mtu": net.mtu if net else None,
-            "routes": [
-                {"dst": f"{self.gateway}/32", **route_mtu},
-                {"dst": "0.0.0.0/0", "gw": self.gateway, **route_mtu},
-            ],
+            "routes": routes,
         }
 
     def to_api(self) -> dict[str, Any]:
@@ -141,6 +147,7 @@ class Endpoint:
             "identity": self.identity,
             "labels": self.labels.to_list(),
             "ipv4": self.ipv4,
+            "ipv6": self.ipv6,
             "interface": self.ifname,
             "ifindex": self.network.host_ifindex if self.network else None,
             "netns": self.netns,
@@ -161,6 +168,7 @@ class Endpoint:
             "netns": self.netns,
             "ifname": self.ifname,
             "ipv4": self.ipv4,
+            "ipv6": self.ipv6,
             "labels": self.labels.to_list(),
             "identity": self.identity,
             "container_id": self.container_id,
@@ -198,6 +206,7 @@ class Endpoint:
             runtime_labels=None if runtime_labels is None else Labels.parse(runtime_labels),
             ifname=d["ifname"],
             ipv4=d["ipv4"],
+            ipv6=d.get("ipv6", ""),
             labels=Labels.parse(d["labels"]),
             identity=d["identity"],
             state=EndpointState.RESTORING,

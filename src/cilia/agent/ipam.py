@@ -1,4 +1,4 @@
-"""IPv4 address management for the node's pod range."""
+"""Address management for the node's pod ranges (one per family)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class Ipam:
     """Hands out the lowest free host address of a range."""
 
     def __init__(self, cidr: str, used: set[str] | None = None) -> None:
-        self.network = ipaddress.IPv4Network(cidr)
+        self.network = ipaddress.ip_network(cidr)
         self.used: set[str] = set(used or ())
 
     def allocate(self) -> str:

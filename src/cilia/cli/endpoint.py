@@ -23,6 +23,7 @@ def endpoint_list(fmt: str) -> None:
     eps = call("GET", "/endpoint")
     if emit(eps, fmt):
         return
+    dual_stack = any(e.get("ipv6") for e in eps)
     table(
         [
             (
@@ -32,6 +33,7 @@ def endpoint_list(fmt: str) -> None:
                 e["identity"],
                 e["pod"],
                 e["ipv4"],
+                *([e.get("ipv6") or "-"] if dual_stack else []),
                 e["state"],
             )
             for e in eps
@@ -43,6 +45,7 @@ def endpoint_list(fmt: str) -> None:
             "IDENTITY",
             "POD",
             "IPV4",
+            *(["IPV6"] if dual_stack else []),
             "STATUS",
         ],
     )
@@ -52,14 +55,14 @@ def endpoint_list(fmt: str) -> None:
 @click.argument("key")
 @output_option("json")
 def endpoint_get(key: str, fmt: str) -> None:
-    """Show one endpoint (by id, NS/POD or IPv4)."""
+    """Show one endpoint (by id, NS/POD, IPv4 or IPv6)."""
     emit(call("GET", f"/endpoint/{key}"), "json" if fmt == "table" else fmt)
 
 
 @endpoint.command("regenerate")
 @click.argument("key")
 def endpoint_regenerate(key: str) -> None:
-    """Re-attach and reprogram one endpoint (by id, NS/POD or IPv4)."""
+    """Re-attach and reprogram one endpoint (by id, NS/POD, IPv4 or IPv6)."""
     ep = call("POST", f"/endpoint/{key}/regenerate")
     click.echo(f"Endpoint {ep['id']} regenerated (policy revision {ep['policy-revision']})")
 
@@ -87,7 +90,7 @@ def endpoint_log(key: str, fmt: str) -> None:
 @click.option("-d", "--delete", multiple=True, help="Label key to delete.")
 @output_option()
 def labels(key: str, add: tuple[str, ...], delete: tuple[str, ...], fmt: str) -> None:
-    """Change an endpoint's labels (by id, NS/POD or IPv4); releases held-back labels.
+    """Change an endpoint's labels (by id, NS/POD, IPv4 or IPv6); releases held-back labels.
 
     The endpoint moves to the identity of its new labels without a restart.
     """

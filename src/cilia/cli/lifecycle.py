@@ -31,6 +31,9 @@ _AGENT_FLAGS = {
     # flag -> AgentConfig field; each may also come from CILIA_<FIELD>.
     "--pod-cidr": "pod_cidr",
     "--router-ip": "router_ip",
+    "--enable-ipv6": "enable_ipv6",
+    "--ipv6-range": "ipv6_range",
+    "--ipv6-cluster-alloc-cidr": "ipv6_cluster_alloc_cidr",
     "--prometheus-serve-addr": "prometheus_serve_addr",
     "--legacy-host-allows-world": "legacy_host_allows_world",
     "--allow-localhost": "allow_localhost",
@@ -72,6 +75,20 @@ def agent_options(fn: F) -> F:
         "--router-ip",
         help="The node's address towards its pods, inside the pod range (default: its last"
         " usable address). Changing it across a restart keeps running pods connected.",
+    )(fn)
+    fn = click.option(
+        "--enable-ipv6",
+        type=click.Choice(["true", "false"]),
+        help="Dual stack: every pod gets an IPv6 address too (default false).",
+    )(fn)
+    fn = click.option(
+        "--ipv6-range",
+        help="IPv6 range of local pods, /96 or wider (default fd00:c1a::/96).",
+    )(fn)
+    fn = click.option(
+        "--ipv6-cluster-alloc-cidr",
+        help="IPv6 /64 the nodes' /96 pod ranges are carved from (cluster mode; default"
+        " fd00:c1a::/64).",
     )(fn)
     fn = click.option(
         "--prometheus-serve-addr",

@@ -22,7 +22,7 @@ from cilia.cli.client import ApiError, Client
 from cilia.cli.output import emit, table
 from cilia.defaults import cluster_dir, cluster_exists, socket_path
 
-Key = tuple[str, str, int, str]
+Key = tuple[str, str, int, str, int]
 
 
 def cluster_agents() -> dict[str, Client]:
@@ -70,6 +70,7 @@ def merge(answers: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
             results.setdefault(key_of(row), {**row, "node": node})
     return {
         "pods": sorted({p for a in answers.values() for p in a["pods"]}),
+        "families": sorted({f for a in answers.values() for f in a.get("families", [4])}),
         "sources": {node: list(a["sources"]) for node, a in answers.items()},
         "results": sorted(results.values(), key=lambda r: r["from"]),
         "elapsed_seconds": max((a["elapsed_seconds"] for a in answers.values()), default=0),
@@ -77,8 +78,8 @@ def merge(answers: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def key_of(row: Mapping[str, Any]) -> Key:
-    """(from, to, port, protocol) of one result row."""
-    return (row["from"], row["to"], int(row["port"]), row["protocol"])
+    """(from, to, port, protocol, family) of one result row."""
+    return (row["from"], row["to"], int(row["port"]), row["protocol"], int(row.get("family", 4)))
 
 
 def missing(
@@ -87,11 +88,12 @@ def missing(
     pods: Sequence[str],
     ports: Sequence[int],
     protocols: Sequence[str],
+    families: Sequence[int] = (4,),
 ) -> list[Key]:
-    """Probes from `sources` to `pods` (each port and protocol) with no result: a source
-    no agent probed from, or a pod an agent did not know of yet."""
+    """Probes from `sources` to `pods` (each port, protocol and family) with no result:
+    a source no agent probed from, or a pod an agent did not know of yet."""
     have = {key_of(r) for r in results}
-    wanted = itertools.product(sources, pods, ports, protocols)
+    wanted = itertools.product(sources, pods, ports, protocols, families)
     return [k for k in wanted if k not in have]
 
 
@@ -109,23 +111,28 @@ def show_matrix(body: dict[str, Any], fmt: str) -> None:
     else:
         data = call("POST", "/probe/matrix", body)
         rows = data.get("sources", data["pods"])
-    ports, protocols = body["ports"], body["protocols"]
-    gaps = missing(data["results"], rows, data["pods"], ports, protocols)
-    fields = ("from", "to", "port", "protocol", "result", "node")
+    ports, protocols, families = body["ports"], body["protocols"], data.get("families", [4])
+    gaps = missing(data["results"], rows, data["pods"], ports, protocols, families)
+    fields = ("from", "to", "port", "protocol", "family", "result", "node")
     if not emit([{k: r[k] for k in fields if k in r} for r in data["results"]], fmt):
-        _print_tables(data, rows, ports, protocols)
+        _print_tables(data, rows, ports, protocols, families)
     if gaps:
-        src, dst, port, proto = gaps[0]
+        src, dst, port, proto, family = gaps[0]
         click.echo(
             f"Error: {len(gaps)} probes missing (no agent probed from their source, or it "
-            f"did not know their destination yet), e.g. {src} -> {dst} {port}/{proto}",
+            f"did not know their destination yet), e.g. {src} -> {dst} {port}/{proto}"
+            f" IPv{family}",
             err=True,
         )
         sys.exit(1)
 
 
 def _print_tables(
-    data: Mapping[str, Any], rows: Sequence[str], ports: Sequence[int], protocols: Sequence[str]
+    data: Mapping[str, Any],
+    rows: Sequence[str],
+    ports: Sequence[int],
+    protocols: Sequence[str],
+    families: Sequence[int],
 ) -> None:
     pods = data["pods"]
     verdict = {key_of(r): r["result"] for r in data["results"]}
@@ -135,16 +142,16 @@ def _print_tables(
             "Sources by node: "
             + "; ".join(f"{n}: {', '.join(s) or '-'}" for n, s in data["sources"].items())
         )
-    for proto in protocols:
-        for port in ports:
-            click.echo(f"\n{proto}/{port}  (rows: from, columns: to)")
-            table(
-                [
-                    [src] + [marks.get(verdict.get((src, dst, port, proto)), "X") for dst in pods]
-                    for src in rows
-                ],
-                ["", *pods],
-            )
+    for proto, port, family in itertools.product(protocols, ports, families):
+        click.echo(f"\n{proto}/{port} IPv{family}  (rows: from, columns: to)")
+        table(
+            [
+                [src]
+                + [marks.get(verdict.get((src, dst, port, proto, family)), "X") for dst in pods]
+                for src in rows
+            ],
+            ["", *pods],
+        )
     results = data["results"]
     allowed = sum(1 for r in results if r["result"] == "allowed")
     click.echo(

@@ -27,6 +27,11 @@ from cilia.cli.output import emit, output_option
 @click.option("--ports", default="80", show_default=True, help="Matrix ports, comma separated.")
 @click.option("--protocols", default="TCP", show_default=True, help="Matrix protocols.")
 @click.option("--namespaces", default="", help="Matrix: only pods of these namespaces.")
+@click.option(
+    "--family",
+    type=click.Choice(["4", "6", "both"]),
+    help="Address family to probe (default: both when the agent has IPv6 on, else 4).",
+)
 @output_option()
 def probe(
     source: str | None,
@@ -38,16 +43,18 @@ def probe(
     ports: str,
     protocols: str,
     namespaces: str,
+    family: str | None,
     fmt: str,
 ) -> None:
     """Check whether SOURCE can reach DESTINATION (exit 0 allowed, 1 denied).
 
     With --matrix, probe every ordered pair of pods and print a truth table
     ('.' allowed, 'X' denied); in a cluster on this machine every node's agent
-    probes from its pods and the tables are merged.
+    probes from its pods and the tables are merged. With both families each pair
+    is probed over IPv4 and IPv6, and counts as allowed only when both are.
     """
     if matrix:
-        _matrix(ports, protocols, namespaces, timeout, fmt)
+        _matrix(ports, protocols, namespaces, timeout, family, fmt)
         return
     if not source or not destination:
         raise click.UsageError("give SOURCE and DESTINATION pods (NS/NAME), or --matrix")
@@ -60,14 +67,21 @@ def probe(
             "port": port,
             "protocol": protocol.upper(),
             "timeout": timeout,
+            "family": family,
         },
     )
     if not emit(res, fmt):
-        click.echo(res["result"])
+        per_family = res.get("families") or [res]
+        if len(per_family) == 1:
+            click.echo(res["result"])
+        for r in per_family if len(per_family) > 1 else ():
+            click.echo(f"IPv{r['family']} {r.get('address', '-')}: {r['result']}")
     sys.exit(0 if res["result"] == "allowed" else 1)
 
 
-def _matrix(ports: str, protocols: str, namespaces: str, timeout: float, fmt: str) -> None:
+def _matrix(
+    ports: str, protocols: str, namespaces: str, timeout: float, family: str | None, fmt: str
+) -> None:
     try:
         port_list = [int(p) for p in ports.split(",") if p]
     except ValueError:
@@ -80,6 +94,7 @@ def _matrix(ports: str, protocols: str, namespaces: str, timeout: float, fmt: st
         "protocols": proto_list,
         "namespaces": [n for n in namespaces.split(",") if n],
         "timeout": timeout,
+        "family": family,
     }
     from cilia.cli.matrix import show_matrix
 

@@ -1,4 +1,5 @@
-"""The node's router address towards its pods: a /32 on `lo`, the source of host traffic."""
+"""The node's router addresses towards its pods: a /32 (and with IPv6 a /128) on `lo`,
+the source of host traffic to pods."""
 
 from __future__ import annotations
 
@@ -14,21 +15,39 @@ def _lo_index(ipr: IPRoute) -> int:
     return int(ipr.link_lookup(ifname=LOOPBACK)[0])
 
 
-def ensure_host_address(ipv4: str) -> None:
-    """Add `ipv4/32` to `lo` (idempotent)."""
+IPV6_FORWARDING = "/proc/sys/net/ipv6/conf/all/forwarding"
+
+
+def _host_len(ip: str) -> int:
+    return 128 if ":" in ip else 32
+
+
+def ensure_host_address(ip: str) -> None:
+    """Add `ip/32` (or `ip/128`) to `lo` (idempotent)."""
     with IPRoute() as ipr:
         try:
-            ipr.addr("add", index=_lo_index(ipr), address=ipv4, prefixlen=32)
+            ipr.addr("add", index=_lo_index(ipr), address=ip, prefixlen=_host_len(ip))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
 
 
-def remove_host_address(ipv4: str) -> bool:
-    """Remove `ipv4/32` from `lo`; True if it was there."""
+def enable_ipv6_routing(router_ipv6: str) -> None:
+    """The IPv6 router address on `lo`, and IPv6 forwarding, which unlike IPv4's is
+    node-wide in Linux (pods' packets are routed between their devices)."""
+    ensure_host_address(router_ipv6)
+    with open(IPV6_FORWARDING) as f:
+        if f.read().strip() == "1":
+            return
+    with open(IPV6_FORWARDING, "w") as f:
+        f.write("1")
+
+
+def remove_host_address(ip: str) -> bool:
+    """Remove `ip/32` (or `ip/128`) from `lo`; True if it was there."""
     with IPRoute() as ipr:
         try:
-            ipr.addr("del", index=_lo_index(ipr), address=ipv4, prefixlen=32)
+            ipr.addr("del", index=_lo_index(ipr), address=ip, prefixlen=_host_len(ip))
         except NetlinkError as exc:
             if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
                 return False

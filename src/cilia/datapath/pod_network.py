@@ -2,10 +2,13 @@
 
 Pod side: ``eth0`` with ``<ip>/32``, ``lo`` up, ``169.254.1.1 dev eth0 scope link``,
 ``default via 169.254.1.1`` and a permanent neighbour 169.254.1.1 -> host-side MAC.
-In tunnel mode both routes carry a lower MTU than the device (the VXLAN overhead), so
-the pod receives full-size packets but sends what fits the tunnel.
-Host side: ``<ip>/32 dev <host_ifname> scope link``, a permanent neighbour
-``<ip>`` -> pod MAC and per-device IPv4 forwarding. IPv6 is left at kernel defaults.
+A dual-stack pod also gets ``<ipv6>/128`` (no duplicate address detection, so it is
+usable at once), ``default via fe80::1`` and a permanent neighbour fe80::1 -> host-side
+MAC. In tunnel mode the routes carry a lower MTU than the device (the VXLAN overhead),
+so the pod receives full-size packets but sends what fits the tunnel.
+Host side: ``<ip>/32`` (and ``<ipv6>/128``) ``dev <host_ifname>``, permanent neighbours
+to the pod MAC and per-device IPv4 forwarding (IPv6 forwarding is node-wide, turned on
+by the agent when IPv6 is enabled).
 
 Everything is idempotent and reuses what exists (agent restarts must not disturb
 running pods). The functions are synchronous (pyroute2's sync API): from asyncio code
@@ -33,6 +36,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cilia.datapath.netns import create_netns, delete_netns, is_netns, resolve_netns, setns
 
 GATEWAY_IP = "169.254.1.1"
+GATEWAY_IPV6 = "fe80::1"
+IFA_F_NODAD = 0x02
 POD_IFNAME = "eth0"
 IFNAMSIZ = 15
 LOOPBACK_IFINDEX = 1  # the kernel registers every namespace's lo first
@@ -56,6 +61,7 @@ class PodNetwork:
     mtu: int
     route_mtu: int | None = None
     pod_ifname: str = POD_IFNAME
+    ipv6: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a str or int: a plain copy does what asdict's deep copy did, at a
@@ -74,6 +80,7 @@ class PodNetwork:
             mtu=int(data["mtu"]),
             route_mtu=None if data.get("route_mtu") is None else int(data["route_mtu"]),
             pod_ifname=str(data.get("pod_ifname", POD_IFNAME)),
+            ipv6=str(data.get("ipv6", "")),
         )
 
 
@@ -125,8 +132,10 @@ def link_kind(link: Any) -> str | None:
     return None if info is None else info.get("IFLA_INFO_KIND")
 
 
-def _validate(ifnames: tuple[str, ...], ipv4: str, *mtus: int | None) -> None:
+def _validate(ifnames: tuple[str, ...], ipv4: str, ipv6: str, *mtus: int | None) -> None:
     ipaddress.IPv4Address(ipv4)  # ValueError on bad input, before anything is created
+    if ipv6:
+        ipaddress.IPv6Address(ipv6)
     for name in ifnames:
         if not 0 < len(name) <= IFNAMSIZ or any(c in name for c in "/: \t\n"):
             raise ValueError(f"invalid interface name {name!r}")
@@ -135,9 +144,9 @@ def _validate(ifnames: tuple[str, ...], ipv4: str, *mtus: int | None) -> None:
             raise ValueError(f"invalid MTU {mtu}")
 
 
-def set_interface_sysctl(ifname: str, key: str, value: str) -> None:
-    """Set net.ipv4.conf.<ifname>.<key> (written only when it differs)."""
-    path = f"/proc/sys/net/ipv4/conf/{ifname}/{key}"
+def set_interface_sysctl(ifname: str, key: str, value: str, family: str = "ipv4") -> None:
+    """Set net.<family>.conf.<ifname>.<key> (written only when it differs)."""
+    path = f"/proc/sys/net/{family}/conf/{ifname}/{key}"
     with open(path) as f:
         if f.read().strip() == value:
             return
@@ -160,17 +169,21 @@ def _ensure_route(
     src: str | None = None,
     mtu: int | None = None,
 ) -> bool:
-    """Ensure a main-table route for *dst* (/32 or 0/0 when ``dst='default'``).
+    """Ensure a main-table route for *dst* (a host route, or the default one when
+    ``dst='default'``; IPv6 when *gateway* or *dst* is).
 
     Returns True if it was added. A route to the same prefix through another device
     is an error (an address clash), never silently taken over. *src* is the
     preferred source address of locally originated packets and *mtu* the route's
     MTU (None: the device's); both are fixed if they differ.
     """
-    dst_len = 0 if dst == "default" else 32
-    spec: dict[str, Any] = {"dst": "0.0.0.0" if dst == "default" else dst, "dst_len": dst_len}
-    spec |= {"oif": oif, "table": MAIN_TABLE}
-    spec |= {"gateway": gateway} if gateway else {"scope": "link"}
+    v6 = ":" in (gateway or dst)
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    host_len, anywhere, probe = (128, "::", "2001:db8::1") if v6 else (32, "0.0.0.0", "1.2.3.4")
+    dst_len = 0 if dst == "default" else host_len
+    spec: dict[str, Any] = {"dst": anywhere if dst == "default" else dst, "dst_len": dst_len}
+    spec |= {"oif": oif, "table": MAIN_TABLE, "family": family}
+    spec |= {"gateway": gateway} if gateway else {} if v6 else {"scope": "link"}
     spec |= {"prefsrc": src} if src else {}
     spec |= {"metrics": {"mtu": mtu}} if mtu else {}
     try:
@@ -179,8 +192,8 @@ def _ensure_route(
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
-    probe = "1.2.3.4" if dst == "default" else dst
-    for r in ipr.route("get", dst=probe, flags=RTM_F_FIB_MATCH):
+    probe = probe if dst == "default" else dst
+    for r in ipr.route("get", dst=probe, flags=RTM_F_FIB_MATCH, family=family):
         same = r["dst_len"] == dst_len and r.get("RTA_OIF") == oif
         if same and r.get("RTA_GATEWAY") == gateway:
             if r.get("RTA_PREFSRC") != src or route_mtu(r) != mtu:
@@ -298,26 +311,39 @@ def _ensure_mtu_up(ipr: Any, link: Any, mtu: int) -> None:
         ipr.link("set", index=link["index"], **changes)
 
 
-def _ensure_pod_side(pod: Any, pair: _Pair, ipv4: str, route_mtu: int | None) -> None:
-    idx = pair.pod_index
-    pod.link("set", index=LOOPBACK_IFINDEX, state="up")
+def _ensure_address(pod: Any, idx: int, ip: str, created: bool) -> None:
+    """Make *ip* (/32 or /128) the only global address of its family on the device;
+    link-local IPv6 addresses stay."""
+    v6 = ":" in ip
+    plen = 128 if v6 else 32
     have = (
         []
-        if pair.created
+        if created
         else [
             (a.get("IFA_ADDRESS"), a["prefixlen"])
-            for a in pod.addr("dump", family=socket.AF_INET)
-            if a["index"] == idx
+            for a in pod.addr("dump", family=socket.AF_INET6 if v6 else socket.AF_INET)
+            if a["index"] == idx and not (v6 and a.get("IFA_ADDRESS", "").startswith("fe80:"))
         ]
     )
-    for addr, plen in have:
-        if (addr, plen) != (ipv4, 32):
-            pod.addr("del", index=idx, address=addr, prefixlen=plen)
-    if (ipv4, 32) not in have:
-        pod.addr("add", index=idx, address=ipv4, prefixlen=32)
+    for addr, have_len in have:
+        if (addr, have_len) != (ip, plen):
+            pod.addr("del", index=idx, address=addr, prefixlen=have_len)
+    if (ip, plen) not in have:
+        # No duplicate address detection: the address is the pod's alone, usable at once.
+        pod.addr("add", index=idx, address=ip, prefixlen=plen, flags=IFA_F_NODAD if v6 else 0)
+
+
+def _ensure_pod_side(pod: Any, pair: _Pair, ipv4: str, ipv6: str, route_mtu: int | None) -> None:
+    idx = pair.pod_index
+    pod.link("set", index=LOOPBACK_IFINDEX, state="up")
+    _ensure_address(pod, idx, ipv4, pair.created)
     _ensure_route(pod, GATEWAY_IP, idx, mtu=route_mtu)
     _ensure_route(pod, "default", idx, gateway=GATEWAY_IP, mtu=route_mtu)
     _ensure_neigh(pod, GATEWAY_IP, pair.host_mac, idx)
+    if ipv6:
+        _ensure_address(pod, idx, ipv6, pair.created)
+        _ensure_route(pod, "default", idx, gateway=GATEWAY_IPV6, mtu=route_mtu)
+        _ensure_neigh(pod, GATEWAY_IPV6, pair.host_mac, idx)
 
 
 @_off_loop
@@ -329,17 +355,20 @@ def ensure_pod_network(
     route_src: str | None = None,
     route_mtu: int | None = None,
     pod_ifname: str = POD_IFNAME,
+    ipv6: str = "",
+    route_src6: str | None = None,
 ) -> PodNetwork:
     """Create or reuse the pod's veth pair, addresses, routes and neighbours.
 
     *netns* is a namespace name (created when missing) or the path of a namespace
     somebody else made (a container runtime's), which must exist. *route_src* (a
-    local address) becomes the source of host processes' packets to the pod.
+    local address) becomes the source of host processes' packets to the pod, and
+    *route_src6* of their IPv6 packets when the pod has *ipv6* too.
     *route_mtu* is the MTU of the pod's own routes (tunnel mode: *mtu* less the VXLAN
     overhead; None: the device's). On failure everything created by this call is
     removed and the error re-raised.
     """
-    _validate((host_ifname, pod_ifname), ipv4, mtu, route_mtu)
+    _validate((host_ifname, pod_ifname), ipv4, ipv6, mtu, route_mtu)
     path = resolve_netns(netns)
     undo: list[Callable[[], None]] = []
     try:
@@ -353,17 +382,29 @@ def ensure_pod_network(
             pair = _ensure_veth(host, pod, names, path, mtu, undo)
             hidx = pair.host_index
             set_interface_sysctl(host_ifname, "forwarding", "1")
-            _ensure_pod_side(pod, pair, ipv4, route_mtu)
-            if _ensure_route(host, ipv4, hidx, src=route_src):
-                undo.append(lambda: _delete_route(ipv4, hidx))
-            _ensure_neigh(host, ipv4, pair.pod_mac, hidx)
+            _ensure_pod_side(pod, pair, ipv4, ipv6, route_mtu)
+            for ip, src in ((ipv4, route_src), (ipv6, route_src6)):
+                if not ip:
+                    continue
+                if _ensure_route(host, ip, hidx, src=src):
+                    undo.append(functools.partial(_delete_route, ip, hidx))
+                _ensure_neigh(host, ip, pair.pod_mac, hidx)
     except BaseException:
         for step in reversed(undo):
             with suppress(Exception):
                 step()
         raise
     return PodNetwork(
-        netns, host_ifname, hidx, pair.host_mac, pair.pod_mac, ipv4, mtu, route_mtu, pod_ifname
+        netns,
+        host_ifname,
+        hidx,
+        pair.host_mac,
+        pair.pod_mac,
+        ipv4,
+        mtu,
+        route_mtu,
+        pod_ifname,
+        ipv6,
     )
 
 
@@ -384,7 +425,7 @@ def ensure_host_peer_veth(
     The host side is set up as for pods: up, forwarding, the /32 route and the
     permanent neighbour to the peer's MAC (which survives the move).
     """
-    _validate((host_ifname, peer_ifname), ipv4, mtu)
+    _validate((host_ifname, peer_ifname), ipv4, "", mtu)
     undo: list[Callable[[], None]] = []
     try:
         with _ipr() as host:
@@ -433,7 +474,8 @@ def restore_host_peer_veth(net: PodNetwork, route_src: str | None = None) -> Pod
 def _fib_match(ipr: Any, dst: str) -> list[Any]:
     """The route the kernel would take to *dst* (none when unreachable)."""
     try:
-        return list(ipr.route("get", dst=dst, flags=RTM_F_FIB_MATCH))
+        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        return list(ipr.route("get", dst=dst, flags=RTM_F_FIB_MATCH, family=family))
     except NetlinkError as exc:
         if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return []
@@ -465,8 +507,21 @@ def check_pod_network(net: PodNetwork) -> list[str]:
             problems.append(f"{net.pod_ifname} lacks address {net.ipv4}/32")
         if not any(r.get("RTA_GATEWAY") == GATEWAY_IP for r in _fib_match(pod, "1.2.3.4")):
             problems.append(f"no default route via {GATEWAY_IP} in the pod")
-        if not any(r.get("RTA_OIF") == hlink["index"] for r in _fib_match(host, net.ipv4)):
-            problems.append(f"no host route to {net.ipv4} via {net.host_ifname}")
+        if net.ipv6:
+            addrs6 = {
+                (a.get("IFA_ADDRESS"), a["prefixlen"])
+                for a in pod.addr("dump", family=socket.AF_INET6)
+                if a["index"] == plink["index"]
+            }
+            if (net.ipv6, 128) not in addrs6:
+                problems.append(f"{net.pod_ifname} lacks address {net.ipv6}/128")
+            if not any(
+                r.get("RTA_GATEWAY") == GATEWAY_IPV6 for r in _fib_match(pod, "2001:db8::1")
+            ):
+                problems.append(f"no default route via {GATEWAY_IPV6} in the pod")
+        for ip in (net.ipv4, net.ipv6) if net.ipv6 else (net.ipv4,):
+            if not any(r.get("RTA_OIF") == hlink["index"] for r in _fib_match(host, ip)):
+                problems.append(f"no host route to {ip} via {net.host_ifname}")
     return problems
 
 
@@ -481,21 +536,23 @@ def _delete_link(name: str) -> None:
                     raise
 
 
-def _delete_route(ipv4: str, oif: int | None = None) -> None:
+def _delete_route(ip: str, oif: int | None = None) -> None:
+    plen = 128 if ":" in ip else 32
     with _ipr() as host:
-        for r in host.route("get", dst=ipv4, flags=RTM_F_FIB_MATCH):
-            if r["dst_len"] == 32 and (oif is None or r.get("RTA_OIF") == oif):
+        for r in _fib_match(host, ip):
+            if r["dst_len"] == plen and (oif is None or r.get("RTA_OIF") == oif):
                 with suppress(NetlinkError):
-                    host.route("del", dst=ipv4, dst_len=32, oif=r.get("RTA_OIF"), table=MAIN_TABLE)
+                    host.route("del", dst=ip, dst_len=plen, oif=r.get("RTA_OIF"), table=MAIN_TABLE)
 
 
 @_off_loop
-def remove_pod_network(netns: str, host_ifname: str, ipv4: str) -> None:
-    """Remove the host route and the veth pair, and the namespace when given by name
+def remove_pod_network(netns: str, host_ifname: str, ipv4: str, ipv6: str = "") -> None:
+    """Remove the host routes and the veth pair, and the namespace when given by name
     (a runtime's namespace, given by path, is its own); missing parts are fine."""
     idx = interface_index(host_ifname)
     if idx is not None:
-        _delete_route(ipv4, idx)  # never a route through somebody else's device
+        for ip in (ipv4, ipv6) if ipv6 else (ipv4,):
+            _delete_route(ip, idx)  # never a route through somebody else's device
         _delete_link(host_ifname)
     if not netns.startswith("/"):
         delete_netns(netns)

@@ -149,7 +149,7 @@ def pod(
         status["hostIPs"] = [{"ip": host_ip}]
     if row.get("ipv4"):
         status["podIP"] = row["ipv4"]
-        status["podIPs"] = [{"ip": row["ipv4"]}]
+        status["podIPs"] = [{"ip": ip} for ip in (row["ipv4"], row.get("ipv6")) if ip]
     cilia: dict[str, Any] = {"state": state or "pending"}
     if row.get("endpoint") is not None:
         cilia["endpointID"] = row["endpoint"]

@@ -36,11 +36,6 @@ CIDR = Annotated[str, BeforeValidator(_check_cidr)]
 Entity = Annotated[str, BeforeValidator(_check_entity)]
 
 
-def is_world_cidr(cidr: str) -> bool:
-    """True for `0.0.0.0/0` and `::/0`, which mean the `world` entity."""
-    return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
-
-
 class PortProtocol(ApiModel):
     """An L4 port: a non-zero 16-bit number (as a string) and TCP, UDP or ANY.
 

@@ -1,13 +1,16 @@
 """CIDR peers: the prefixes rules name, the labels of their identities, their selectors.
 
-Every prefix a rule names (and every `except` prefix) gets a CIDR identity whose
-labels are `cidr:<p>` for the prefix and for each prefix covering it (down to
-`/0`), plus `reserved:world`. So the selector of `10.0.0.0/8` (`cidr:10.0.0.0/8`)
-matches the identity of `10.1.0.0/16` too, and an `except` prefix is carved out
-by removing the identities its own selector matches. Addresses outside every
-prefix keep the `world` identity, which only `/0` (and the `world` entity) allow.
-Pod and node addresses have /32 entries of their own in the ipcache, so CIDR
-rules never match endpoints of the cluster (as in Cilium).
+Every prefix a rule names (and every `except` prefix), of either family, gets a CIDR
+identity whose labels are `cidr:<p>` for the prefix and for each prefix covering it
+(down to `/0`), plus `reserved:world`. So the selector of `10.0.0.0/8`
+(`cidr:10.0.0.0/8`) matches the identity of `10.1.0.0/16` too, and an `except` prefix
+is carved out by removing the identities its own selector matches. `0.0.0.0/0` and
+`::/0` are prefixes like any other: each names the world of its own family only, so a
+rule with only IPv4 prefixes allows nothing over IPv6 and the other way round (the
+datapath never lets an IPv6 prefix name an IPv4 address). Addresses outside every
+prefix keep the `world` identity, which the `world` entity allows. Pod and node
+addresses have /32 (/128) entries of their own in the ipcache, so CIDR rules never
+match endpoints of the cluster (as in Cilium).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from cilia.identity import WORLD
 from cilia.labels import SOURCE_CIDR, SOURCE_RESERVED, Label, Labels, LabelSelector
 from cilia.policy.api import CIDRRule, Rule
 from cilia.policy.selectorcache import SelectorCache
@@ -58,7 +60,7 @@ def _items(cidrs: Sequence[str] | None, sets: Sequence[CIDRRule] | None) -> list
 
 
 def rule_prefixes(rules: Iterable[Rule]) -> set[str]:
-    """Every IPv4 prefix (other than /0) the rules name, `except` prefixes included."""
+    """Every prefix the rules name, `except` prefixes included."""
     out: set[str] = set()
     for rule in rules:
         items: list[CIDRRule] = []
@@ -67,10 +69,7 @@ def rule_prefixes(rules: Iterable[Rule]) -> set[str]:
         for e in rule.egress or ():
             items += _items(e.toCIDR, e.toCIDRSet)
         for item in items:
-            for prefix in (item.cidr, *(item.except_ or ())):
-                net = _net(prefix)
-                if net.version == 4 and net.prefixlen > 0:
-                    out.add(str(net))
+            out.update(normalize(prefix) for prefix in (item.cidr, *(item.except_ or ())))
     return out
 
 
@@ -80,14 +79,7 @@ def peers(
     """The identities a member's `fromCIDR`/`fromCIDRSet` (or `to...`) allow."""
     out: set[int] = set()
     for item in _items(cidrs, sets):
-        net = _net(item.cidr)
-        if net.version != 4:
-            if net.prefixlen == 0 and not item.except_:
-                out.add(WORLD)  # IPv6 is dropped by the datapath anyway
-            continue
         allowed = set(cache.select(cidr_selector(item.cidr)))
-        if net.prefixlen == 0:
-            allowed.add(WORLD)
         for exc in item.except_ or ():
             allowed -= cache.select(cidr_selector(exc))
         out |= allowed
