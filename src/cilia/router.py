@@ -52,3 +52,15 @@ def valid_ipv6_range(value: str, longest: int) -> str:
     if net.is_link_local or net.is_multicast or net.is_loopback or net.overlaps(_V4_MAPPED):
         raise ValueError(f"{net} is link-local, multicast, loopback or IPv4-mapped")
     return str(net)
+
+
+def node_ipv6_range(cluster_pod_cidr: str, node_pod_cidr: str, ipv6_cluster_cidr: str) -> str:
+    """A node's IPv6 pod range: the /96 of the cluster's IPv6 /64 with the index its IPv4
+    range has in the cluster's IPv4 range (unique as the IPv4 claims are, no claim of its
+    own needed)."""
+    cluster = ipaddress.IPv4Network(cluster_pod_cidr)
+    node = ipaddress.IPv4Network(node_pod_cidr)
+    index = (int(node.network_address) - int(cluster.network_address)) >> (32 - node.prefixlen)
+    base = ipaddress.IPv6Network(ipv6_cluster_cidr)
+    step = 1 << (128 - IPV6_NODE_PREFIX)
+    return str(ipaddress.IPv6Network((int(base.network_address) + index * step, IPV6_NODE_PREFIX)))

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cilia.kvstore.nodes import NodeInfo, node_key, pod_cidr_key
+from cilia.router import node_ipv6_range
 
 
 def test_node_record_json_round_trips_with_reference_like_names() -> None:
@@ -23,10 +24,22 @@ def test_node_record_json_round_trips_with_reference_like_names() -> None:
         "UnderlayIP": "198.18.0.1",
         "IPv4AllocCIDR": "10.208.3.0/24",
         "IPv4RouterIP": "10.208.3.254",
+        "IPv6AllocCIDR": "",
         "Heartbeat": 100.0,
         "HeartbeatInterval": 10.0,
     }
     assert NodeInfo.from_json(node.to_json()) == node
+    dual = node.model_copy(update={"ipv6_cidr": "fd00:c1a::3:0:0/96"})
+    assert NodeInfo.from_json(dual.to_json()).router6 == "fd00:c1a::3:ffff:ffff"
+
+
+def test_a_nodes_ipv6_range_has_the_index_of_its_ipv4_range() -> None:
+    assert node_ipv6_range("10.208.0.0/12", "10.208.0.0/24", "fd00:c1a::/64") == "fd00:c1a::/96"
+    assert node_ipv6_range("10.208.0.0/12", "10.208.3.0/24", "fd00:c1a::/64") == (
+        "fd00:c1a::3:0:0/96"
+    )
+    last = node_ipv6_range("10.208.0.0/12", "10.223.255.0/24", "fd00:c1a::/64")
+    assert last == "fd00:c1a::fff:0:0/96"
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ class ClusterMode:
                 lease_ttl=cfg.lease_ttl,
                 lease_keepalive=cfg.lease_keepalive,
                 router_ip=cfg.router_ip,
+                ipv6_cluster_cidr=cfg.ipv6_cluster_alloc_cidr if cfg.enable_ipv6 else "",
             ),
             owner=self,
             on_operation=agent.metrics.kvstore_operation,
@@ -60,10 +61,10 @@ class ClusterMode:
         self.relabel_pending = False
         """An endpoint's new labels wait for an identity (the store was unreachable)."""
 
-    def join(self, preferred_cidr: str | None) -> str:
+    def join(self, preferred_cidr: str | None) -> tuple[str, str]:
         """Join through etcd (lease, pod range: the previous one if free, node key,
-        identities); returns the node's pod range."""
-        return self.member.join(preferred_cidr)
+        identities); returns the node's pod ranges (IPv4, IPv6 or "")."""
+        return self.member.join(preferred_cidr), self.member.ipv6_cidr
 
     def start(self) -> None:
         """After the agent restored its state: watch the store, start the controllers."""
@@ -182,8 +183,10 @@ class ClusterMode:
             if node.name != me:
                 identities[f"{node.underlay_ip}/32"] = CLUSTER
                 identities[f"{node.router}/32"] = CLUSTER
+                if node.router6:
+                    identities[f"{node.router6}/128"] = CLUSTER
         for ip, remote in self.member.remote_ips().items():
-            prefix = f"{ip}/32"
+            prefix = f"{ip}/128" if ":" in ip else f"{ip}/32"
             if prefix not in local:
                 identities[prefix] = remote.identity
                 tunnel_endpoints[prefix] = remote.host_ip
@@ -195,7 +198,7 @@ class ClusterMode:
         for its timeouts."""
         local = [ep for ep in self.agent.endpoints.values() if ep.network is not None]
         self._published = (
-            {ep.ipv4: ep.identity for ep in local},
+            {ip: ep.identity for ep in local for ip in (ep.ipv4, ep.ipv6) if ip},
             {ep.name: self.agent.pod_row(ep) for ep in local},
         )
         self._publisher.fire("endpoints changed")

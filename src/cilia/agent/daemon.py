@@ -160,9 +160,12 @@ class Agent:
             raise AgentError(f"state file {self.config.state_file} has an unknown version")
         if self.config.cluster_mode:
             self.cluster = ClusterMode(self)
-            pod_cidr = self.cluster.join((state or {}).get("pod_cidr"))
-            self.config = self.config.updated("kvstore", pod_cidr=pod_cidr)
+            pod_cidr, ipv6_range = self.cluster.join((state or {}).get("pod_cidr"))
+            ranges = {"pod_cidr": pod_cidr} | ({"ipv6_range": ipv6_range} if ipv6_range else {})
+            self.config = self.config.updated("kvstore", **ranges)
             self.ipam = Ipam(pod_cidr, {self.config.host_router_ip})
+            if self.ipam6 is not None:
+                self.ipam6 = Ipam(ipv6_range, {self.config.host_router_ipv6})
             self.identities = self.cluster.member.identities
         previous_router = router_change(self.config, state)
         self.datapath.start()
@@ -180,6 +183,8 @@ class Agent:
                 port=self.config.vxlan_port,
                 mtu=self.config.mtu,
                 route_src=self.config.host_router_ip,
+                cluster_cidr6=self.config.ipv6_cluster_alloc_cidr if self.ipam6 else "",
+                route_src6=self.config.host_router_ipv6 or None,
             )
         with self.lock:
             if state is not None:

@@ -25,6 +25,7 @@ from cilia.datapath.layout import (
     EP_F_TRACE,
     IPCACHE_F_CIDR,
     POLICY_PROTO_MARKER,
+    Addr,
     DatapathConfig,
 )
 from cilia.datapath.loader import LoadedObject
@@ -68,6 +69,9 @@ class Overlay:
     port: int
     mtu: int
     route_src: str | None
+    cluster_cidr6: str = ""
+    """The cluster's IPv6 pod range ("" with IPv6 off)."""
+    route_src6: str | None = None
 
     @property
     def route_mtu(self) -> int:
@@ -159,8 +163,9 @@ class Datapath:
         self.proxy_ifname = ""
         self.proxy_ifindex = 0
         self.overlay: Overlay | None = None
-        self._overlay_config = (0, 0, 0)
-        """vxlan_ifindex, cluster_ipv4, cluster_mask of the datapath config."""
+        self._overlay_config: tuple[int, int, int, bytes, int] = (0, 0, 0, bytes(16), 0)
+        """vxlan_ifindex, cluster_ipv4, cluster_mask, cluster_ipv6, cluster_ipv6_len of the
+        datapath config."""
 
     # -- life cycle -------------------------------------------------------
 
@@ -195,22 +200,36 @@ class Datapath:
         the previous one did (its VXLAN device, cluster range)."""
         cfg = self.config.lookup(ctypes.c_uint32(0))
         if cfg is not None:
-            self._overlay_config = (cfg.vxlan_ifindex, cfg.cluster_ipv4, cfg.cluster_mask)
+            self._overlay_config = (
+                cfg.vxlan_ifindex,
+                cfg.cluster_ipv4,
+                cfg.cluster_mask,
+                bytes(cfg.cluster_ipv6),
+                cfg.cluster_ipv6_len,
+            )
 
     def _desired_config(self) -> DatapathConfig:
         lt = self.lifetimes
         if (o := self.overlay) is not None:
             cluster = ipaddress.IPv4Network(o.cluster_cidr)
             addr, mask = str(cluster.network_address), str(cluster.netmask)
-            self._overlay_config = (o.ifindex, ip_to_be(addr), ip_to_be(mask))
+            cluster6 = ipaddress.IPv6Network(o.cluster_cidr6 or "::/0")
+            len6 = cluster6.prefixlen if o.cluster_cidr6 else 0
+            net6 = cluster6.network_address.packed
+            self._overlay_config = (o.ifindex, ip_to_be(addr), ip_to_be(mask), net6, len6)
+        vxlan, cluster_ipv4, cluster_mask, cluster_ipv6, cluster_ipv6_len = self._overlay_config
         return DatapathConfig(
-            lt.tcp,
-            lt.tcp_syn,
-            lt.tcp_closing,
-            lt.non_tcp,
-            int(self.trace_all),
-            self.proxy_ifindex,
-            *self._overlay_config,
+            ct_lifetime_tcp=lt.tcp,
+            ct_lifetime_tcp_syn=lt.tcp_syn,
+            ct_lifetime_tcp_closing=lt.tcp_closing,
+            ct_lifetime_nontcp=lt.non_tcp,
+            trace_all=int(self.trace_all),
+            proxy_ifindex=self.proxy_ifindex,
+            vxlan_ifindex=vxlan,
+            cluster_ipv4=cluster_ipv4,
+            cluster_mask=cluster_mask,
+            cluster_ipv6=Addr.from_buffer_copy(cluster_ipv6),
+            cluster_ipv6_len=cluster_ipv6_len,
         )
 
     def _write_config(self) -> None:
@@ -253,6 +272,8 @@ class Datapath:
         port: int = overlay.VXLAN_PORT,
         mtu: int = 1500,
         route_src: str | None = None,
+        cluster_cidr6: str = "",
+        route_src6: str | None = None,
     ) -> int:
         """Create (or reuse) the node's VXLAN device, attach its programs and turn
         the tunnel on in the endpoint programs; returns the device's ifindex.
@@ -261,18 +282,24 @@ class Datapath:
         every node's pods (an address in it that no node owns is dropped, 160),
         `mtu` the base MTU (routes into the tunnel get `mtu - 50`), `route_src`
         the source of the node's own packets to other nodes' pods (the router
-        address, so that replies come back through the tunnel).
+        address, so that replies come back through the tunnel). With IPv6,
+        `cluster_cidr6` and `route_src6` are their IPv6 twins.
         """
         assert self._obj is not None, "datapath not started"
         ipaddress.IPv4Address(underlay_ip)  # ValueError before anything changes
         cluster = str(ipaddress.IPv4Network(cluster_cidr, strict=False))
+        cluster6 = str(ipaddress.IPv6Network(cluster_cidr6, strict=False)) if cluster_cidr6 else ""
         if route_src is not None:
             ipaddress.IPv4Address(route_src)
+        if route_src6 is not None:
+            ipaddress.IPv6Address(route_src6)
         ifindex = overlay.ensure_overlay_device(ifname, port, mtu)
         attach.attach_device(
             self.links_dir, ifname, ifindex, self._obj.prog_fds, attach.OVERLAY_HOOKS
         )
-        self.overlay = Overlay(ifname, ifindex, underlay_ip, cluster, port, mtu, route_src)
+        self.overlay = Overlay(
+            ifname, ifindex, underlay_ip, cluster, port, mtu, route_src, cluster6, route_src6
+        )
         self._write_config()
         self._sync_tunnel_routes()
         return ifindex
@@ -330,7 +357,9 @@ class Datapath:
         o = self.overlay
         if o is None:
             return 0, 0
-        return overlay.sync_routes(o.ifindex, self._realized_tunnels, o.route_mtu, o.route_src)
+        return overlay.sync_routes(
+            o.ifindex, self._realized_tunnels, o.route_mtu, o.route_src, o.route_src6
+        )
 
     def tunnel_entries(self) -> dict[str, str]:
         """The tunnel map as the kernel has it: pod range -> node underlay address."""

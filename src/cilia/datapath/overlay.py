@@ -111,35 +111,54 @@ def remove_overlay_device(ifname: str) -> bool:
 
 
 def normalize_prefix(prefix: str) -> str:
-    """'a.b.c.d/len' of a prefix or bare address (host bits cleared)."""
-    return str(ipaddress.IPv4Network(prefix, strict=False))
+    """'a.b.c.d/len' (or 'x::/len') of a prefix or bare address (host bits cleared)."""
+    return str(ipaddress.ip_network(prefix, strict=False))
 
 
 def sync_routes(
-    ifindex: int, prefixes: Iterable[str], mtu: int, src: str | None = None
+    ifindex: int,
+    prefixes: Iterable[str],
+    mtu: int,
+    src: str | None = None,
+    src6: str | None = None,
 ) -> tuple[int, int]:
-    """Make the main-table routes through the device exactly `prefixes`, each with
-    `mtu` (and preferred source `src`); returns (written, removed)."""
+    """Make the main-table routes through the device exactly `prefixes` (either
+    family), each with `mtu` and preferred source `src` (`src6` for IPv6 ones);
+    returns (written, removed)."""
     wanted = {normalize_prefix(p) for p in prefixes}
     with IPRoute() as ipr:
         have: dict[str, Any] = {}
-        for r in ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE):
-            if r.get("RTA_OIF") == ifindex and r.get("RTA_TABLE", MAIN_TABLE) == MAIN_TABLE:
-                have[f"{r.get('RTA_DST', '0.0.0.0')}/{r['dst_len']}"] = r
+        for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            for r in ipr.route("dump", family=family, table=MAIN_TABLE):
+                if r.get("RTA_OIF") == ifindex and r.get("RTA_TABLE", MAIN_TABLE) == MAIN_TABLE:
+                    if r.get("RTA_DST", anywhere).startswith("fe80:"):
+                        continue  # the device's own link-local route
+                    have[f"{r.get('RTA_DST', anywhere)}/{r['dst_len']}"] = r
         stale = [p for p in have if p not in wanted]
         written = [
             p
             for p in sorted(wanted)
-            if p not in have or route_mtu(have[p]) != mtu or have[p].get("RTA_PREFSRC") != src
+            if p not in have
+            or route_mtu(have[p]) != mtu
+            or have[p].get("RTA_PREFSRC") != (src6 if ":" in p else src)
         ]
         for prefix in written:
+            v6 = ":" in prefix
+            prefsrc = src6 if v6 else src
             spec: dict[str, Any] = {"dst": prefix, "oif": ifindex, "table": MAIN_TABLE}
-            spec |= {"scope": SCOPE_LINK, "metrics": {"mtu": mtu}}
-            ipr.route("replace", **spec | ({"prefsrc": src} if src else {}))
+            spec |= {"metrics": {"mtu": mtu}} | ({} if v6 else {"scope": SCOPE_LINK})
+            spec |= {"family": socket.AF_INET6 if v6 else socket.AF_INET}
+            ipr.route("replace", **spec | ({"prefsrc": prefsrc} if prefsrc else {}))
         for prefix in stale:
+            v6 = ":" in prefix
             try:
                 ipr.route(
-                    "del", dst=prefix, oif=ifindex, table=MAIN_TABLE, scope=have[prefix]["scope"]
+                    "del",
+                    dst=prefix,
+                    oif=ifindex,
+                    table=MAIN_TABLE,
+                    scope=have[prefix]["scope"],
+                    family=socket.AF_INET6 if v6 else socket.AF_INET,
                 )
             except NetlinkError as exc:
                 if exc.code not in (errno.ESRCH, errno.ENOENT):

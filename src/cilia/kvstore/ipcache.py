@@ -2,7 +2,7 @@
 
 Layout: `cilia/state/ip/v1/default/<ip>` -> JSON, under the owning node's lease:
 
-- `IP`: the endpoint's IPv4 address (the same as the key's last part);
+- `IP`: the endpoint's IPv4 or IPv6 address (the same as the key's last part);
 - `ID`: its numeric security identity;
 - `Node`: the name of the node running it;
 - `HostIP`: that node's underlay address, the tunnel endpoint packets to `IP` go to.
@@ -52,7 +52,12 @@ class IpEntry(BaseModel):
     node: str = Field(alias="Node")
     host_ip: str = Field(alias="HostIP")
 
-    @field_validator("ip", "host_ip")
+    @field_validator("ip")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+    @field_validator("host_ip")
     @classmethod
     def _ipv4(cls, value: str) -> str:
         return str(ipaddress.IPv4Address(value))
@@ -74,7 +79,7 @@ class RemoteIp:
 
 def ip_key(ip: str, root: str = "") -> str:
     """The key of an endpoint IP."""
-    return f"{root}{IP_PREFIX}{ipaddress.IPv4Address(ip)}"
+    return f"{root}{IP_PREFIX}{ipaddress.ip_address(ip)}"
 
 
 class IpcachePublisher:
@@ -105,8 +110,8 @@ class IpcachePublisher:
         session.on_new_lease(self._new_lease)
 
     def publish(self, entries: Mapping[str, int]) -> bool:
-        """Make the node's entries exactly `entries` (IPv4 -> identity); True when done."""
-        desired = {str(ipaddress.IPv4Address(ip)): identity for ip, identity in entries.items()}
+        """Make the node's entries exactly `entries` (address -> identity); True when done."""
+        desired = {str(ipaddress.ip_address(ip)): identity for ip, identity in entries.items()}
         with self._lock:
             self._desired = desired
         return self.sync()

@@ -24,7 +24,7 @@ from cilia.kvstore.nodes import NodeInfo, NodeRegistry, claim_pod_cidr
 from cilia.kvstore.objects import ClusterObjects, ObjectWatcher
 from cilia.kvstore.scheduling import place_all
 from cilia.kvstore.session import NodeSession
-from cilia.router import router_ip
+from cilia.router import node_ipv6_range, router_ip
 
 log = logging.getLogger("cilia.kvstore")
 
@@ -64,6 +64,8 @@ class MemberSettings:
     lease_keepalive: float
     router_ip: str = ""
     """The configured router address (empty: the default of the pod range it gets)."""
+    ipv6_cluster_cidr: str = ""
+    """The cluster's IPv6 /64 the node's /96 comes from (empty: IPv6 off)."""
 
 
 class ClusterMember:
@@ -85,6 +87,8 @@ class ClusterMember:
         self.identities.on_change = lambda: owner.cluster_changed("identities changed")
         self.objects = ClusterObjects(self.etcd)
         self.pod_cidr = ""
+        self.ipv6_cidr = ""
+        """The node's IPv6 pod range ("" with IPv6 off), derived from its IPv4 one."""
         self._registry: NodeRegistry | None = None
         self._ipcache = IpcachePublisher(
             self.etcd, self.session, settings.node_name, settings.underlay_ip
@@ -126,11 +130,14 @@ class ClusterMember:
             s.node_prefix_len,
             preferred_cidr,
         )
+        if s.ipv6_cluster_cidr:
+            self.ipv6_cidr = node_ipv6_range(s.cluster_pod_cidr, self.pod_cidr, s.ipv6_cluster_cidr)
         local = NodeInfo(
             name=s.node_name,
             underlay_ip=s.underlay_ip,
             pod_cidr=self.pod_cidr,
             router_ip=router_ip(self.pod_cidr, s.router_ip),
+            ipv6_cidr=self.ipv6_cidr,
         )
         self._registry = NodeRegistry(
             self.etcd,
@@ -261,9 +268,14 @@ class ClusterMember:
         return self._registry.nodes() if self._registry else {}
 
     def tunnels(self) -> dict[str, str]:
-        """Pod range -> underlay address of every other node."""
+        """Pod ranges (IPv4, and IPv6 when it has one) -> underlay address of every other
+        node."""
         me = self.settings.node_name
-        return {n.pod_cidr: n.underlay_ip for n in self.nodes().values() if n.name != me}
+        out: dict[str, str] = {}
+        for n in self.nodes().values():
+            if n.name != me:
+                out |= {cidr: n.underlay_ip for cidr in (n.pod_cidr, n.ipv6_cidr) if cidr}
+        return out
 
     def remote_ips(self) -> dict[str, RemoteIp]:
         """Addresses of other nodes' endpoints."""

@@ -4,8 +4,8 @@ Layout (every key under the node's lease, so a node that dies disappears with it
 
 - `cilia/state/nodes/v1/default/<node>` -> `NodeInfo` as JSON (`Name`, `Cluster`,
   `UnderlayIP` = the tunnel endpoint, `IPv4AllocCIDR` = the pod range, `IPv4RouterIP` = the
-  node's router address in it, `Heartbeat` in epoch seconds and the `HeartbeatInterval` it is
-  refreshed at).
+  node's router address in it, `IPv6AllocCIDR` = its IPv6 pod range when IPv6 is on,
+  `Heartbeat` in epoch seconds and the `HeartbeatInterval` it is refreshed at).
 - `cilia/state/podcidrs/v1/<a.b.c.d>-<len>` -> the owning node's name. Ranges are claimed
   with create-only transactions, so two nodes never get the same one.
 """
@@ -65,6 +65,7 @@ class NodeInfo(BaseModel):
     router_ip: str = Field(
         "", alias="IPv4RouterIP", description="the node's router address (empty: its default)"
     )
+    ipv6_cidr: str = Field("", alias="IPv6AllocCIDR", description='IPv6 pod range ("": none)')
     heartbeat: float = Field(0.0, alias="Heartbeat", description="epoch seconds")
     heartbeat_interval: float = Field(10.0, alias="HeartbeatInterval", gt=0)
 
@@ -78,6 +79,11 @@ class NodeInfo(BaseModel):
     def _cidr(cls, value: str) -> str:
         return str(ipaddress.IPv4Network(value, strict=True))
 
+    @field_validator("ipv6_cidr")
+    @classmethod
+    def _cidr6(cls, value: str) -> str:
+        return str(ipaddress.IPv6Network(value, strict=True)) if value else ""
+
     @model_validator(mode="after")
     def _router_in_range(self) -> NodeInfo:
         if self.router_ip and (problem := router_ip_problem(self.pod_cidr, self.router_ip)):
@@ -88,6 +94,11 @@ class NodeInfo(BaseModel):
     def router(self) -> str:
         """The node's router address towards its pods."""
         return router_ip(self.pod_cidr, self.router_ip)
+
+    @property
+    def router6(self) -> str:
+        """The node's IPv6 router address ("" without an IPv6 range)."""
+        return router_ip(self.ipv6_cidr) if self.ipv6_cidr else ""
 
     def to_json(self) -> bytes:
         """The stored value."""
@@ -334,6 +345,6 @@ class NodeRegistry:
             self._on_change(nodes)
 
 
-def _routes(nodes: dict[str, NodeInfo]) -> dict[str, tuple[str, str]]:
+def _routes(nodes: dict[str, NodeInfo]) -> dict[str, tuple[str, str, str]]:
     """What on_change reports changes of: each node's underlay address and pod range."""
-    return {name: (n.underlay_ip, n.pod_cidr) for name, n in nodes.items()}
+    return {name: (n.underlay_ip, n.pod_cidr, n.ipv6_cidr) for name, n in nodes.items()}
