@@ -4,6 +4,8 @@ built with scapy inside a pod)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -295,3 +297,49 @@ def test_a_fragment_cannot_smuggle_a_denied_port(web_80: Cilia) -> None:
         (DROP_FRAG_NOSUPPORT, "egress"), 0
     ) >= int(count)
     assert not probe(c, "client", "web", 81, "6")
+
+
+CLIENT_INGRESS_FROM_NOBODY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-closed, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: nobody}}]}]
+"""
+
+
+def test_an_icmpv6_error_passes_only_for_a_tracked_connection(dual: Cilia) -> None:
+    """Packet too big from web to a client that takes nothing from web: it passes when
+    it quotes the client's own flow to web (path MTU discovery under any policy), and
+    is dropped (133) when it quotes a flow that does not exist."""
+    eps = ready(dual)
+    client, web = eps["client"]["ipv6"], eps["web"]["ipv6"]
+    dual.apply(CLIENT_INGRESS_FROM_NOBODY)
+    try:
+        in_pod(dual, "client", f'send(IPv6(dst="{web}")/UDP(sport=5555, dport=80)/b"ping")')
+
+        def too_big(sport: int) -> set[int]:
+            before = drops(dual)
+            quoted = f'IPv6(src="{client}", dst="{web}")/UDP(sport={sport}, dport=80)/b"ping"'
+            in_pod(
+                dual,
+                "web",
+                f'send(IPv6(dst="{client}")/ICMPv6PacketTooBig(mtu=1280)/{quoted})',
+            )
+            return grew(before, drops(dual))
+
+        assert DROP_POLICY not in too_big(5555), "the error of a tracked flow passes"
+        assert DROP_POLICY in too_big(6666), "an error quoting no flow is policy's"
+    finally:
+        dual.delete(CLIENT_INGRESS_FROM_NOBODY)
+
+
+def test_ipv6_survives_an_agent_restart(dual: Cilia) -> None:
+    before = {name: e["ipv6"] for name, e in ready(dual).items()}
+    os.kill(int(dual.config.pid_file.read_text()), signal.SIGTERM)
+    assert eventually(lambda: not dual.config.socket_path.exists(), 20.0)
+    dual.start()
+    assert eventually(lambda: len(ready(dual)) == 3, 30)
+    assert {name: e["ipv6"] for name, e in ready(dual).items()} == before
+    assert probe(dual, "client", "web", 80, "6")
