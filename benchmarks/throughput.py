@@ -22,6 +22,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ specs:
 """
 
 INTERVAL = 0.25  # seconds per iperf3 report
+DETACH_SETTLE = 0.2  # seconds for unpinned links to be released
 SETTLE, KEEP = 1, 3  # per state period: reports discarded after a switch, reports kept
 REPORT = re.compile(r"^\[\s*\d+\]\s+[\d.]+-[\d.]+\s+sec\s+\S+\s+\S+\s+([\d.]+) Mbits/sec")
 
@@ -210,6 +212,10 @@ class Bench:
             else:
                 for hook in ("ingress", "egress"):
                     (links / f"{ifname}_{hook}").unlink()
+        if not on:
+            # The kernel releases an unpinned link asynchronously: a packet sent at once
+            # may still meet the program (the sanity probe's first SYN did).
+            time.sleep(DETACH_SETTLE)
         self.attached = on
         status = self.cilia.client.request("GET", "/status")
         assert status["datapath"]["programs-attached"] == (2 if on else 0), status
