@@ -378,7 +378,7 @@ def _tcpdump(device: str, into: Path) -> Iterator[None]:
 
 def _vxlan_frames(pcap: bytes) -> set[tuple[str, str, int, int, str, str]]:
     """(outer source, outer destination, UDP port, VNI, inner source, inner destination)
-    of each IPv4-in-VXLAN frame of an Ethernet pcap file."""
+    of each IPv4- or IPv6-in-VXLAN frame (IPv4 outside) of an Ethernet pcap file."""
     magic, _, _, _, _, _, link = struct.unpack("<IHHiIII", pcap[:24])
     assert magic in (0xA1B2C3D4, 0xA1B23C4D) and link == 1, "little-endian Ethernet pcap"
     out, at = set(), 24
@@ -389,7 +389,19 @@ def _vxlan_frames(pcap: bytes) -> set[tuple[str, str, int, int, str, str]]:
             continue
         udp = 14 + (f[14] & 0xF) * 4
         inner = udp + 8 + 8 + 14
-        if f[inner - 2 : inner] != b"\x08\x00":
+        kind = f[inner - 2 : inner]
+        if kind == b"\x08\x00":
+            addrs = (
+                socket.inet_ntoa(f[inner + 12 : inner + 16]),
+                socket.inet_ntoa(f[inner + 16 : inner + 20]),
+            )
+        elif kind == b"\x86\xdd":
+            v6 = socket.AF_INET6
+            addrs = (
+                socket.inet_ntop(v6, f[inner + 8 : inner + 24]),
+                socket.inet_ntop(v6, f[inner + 24 : inner + 40]),
+            )
+        else:
             continue
         out.add(
             (
@@ -397,8 +409,7 @@ def _vxlan_frames(pcap: bytes) -> set[tuple[str, str, int, int, str, str]]:
                 socket.inet_ntoa(f[30:34]),
                 int.from_bytes(f[udp + 2 : udp + 4], "big"),
                 int.from_bytes(f[udp + 12 : udp + 15], "big"),
-                socket.inet_ntoa(f[inner + 12 : inner + 16]),
-                socket.inet_ntoa(f[inner + 16 : inner + 20]),
+                *addrs,
             )
         )
     return out
@@ -425,6 +436,14 @@ def test_underlay_carries_the_source_identity_as_vni(
             (u1, u2, VXLAN_PORT, a.identity)
         }, frames
         assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == b.ip} == {
+            (u2, u1, VXLAN_PORT, b.identity)
+        }, frames
+        # The session cluster is dual stack: IPv6 crosses inside the same IPv4 underlay.
+        assert a.ipv6 and b.ipv6, "pods of the session cluster have IPv6 addresses"
+        assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == a.ipv6} == {
+            (u1, u2, VXLAN_PORT, a.identity)
+        }, frames
+        assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == b.ipv6} == {
             (u2, u1, VXLAN_PORT, b.identity)
         }, frames
 

@@ -70,6 +70,8 @@ class PodInfo:
     node: str
     ip: str
     identity: int
+    ipv6: str = ""
+    """"" unless the cluster runs dual stack."""
 
 
 def _key(doc: Doc) -> tuple[str, str, str]:
@@ -240,7 +242,13 @@ class Workload:
             for item in self.cluster.client(self.cluster.nodes[0]).get("/objects/pods"):
                 mine = (item["namespace"], item["name"]) == (self.namespace, name)
                 if mine and item.get("state") == "ready" and item.get("ipv4"):
-                    return PodInfo(name, item["node"], item["ipv4"], int(item["identity"]))
+                    return PodInfo(
+                        name,
+                        item["node"],
+                        item["ipv4"],
+                        int(item["identity"]),
+                        item.get("ipv6") or "",
+                    )
             return None
 
         return eventually(ready, f"pod {self.namespace}/{name} ready")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Cilia, eventually
+from tests.integration.observe_helpers import MonitorProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -166,13 +167,20 @@ def test_policy_means_the_same_in_both_families(web_80: Cilia) -> None:
 
 def test_conntrack_and_monitor_show_ipv6(web_80: Cilia) -> None:
     c = web_80
-    web = ready(c)["web"]
+    eps = ready(c)
+    web, other = eps["web"], eps["other"]
     assert probe(c, "client", "web", 80, "6")
     rows = c.client.request("GET", "/bpf/ct")
     assert any(r["destination"] == f"[{web['ipv6']}]:80" for r in rows), rows
-    before = drops(c)
-    assert not probe(c, "other", "web", 80, "6")
-    assert DROP_POLICY in grew(before, drops(c))
+    mon = MonitorProc(c, "-t", "drop")
+    try:
+        assert not probe(c, "other", "web", 80, "6")
+        ev = mon.wait_for(lambda e: e.get("family") == "IPv6", "an IPv6 drop")
+    finally:
+        mon.stop()
+    assert (ev["reason"], ev["src-ip"], ev["dst-ip"]) == (DROP_POLICY, other["ipv6"], web["ipv6"])
+    assert (ev["src-identity"], ev["dst-identity"]) == (other["identity"], web["identity"])
+    assert f"[{web['ipv6']}]:80" in ev["summary"] and ev["protocol"] == "TCP"
 
 
 def test_the_gateway_is_resolved_by_neighbour_discovery(dual: Cilia) -> None:
