@@ -4,6 +4,7 @@ built with scapy inside a pod)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,9 +16,12 @@ from typing import Any
 
 import pytest
 
+from cilia.runtime.probe import probe as run_probe
+from tests.integration.cni_tool import cni, plugin_conf, sandbox, sandboxes
 from tests.integration.harness import Cilia, eventually
 from tests.integration.observe_helpers import MonitorProc
 
+__all__ = ["sandboxes"]
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
 DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_L4 = 132, 133, 159
@@ -351,3 +355,19 @@ def test_ipv6_survives_an_agent_restart(dual: Cilia) -> None:
     assert eventually(lambda: len(ready(dual)) == 3, 30)
     assert {name: e["ipv6"] for name, e in ready(dual).items()} == before
     assert probe(dual, "client", "web", 80, "6")
+
+
+def test_a_cni_container_is_dual_stack(dual: Cilia, sandboxes: list[str]) -> None:
+    conf = plugin_conf(dual.config.socket_path)
+    netns, cid = sandbox(sandboxes), f"v6-{dual.tag}"
+    code, res = cni("ADD", conf, cid, netns)
+    assert code == 0, res
+    try:
+        addresses = [ip["address"] for ip in res["ips"]]
+        assert len(addresses) == 2 and addresses[1].endswith("/128"), res
+        assert {"dst": "::/0", "gw": "fe80::1"} in res["routes"], res["routes"]
+        web = ready(dual)["web"]["ipv6"]
+        assert asyncio.run(run_probe(netns, web, 80, "TCP", 1.0)).result == "allowed"
+        assert cni("CHECK", {**conf, "prevResult": res}, cid, netns)[0] == 0
+    finally:
+        assert cni("DEL", conf, cid, netns)[0] == 0

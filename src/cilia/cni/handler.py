@@ -140,22 +140,23 @@ def result(version: str, ep: dict[str, Any], ifname: str, netns: str, dns: Any) 
     sandbox: dict[str, Any] = {"name": ifname, "mac": addr["mac"], "sandbox": netns}
     if version == "1.1.0":
         sandbox["mtu"] = addr["mtu"]
-    ip: dict[str, Any] = {
-        "address": f"{addr['ipv4']}/32",
-        "gateway": addr["gateway"],
-        "interface": 1,
-    }
+    ips: list[dict[str, Any]] = [
+        {"address": f"{addr['ipv4']}/32", "gateway": addr["gateway"], "interface": 1}
+    ]
+    if addr.get("ipv6"):
+        ips.append({"address": f"{addr['ipv6']}/128", "gateway": addr["gateway6"], "interface": 1})
     if not modern:
-        ip["version"] = "4"
+        for ip in ips:
+            ip["version"] = "6" if ":" in ip["address"] else "4"
     routes = [
         {k: v for k, v in r.items() if k != "mtu" or version == "1.1.0"}
         for r in addr["routes"]
-        if r["dst"] == "0.0.0.0/0"
+        if r["dst"] in ("0.0.0.0/0", "::/0")
     ]
     return {
         "cniVersion": version,
         "interfaces": [{"name": ep["interface"], "mac": addr["host-mac"]}, sandbox],
-        "ips": [ip],
+        "ips": ips,
         "routes": routes,
         "dns": dns,
     }
@@ -224,8 +225,9 @@ def cmd_check(conf: dict[str, Any], env: Mapping[str, str], owner: EndpointOwner
         for i in (ips if isinstance(ips, list) else [])
         if isinstance(i, dict) and isinstance(i.get("address"), str)
     }
-    if prev_ips and ep["ipv4"] not in prev_ips:
-        problems.append(f"the endpoint has {ep['ipv4']}, the previous result {sorted(prev_ips)}")
+    own = {ip for ip in (ep["ipv4"], ep.get("ipv6")) if ip}
+    if prev_ips and prev_ips != own:
+        problems.append(f"the endpoint has {sorted(own)}, the previous result {sorted(prev_ips)}")
     try:
         problems += owner.endpoint_check(CONTAINER_KEY + cid)
     except Exception as exc:
