@@ -377,10 +377,12 @@ def create_app(agent: Agent) -> FastAPI:
     @app.post("/v1/probe")
     async def probe_one(req: ProbeRequest) -> dict[str, Any]:
         """One probe per family; `result` is allowed only when every family's is."""
-        results = [
-            await _probe_pair(req.source, req.destination, req.port, req.protocol, req.timeout, f)
-            for f in _families(req.family)
-        ]
+        results = await asyncio.gather(
+            *(
+                _probe_pair(req.source, req.destination, req.port, req.protocol, req.timeout, f)
+                for f in _families(req.family)
+            )
+        )
         allowed = all(r["result"] == "allowed" for r in results)
         return {**results[0], "result": "allowed" if allowed else "denied", "families": results}
 

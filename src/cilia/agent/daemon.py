@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ from cilia.datapath.pod_network import (
     PodNetwork,
     ensure_host_peer_veth,
     ensure_pod_network,
-    host_ipv4_addresses,
+    host_addresses,
     remove_pod_network,
     restore_host_peer_veth,
 )
@@ -393,7 +394,9 @@ class Agent:
         are world unless the legacy option makes every node address host."""
         desired = self.cidr.ipcache()
         if self.config.legacy_host_allows_world:
-            desired |= {f"{ip}/32": HOST for ip in host_ipv4_addresses()}
+            desired |= {f"{ip}/32": HOST for ip in host_addresses()}
+            if self.config.enable_ipv6:
+                desired |= {f"{ip}/128": HOST for ip in host_addresses(socket.AF_INET6)}
         desired[f"{self.config.host_router_ip}/32"] = HOST
         if self.config.enable_ipv6:
             desired[f"{self.config.host_router_ipv6}/128"] = HOST

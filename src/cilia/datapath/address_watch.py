@@ -1,4 +1,4 @@
-"""Changes of the node's IPv4 addresses, as netlink announces them (no polling)."""
+"""Changes of the node's IPv4 and IPv6 addresses, as netlink announces them (no polling)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
 log = logging.getLogger("cilia.datapath")
 
@@ -17,8 +17,8 @@ EVENTS = {"RTM_NEWADDR": "added", "RTM_DELADDR": "removed"}
 
 
 class AddressWatch:
-    """Calls `on_change(reason)` on its own thread for every IPv4 address added to or
-    removed from a device of the host namespace."""
+    """Calls `on_change(reason)` on its own thread for every address (IPv4, or IPv6
+    but link-local) added to or removed from a device of the host namespace."""
 
     def __init__(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
@@ -48,7 +48,7 @@ class AddressWatch:
     def _run(self, subscribed: threading.Event) -> None:
         # pyroute2 drives its socket from the thread that made it: all of it runs here
         with IPRoute() as ipr:
-            ipr.bind(groups=RTMGRP_IPV4_IFADDR)
+            ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
             subscribed.set()
             while True:
                 readable, _, _ = select.select([ipr.fileno(), self._wake_r], [], [])
@@ -62,5 +62,5 @@ class AddressWatch:
                 for msg in messages:
                     event = EVENTS.get(str(msg.get("event")))
                     address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-                    if event and address:
+                    if event and address and not str(address).startswith("fe80:"):
                         self._on_change(f"host address {address} {event}")

@@ -568,11 +568,13 @@ def remove_host_veth(host_ifname: str, ifindex: int) -> bool:
 
 
 @_off_loop
-def host_ipv4_addresses() -> list[str]:
-    """All IPv4 addresses of the host namespace (loopback included), sorted."""
+def host_addresses(family: int = socket.AF_INET) -> list[str]:
+    """All addresses of one family of the host namespace (loopback included; IPv6
+    link-local ones left out: they name no node), sorted."""
     with _ipr() as host:
-        addrs = {a.get("IFA_ADDRESS") for a in host.addr("dump", family=socket.AF_INET)}
-    return sorted((a for a in addrs if a), key=ipaddress.IPv4Address)
+        addrs = {a.get("IFA_ADDRESS") for a in host.addr("dump", family=family)}
+    usable = (a for a in addrs if a and not a.startswith("fe80:"))
+    return sorted(usable, key=ipaddress.ip_address)
 
 
 @_off_loop
