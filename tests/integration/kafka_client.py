@@ -5,10 +5,24 @@ Usage: kafka_client.py produce BROKER TOPIC CLIENT_ID | create BROKER TOPIC...
 
 from __future__ import annotations
 
+import socket
 import sys
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def _unbracketed(host: Any, *args: Any, **kwargs: Any) -> Any:
+    """Tansu advertises an IPv6 listener as `[addr]`, which the client takes for a name."""
+    if isinstance(host, str):
+        host = host.removeprefix("[").removesuffix("]")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _unbracketed
 
 
 def main(argv: list[str]) -> int:
