@@ -12,8 +12,10 @@ from tests.integration.harness import Cilia, eventually
 from tests.integration.observe_helpers import MonitorProc
 from tests.integration.test_ipv6 import ready
 from tests.integration.test_l7_http import EGRESS_POLICY, HOST_POLICY, PODS, SA_POLICY, http
-from tests.integration.test_l7_kafka import HQ, broker_pod, client
-from tests.integration.test_l7_kafka import POLICY as KAFKA_POLICY
+from tests.integration.test_l7_kafka import HQ, POLICY, broker_pod, client
+
+KAFKA_POLICY = POLICY + "        - {role: consume, topic: deathstar-plans}\n"
+"""test_l7_kafka's produce rule, and fetching from the same topic."""
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -142,7 +144,7 @@ def brokers(dual: Cilia) -> Iterator[Cilia]:
 
 
 @pytest.mark.parametrize(("pod", "family"), [("default/kafka6", "ipv6"), ("default/kafka", "ipv4")])
-def test_kafka_produce(brokers: Cilia, pod: str, family: str) -> None:
+def test_kafka_produce_and_fetch(brokers: Cilia, pod: str, family: str) -> None:
     c = brokers
     c.apply(KAFKA_POLICY)
     before = proxy_counters(c)
@@ -150,6 +152,11 @@ def test_kafka_produce(brokers: Cilia, pod: str, family: str) -> None:
         assert client(c, "produce", "deathstar-plans", "hq", pod=pod, family=family) == "ok"
         assert (
             client(c, "produce", "rebel-bases", "hq", pod=pod, family=family)
+            == "TopicAuthorizationFailedError"
+        )
+        assert client(c, "fetch", "deathstar-plans", "hq", pod=pod, family=family) == "ok"
+        assert (
+            client(c, "fetch", "rebel-bases", "hq", pod=pod, family=family)
             == "TopicAuthorizationFailedError"
         )
         after = proxy_counters(c)
