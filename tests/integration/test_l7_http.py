@@ -74,16 +74,22 @@ spec:
 
 
 def http(
-    c: Cilia, src: str, dst: str, requests: list[tuple[str, str, dict[str, str]]], port: int = 80
+    c: Cilia,
+    src: str,
+    dst: str,
+    requests: list[tuple[str, str, dict[str, str]]],
+    port: int = 80,
+    family: str = "ipv4",
 ) -> list[int | None]:
     """Send requests on one keep-alive connection from src (a pod, or "" for the node) to
-    dst; status codes (None: no connection)."""
-    ip = c.client.request("GET", f"/endpoint/{dst}")["ipv4"]
+    dst's `family` ("ipv4" or "ipv6") address; status codes (None: no connection)."""
+    ip = c.client.request("GET", f"/endpoint/{dst}")[family]
+    af = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
     if src:
         netns = c.client.request("GET", f"/pods/{src}/netns")["netns"]
-        sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket_in_netns(netns, af, socket.SOCK_STREAM)
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(af, socket.SOCK_STREAM)
     sock.settimeout(3)
     try:
         sock.connect((ip, port))
@@ -94,7 +100,8 @@ def http(
     with sock, sock.makefile("rb") as f:
         for method, path, headers in requests:
             extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            head = f"{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 0\r\n"
+            host = f"[{ip}]" if af == socket.AF_INET6 else ip
+            head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
             sock.sendall(f"{head}{extra}\r\n".encode())
             status = f.readline().split()
             length = 0

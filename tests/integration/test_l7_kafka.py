@@ -31,18 +31,23 @@ spec:
 """
 
 
-def broker_pod(tansu: str) -> str:
-    """A Pod `default/kafka` (app=kafka) running a Tansu broker on 9092 that advertises
-    its own pod address."""
-    advertise = "$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)"
+def broker_pod(tansu: str, name: str = "kafka", family: str = "ipv4") -> str:
+    """A Pod `default/NAME` (app=kafka) running a Tansu broker on 9092 that advertises
+    its own pod address of `family` ("ipv4" or "ipv6")."""
+    if family == "ipv6":
+        addr = "$(ip -6 -o addr show eth0 scope global | awk '{print $4}' | cut -d/ -f1)"
+        listen, advertise = "[::]", f"[{addr}]"
+    else:
+        listen = "0.0.0.0"
+        advertise = "$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)"
     broker = (
-        f"exec {tansu} broker --listener-url tcp://0.0.0.0:9092 "
+        f"exec {tansu} broker --listener-url tcp://{listen}:9092 "
         f"--advertised-listener-url tcp://{advertise}:9092"
     )
     return f"""
 apiVersion: v1
 kind: Pod
-metadata: {{name: kafka, namespace: default, labels: {{app: kafka}}}}
+metadata: {{name: {name}, namespace: default, labels: {{app: kafka}}}}
 spec:
   containers:
   - name: broker
@@ -66,8 +71,10 @@ def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
         yield agent
 
 
-def client(c: Cilia, *args: str) -> str:
-    broker = c.client.request("GET", "/endpoint/default/kafka")["ipv4"] + ":9092"
+def client(c: Cilia, *args: str, pod: str = "default/kafka", family: str = "ipv4") -> str:
+    """Run kafka_client.py ARGS in default/hq against the broker pod's `family` address."""
+    ip = c.client.request("GET", f"/endpoint/{pod}")[family]
+    broker = (f"[{ip}]" if family == "ipv6" else ip) + ":9092"
     action, *rest = args
     res = c.run(
         "exec", "default/hq", "--", sys.executable, CLIENT, action, broker, *rest, check=False

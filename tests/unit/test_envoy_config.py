@@ -71,3 +71,17 @@ def test_egress_upstreams_carry_the_source_identity(tmp_path: Path) -> None:
     assert mark(cfg.ORIGINAL_DST_CLUSTER) == 0xB00  # ingress: authorized at the source
     route = cfg.route(egress, {})["virtual_hosts"][0]["routes"][0]["route"]
     assert route["cluster"] == f"{cfg.ORIGINAL_DST_CLUSTER}-300"
+
+
+def test_the_wildcard_listens_and_connects_in_both_families(tmp_path: Path) -> None:
+    lst = cfg.HttpListener("l", 1000, Direction.INGRESS, (L7Allow(0),))
+    body = cfg.listener(cfg.Settings(tmp_path), lst)
+    assert body["address"]["socket_address"]["address"] == "0.0.0.0"
+    assert body["additional_addresses"] == [
+        {"address": {"socket_address": {"address": "::", "port_value": 1000}}}
+    ]
+    assert cfg.listener(cfg.Settings(tmp_path, bind="127.0.0.1"), lst)["additional_addresses"] == []
+    (cluster,) = cfg.clusters(cfg.Settings(tmp_path, upstream_mark=0xB00), [lst])
+    bind = cluster["upstream_bind_config"]
+    sources = [bind["source_address"]] + [a["address"] for a in bind["extra_source_addresses"]]
+    assert [a["address"] for a in sources] == ["0.0.0.0", "::"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from cilia.agent.metrics import l7_counters
 from cilia.agent.monitor import Monitor
+from cilia.datapath.events import host_port
 from cilia.datapath.layout import MARK_MAGIC_FROM_PROXY
 from cilia.datapath.proxy_routing import ensure_proxy_routing
 from cilia.policy.desired import Direction, Redirect
@@ -121,8 +122,8 @@ class L7Gateway:
                 "direction": rec.direction.name.lower(),
                 "parser": rec.parser,
                 "verdict": rec.verdict,
-                "source": f"{rec.source[0]}:{rec.source[1]}",
-                "destination": f"{rec.destination[0]}:{rec.destination[1]}",
+                "source": host_port(*rec.source),
+                "destination": host_port(*rec.destination),
                 "summary": _summary(rec),
                 **{
                     k: v

@@ -4,8 +4,9 @@ Only a tc ingress hook can assign a packet to a socket. Pods' packets pass one
 at their veth; packets of the node's own processes (and routed ones) to a
 local pod do not, so `cilia_to_container` bounces those into the ingress of
 this device, whose `cilia_from_host` program assigns them to the proxy.
-They carry a local source address, hence `accept_local`. The device is one end
-of a veth pair (the kernel here has no dummy devices); the other end is idle.
+They carry a local source address, hence `accept_local` (IPv4 only: IPv6 has
+no such check, it only needs IPv6 on the device). The device is one end of a
+veth pair (the kernel here has no dummy devices); the other end is idle.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def proxy_device_name(name_prefix: str) -> str:
 
 
 def ensure_proxy_device(ifname: str) -> int:
-    """Create (or reuse) the device, up, accepting local sources; its ifindex."""
+    """Create (or reuse) the device, up, accepting local sources of both families; its
+    ifindex."""
     peer = "cpy" + ifname[3:]
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=ifname):
@@ -35,6 +37,7 @@ def ensure_proxy_device(ifname: str) -> int:
         index = int(ipr.link_lookup(ifname=ifname)[0])
     set_interface_sysctl(ifname, "accept_local", "1")
     set_interface_sysctl(ifname, "rp_filter", "0")
+    set_interface_sysctl(ifname, "disable_ipv6", "0", family="ipv6")
     return index
 
 

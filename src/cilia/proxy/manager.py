@@ -22,7 +22,7 @@ from cilia.proxy.kafka.policy import KafkaPolicy
 from cilia.proxy.kafka.proxy import KafkaProxy
 from cilia.proxy.loop import LoopThread
 from cilia.proxy.records import CountsHook, L7Record
-from cilia.proxy.sockets import KeepAlive
+from cilia.proxy.sockets import ANY, KeepAlive, family_of, listen_hosts
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ProxyManager:
         directory: Path,
         ipcache: Callable[[], Mapping[str, int]],
         *,
-        bind: str = "0.0.0.0",
+        bind: str = ANY,
         port_range: tuple[int, int] = (10000, 20000),
         upstream: Callable[[int, Redirect], tuple[str, int]] | None = None,
         on_request: Callable[[L7Record], None] | None = None,
@@ -298,13 +298,13 @@ class ProxyManager:
         for _ in range(high - low + 1):
             port = self._next_port
             self._next_port = low if port >= high else port + 1
-            if port not in used and _bindable(self.bind, port):
+            if port not in used and all(_bindable(h, port) for h in listen_hosts(self.bind)):
                 return port
         raise RuntimeError(f"no free proxy port in {low}-{high}")
 
 
 def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))

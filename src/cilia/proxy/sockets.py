@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 IP_TRANSPARENT = 19  # linux/in.h
 """Lets a socket accept connections to (and bind) non-local addresses, for redirected flows."""
+IPV6_TRANSPARENT = 75  # linux/in6.h, the same for IPv6 sockets
+
+ANY = "0.0.0.0"
+"""The wildcard bind of the proxies: it stands for both families' wildcards (`listen_hosts`)."""
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,29 @@ def set_keepalive(sock: socket.socket, ka: KeepAlive) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.count)
 
 
+def family_of(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address, else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def listen_hosts(bind: str) -> tuple[str, ...]:
+    """Where a proxy bound to `bind` listens: `ANY` is one socket per family, so every
+    peer address is seen in its own family (no IPv4-mapped IPv6 addresses)."""
+    return (ANY, "::") if bind == ANY else (bind,)
+
+
 def listener(host: str, port: int, *, transparent: bool, backlog: int = 512) -> socket.socket:
-    """A listening TCP socket; `transparent` sets IP_TRANSPARENT for redirected connections."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening TCP socket of the host's family (IPv6: IPv6 only); `transparent` sets
+    IP(V6)_TRANSPARENT for redirected connections."""
+    family = family_of(host)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if transparent:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if transparent:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        elif transparent:
             sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.bind((host, port))
         sock.listen(backlog)

@@ -18,7 +18,7 @@ from typing import Any
 from cilia.policy.desired import Direction, L7Allow
 from cilia.proxy.envoy.accesslog import listener_format
 from cilia.proxy.envoy.rbac import rbac_policies
-from cilia.proxy.sockets import KeepAlive
+from cilia.proxy.sockets import ANY, KeepAlive, listen_hosts
 
 Json = dict[str, Any]
 
@@ -51,7 +51,8 @@ class Settings:
 
     directory: Path
     """Where bootstrap, xDS files, admin socket and access log live (the watched directory)."""
-    bind: str = "0.0.0.0"
+    bind: str = ANY
+    """`ANY`: both families' wildcards, one socket each (`listen_hosts`)."""
     transparent: bool = True
     keepalive: KeepAlive = field(default_factory=KeepAlive)
     connect_timeout_s: int = 5
@@ -177,10 +178,15 @@ def listener(s: Settings, lst: HttpListener) -> Json:
             }
         ],
     }
+    first, *more = (
+        {"socket_address": {"address": host, "port_value": lst.port}}
+        for host in listen_hosts(s.bind)
+    )
     return {
         "@type": LISTENER_TYPE,
         "name": lst.name,
-        "address": {"socket_address": {"address": s.bind, "port_value": lst.port}},
+        "address": first,
+        "additional_addresses": [{"address": a} for a in more],
         "transparent": s.transparent and lst.upstream is None,
         "socket_options": _keepalive_options(s.keepalive),
         "filter_chains": [
@@ -263,8 +269,10 @@ def clusters(s: Settings, listeners: Iterable[HttpListener]) -> list[Json]:
         }
         if s.upstream_mark:
             mark = s.upstream_mark | (identity << 16)
+            # One source per family: Envoy binds the one of the destination's family.
             cluster["upstream_bind_config"] = {
                 "source_address": {"address": "0.0.0.0", "port_value": 0},
+                "extra_source_addresses": [{"address": {"address": "::", "port_value": 0}}],
                 "socket_options": [
                     {"level": 1, "name": 36, "int_value": mark, "state": "STATE_PREBIND"}
                 ],  # SOL_SOCKET, SO_MARK

@@ -42,8 +42,9 @@ def _write_atomic(path: Path, data: Any) -> None:
 
 
 def _address(text: str) -> tuple[str, int]:
+    """Envoy's 'a.b.c.d:port' or '[x::y]:port' as (address, port)."""
     host, _, port = text.rpartition(":")
-    return host, int(port) if port.isdigit() else 0
+    return host.removeprefix("[").removesuffix("]"), int(port) if port.isdigit() else 0
 
 
 class EnvoyProxy:

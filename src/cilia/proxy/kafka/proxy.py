@@ -28,7 +28,7 @@ from cilia.proxy.kafka.messages import (
 )
 from cilia.proxy.kafka.policy import KafkaPolicy
 from cilia.proxy.records import Counters, CountsHook, L7Record, Verdict
-from cilia.proxy.sockets import KeepAlive, listener, set_keepalive
+from cilia.proxy.sockets import ANY, KeepAlive, family_of, listen_hosts, listener, set_keepalive
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ class _Pending:
 class KafkaProxy:
     """Listens on (host, port) and relays Kafka requests allowed by `policy`.
 
-    With `upstream` None the listener is transparent (IP_TRANSPARENT) and each
+    `ANY` listens on both families' wildcards (one socket each, one port).
+    With `upstream` None the listeners are transparent (IP_TRANSPARENT) and each
     connection goes to its original destination, the accepted socket's local
     address; otherwise every connection goes to `upstream` (tests, plain mode).
     `identity_of(ip)` gives the peer's security identity: the client's on
@@ -65,7 +66,7 @@ class KafkaProxy:
         policy: KafkaPolicy,
         identity_of: IdentityOf,
         *,
-        host: str = "0.0.0.0",
+        host: str = ANY,
         port: int = 0,
         direction: Direction = Direction.INGRESS,
         upstream: tuple[str, int] | None = None,
@@ -89,22 +90,29 @@ class KafkaProxy:
         self.connect_timeout = connect_timeout
         self.counters = Counters()
         self._requested_port = port
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._conns: set[asyncio.Task[None]] = set()
         self.port = port
 
     async def start(self) -> None:
         """Bind and start accepting; `port` holds the bound port afterwards."""
-        sock = listener(self.host, self._requested_port, transparent=self.upstream is None)
-        self.port = sock.getsockname()[1]
-        self._server = await asyncio.start_server(self._accept, sock=sock)
+        port = self._requested_port
+        try:
+            for host in listen_hosts(self.host):
+                sock = listener(host, port, transparent=self.upstream is None)
+                port = sock.getsockname()[1]
+                self._servers.append(await asyncio.start_server(self._accept, sock=sock))
+        except BaseException:
+            await self.stop()
+            raise
+        self.port = port
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        while self._servers:
+            server = self._servers.pop()
+            server.close()
+            await server.wait_closed()
         for task in list(self._conns):
             task.cancel()
         if self._conns:
@@ -160,7 +168,7 @@ class _Connection:
         return self.proxy.identity_of(ip)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(family_of(self.destination[0]), socket.SOCK_STREAM)
         try:
             set_keepalive(sock, self.proxy.keepalive)
             if self.proxy.upstream_mark is not None:
