@@ -83,6 +83,12 @@ class MonitorProc:
         self._reader.join(timeout=5)
 
 
+def http_get(sock: socket.socket, host: str) -> bytes:
+    """One GET on a connected socket; the first bytes of the answer."""
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock.recv(4096)
+
+
 def pod_netns(cilia: Cilia, pod: str) -> str:
     """Path of a pod's network namespace."""
     return str(cilia.client.get(f"/pods/{pod}/netns")["netns"])

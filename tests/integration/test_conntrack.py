@@ -18,6 +18,7 @@ from tests.integration.observe_helpers import (
     TF,
     XW,
     MonitorProc,
+    http_get,
     pod_netns,
     send_udp,
     wait_until,
@@ -59,11 +60,6 @@ def collected(c: Cilia, since: float, what: str) -> dict[str, Any]:
         return s if (s["last-gc"] or 0) > since and s["entries"] < CT_MAX // 4 else None
 
     return dict(wait_until(done, what, timeout=60.0))
-
-
-def http_get(sock: socket.socket, host: str) -> bytes:
-    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    return sock.recv(4096)
 
 
 def test_established_flow_cut_by_policy_change(cilia: Cilia) -> None:

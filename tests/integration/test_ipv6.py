@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from cilia.datapath.netns import socket_in_netns
 from cilia.runtime.probe import probe as run_probe
 from tests.integration.cni_tool import cni, plugin_conf, sandbox, sandboxes
 from tests.integration.harness import Cilia, eventually
-from tests.integration.observe_helpers import MonitorProc
+from tests.integration.observe_helpers import MonitorProc, http_get
 
 __all__ = ["sandboxes"]
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
@@ -371,3 +373,36 @@ def test_a_cni_container_is_dual_stack(dual: Cilia, sandboxes: list[str]) -> Non
         assert cni("CHECK", {**conf, "prevResult": res}, cid, netns)[0] == 0
     finally:
         assert cni("DEL", conf, cid, netns)[0] == 0
+
+
+def test_an_ipv6_flow_cut_by_policy_loses_its_ct_entry(web_80: Cilia) -> None:
+    """Established TCP over IPv6 lives 21600 s; once policy denies it, the next packet
+    is dropped (133) and its CT entry removed, so it cannot come back as a reply."""
+    c = web_80
+    eps = ready(c)
+    client, web = eps["client"], eps["web"]
+    sock = socket_in_netns(client["netns"], socket.AF_INET6, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect((web["ipv6"], 80))
+        source = f"[{client['ipv6']}]:{sock.getsockname()[1]}"
+        assert http_get(sock, web["ipv6"]).startswith(b"HTTP/1.1 200")
+
+        def flow() -> list[dict[str, Any]]:
+            rows = c.client.request("GET", "/bpf/ct", params={"endpoint": web["id"]})
+            return [r for r in rows if r["source"] == source]
+
+        [entry] = flow()
+        assert entry["state"] == "established" and entry["expires-in"] > 21000
+        before = drops(c)
+        c.delete(WEB_80_FROM_CLIENT)
+        c.apply(WEB_80_FROM_CLIENT.replace("app: client", "app: nobody"))
+        sock.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            http_get(sock, web["ipv6"])
+        assert DROP_POLICY in grew(before, drops(c))
+        assert flow() == [], "the denied flow's CT entry is removed"
+    finally:
+        sock.close()
+        c.delete(WEB_80_FROM_CLIENT.replace("app: client", "app: nobody"))
+        c.apply(WEB_80_FROM_CLIENT)  # the fixture deletes it
