@@ -194,6 +194,12 @@ def leftovers(config: AgentConfig, devices: set[str]) -> list[str]:
     return left
 
 
+def ready_endpoints(c: Cilia) -> dict[str, dict[str, Any]]:
+    """Pod name -> endpoint of every ready endpoint of the agent."""
+    eps = c.client.request("GET", "/endpoint")
+    return {e["pod"].split("/")[1]: e for e in eps if e["state"] == "ready"}
+
+
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Whether `check` comes true within `timeout` seconds (polled every 0.2 s)."""
     deadline = time.monotonic() + timeout
@@ -205,10 +211,13 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 @contextmanager
-def running_agent(tmp: Path, **env: str) -> Iterator[Cilia]:
-    """A started agent (extra CILIA_* settings in env); on exit `cilia down` must leave
-    nothing behind."""
+def running_agent(tmp: Path, dual_stack: bool = False, **env: str) -> Iterator[Cilia]:
+    """A started agent (extra CILIA_* settings in env; `dual_stack`: IPv6 on, with an
+    IPv6 range of its own); on exit `cilia down` must leave nothing behind."""
     agent = Cilia(tmp)
+    if dual_stack:
+        range6 = f"fd00:c1a:{agent.tag[:4]}::/96"
+        agent.configure({"CILIA_ENABLE_IPV6": "true", "CILIA_IPV6_RANGE": range6})
     agent.configure(env)
     try:
         agent.start()

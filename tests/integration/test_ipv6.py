@@ -20,7 +20,8 @@ import pytest
 from cilia.datapath.netns import socket_in_netns
 from cilia.runtime.probe import probe as run_probe
 from tests.integration.cni_tool import cni, plugin_conf, sandbox, sandboxes
-from tests.integration.harness import Cilia, eventually
+from tests.integration.harness import Cilia, eventually, running_agent
+from tests.integration.harness import ready_endpoints as ready
 from tests.integration.observe_helpers import MonitorProc, http_get
 
 __all__ = ["sandboxes"]
@@ -64,21 +65,10 @@ spec:
 @pytest.fixture(scope="module")
 def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
     """One dual-stack agent with three pods, for the whole module."""
-    c = Cilia(tmp_path_factory.mktemp("ipv6"))
-    c.configure({"CILIA_ENABLE_IPV6": "true", "CILIA_IPV6_RANGE": f"fd00:c1a:{c.tag[:4]}::/96"})
-    c.start()
-    try:
+    with running_agent(tmp_path_factory.mktemp("ipv6"), dual_stack=True) as c:
         c.apply(PODS)
         assert eventually(lambda: len(ready(c)) == 3, 30), c.run("endpoint", "list").stdout
         yield c
-    finally:
-        left = c.stop()
-        assert left == [], f"cilia down left: {left}"
-
-
-def ready(c: Cilia) -> dict[str, dict[str, Any]]:
-    eps = c.client.request("GET", "/endpoint")
-    return {e["pod"].split("/")[1]: e for e in eps if e["state"] == "ready"}
 
 
 def probe(c: Cilia, src: str, dst: str, port: int, family: str) -> bool:

@@ -8,9 +8,9 @@ from functools import partial
 
 import pytest
 
-from tests.integration.harness import Cilia, eventually
+from tests.integration.harness import Cilia, eventually, running_agent
+from tests.integration.harness import ready_endpoints as ready
 from tests.integration.observe_helpers import MonitorProc
-from tests.integration.test_ipv6 import ready
 from tests.integration.test_l7_http import EGRESS_POLICY, HOST_POLICY, PODS, SA_POLICY, http
 from tests.integration.test_l7_kafka import HQ, POLICY, broker_pod, client
 
@@ -25,16 +25,10 @@ FAMILIES = ["ipv6", "ipv4"]
 @pytest.fixture(scope="module")
 def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
     """One dual-stack agent with the HTTP pods of test_l7_http, for the whole module."""
-    c = Cilia(tmp_path_factory.mktemp("l7v6"))
-    c.configure({"CILIA_ENABLE_IPV6": "true", "CILIA_IPV6_RANGE": f"fd00:c1a:{c.tag[:4]}::/96"})
-    c.start()
-    try:
+    with running_agent(tmp_path_factory.mktemp("l7v6"), dual_stack=True) as c:
         c.apply(PODS)
         assert eventually(lambda: len(ready(c)) == 3, 30), c.run("endpoint", "list").stdout
         yield c
-    finally:
-        left = c.stop()
-        assert left == [], f"cilia down left: {left}"
 
 
 def l7_metrics(c: Cilia) -> dict[str, float]:

@@ -311,20 +311,23 @@ def _ensure_mtu_up(ipr: Any, link: Any, mtu: int) -> None:
         ipr.link("set", index=link["index"], **changes)
 
 
+def _device_addresses(ipr: Any, index: int, family: int) -> set[tuple[str, int]]:
+    """(address, prefix length) of every address of one family on a device."""
+    return {
+        (a.get("IFA_ADDRESS"), a["prefixlen"])
+        for a in ipr.addr("dump", family=family)
+        if a["index"] == index
+    }
+
+
 def _ensure_address(pod: Any, idx: int, ip: str, created: bool) -> None:
     """Make *ip* (/32 or /128) the only global address of its family on the device;
     link-local IPv6 addresses stay."""
     v6 = ":" in ip
     plen = 128 if v6 else 32
-    have = (
-        []
-        if created
-        else [
-            (a.get("IFA_ADDRESS"), a["prefixlen"])
-            for a in pod.addr("dump", family=socket.AF_INET6 if v6 else socket.AF_INET)
-            if a["index"] == idx and not (v6 and a.get("IFA_ADDRESS", "").startswith("fe80:"))
-        ]
-    )
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    have = set() if created else _device_addresses(pod, idx, family)
+    have = {(addr, n) for addr, n in have if not addr.startswith("fe80:")}
     for addr, have_len in have:
         if (addr, have_len) != (ip, plen):
             pod.addr("del", index=idx, address=addr, prefixlen=have_len)
@@ -498,22 +501,12 @@ def check_pod_network(net: PodNetwork) -> list[str]:
             return [f"device {missing} is missing"]
         if not _paired(host, hlink, plink, path):
             problems.append(f"{net.host_ifname} is not the peer of {net.pod_ifname}")
-        addrs = {
-            (a.get("IFA_ADDRESS"), a["prefixlen"])
-            for a in pod.addr("dump", family=socket.AF_INET)
-            if a["index"] == plink["index"]
-        }
-        if (net.ipv4, 32) not in addrs:
+        if (net.ipv4, 32) not in _device_addresses(pod, plink["index"], socket.AF_INET):
             problems.append(f"{net.pod_ifname} lacks address {net.ipv4}/32")
         if not any(r.get("RTA_GATEWAY") == GATEWAY_IP for r in _fib_match(pod, "1.2.3.4")):
             problems.append(f"no default route via {GATEWAY_IP} in the pod")
         if net.ipv6:
-            addrs6 = {
-                (a.get("IFA_ADDRESS"), a["prefixlen"])
-                for a in pod.addr("dump", family=socket.AF_INET6)
-                if a["index"] == plink["index"]
-            }
-            if (net.ipv6, 128) not in addrs6:
+            if (net.ipv6, 128) not in _device_addresses(pod, plink["index"], socket.AF_INET6):
                 problems.append(f"{net.pod_ifname} lacks address {net.ipv6}/128")
             if not any(
                 r.get("RTA_GATEWAY") == GATEWAY_IPV6 for r in _fib_match(pod, "2001:db8::1")
