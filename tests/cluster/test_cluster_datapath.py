@@ -432,20 +432,16 @@ def test_underlay_carries_the_source_identity_as_vni(
             assert w.probe("a", "b") and w.probe("b", "a")
         frames = _vxlan_frames(pcap.read_bytes())
         u1, u2 = cluster.node(n1).underlay_ip, cluster.node(n2).underlay_ip
-        assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == a.ip} == {
-            (u1, u2, VXLAN_PORT, a.identity)
-        }, frames
-        assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == b.ip} == {
-            (u2, u1, VXLAN_PORT, b.identity)
-        }, frames
         # The session cluster is dual stack: IPv6 crosses inside the same IPv4 underlay.
         assert a.ipv6 and b.ipv6, "pods of the session cluster have IPv6 addresses"
-        assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == a.ipv6} == {
-            (u1, u2, VXLAN_PORT, a.identity)
-        }, frames
-        assert {(o, d, p, v) for o, d, p, v, s, _ in frames if s == b.ipv6} == {
-            (u2, u1, VXLAN_PORT, b.identity)
-        }, frames
+        for source, (origin, dest), identity in (
+            (a.ip, (u1, u2), a.identity),
+            (b.ip, (u2, u1), b.identity),
+            (a.ipv6, (u1, u2), a.identity),
+            (b.ipv6, (u2, u1), b.identity),
+        ):
+            tunnelled = {(o, d, p, v) for o, d, p, v, s, _ in frames if s == source}
+            assert tunnelled == {(origin, dest, VXLAN_PORT, identity)}, (source, frames)
 
 
 def _ip(netns: str, *args: str) -> str:
