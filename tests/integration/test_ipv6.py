@@ -138,6 +138,7 @@ def test_every_pod_is_dual_stack_and_shown_so(dual: Cilia) -> None:
     assert [a["ip"] for a in pod["status"]["podIPs"]] == [eps["web"]["ipv4"], eps["web"]["ipv6"]]
     out = dual.run("endpoint", "get", eps["web"]["ipv6"]).json()
     assert out["id"] == eps["web"]["id"]
+    assert f"Pod IPv6 range:     {dual.config.ipv6_range}" in dual.run("status").stdout
 
 
 def test_policy_means_the_same_in_both_families(web_80: Cilia) -> None:

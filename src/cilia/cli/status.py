@@ -40,6 +40,8 @@ def status(fmt: str, all_controllers: bool, all_redirects: bool, verbose: bool) 
         f"(enforced {data['realized-revision']}), {data['policy-rules']} rules"
     )
     click.echo(f"Pod CIDR:           {data['pod-cidr']}")
+    if data.get("ipv6-range"):
+        click.echo(f"Pod IPv6 range:     {data['ipv6-range']}")
     ctl = data["controllers"]
     click.echo(f"Controllers:        {ctl['total'] - ctl['failing']}/{ctl['total']} healthy")
     for line in status_lines(data):
