@@ -149,7 +149,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 		c.dst_identity = peer;
 
 	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len) ||
-	    icmp6_error_related(skb, &c.f, c.ep_id))
+	    icmp_error_related(skb, &c.f, c.ep_id))
 		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)

@@ -1,9 +1,10 @@
-/* ICMPv6 the datapath handles itself: neighbour solicitations of a pod are
+/* ICMP the datapath handles itself: neighbour solicitations of a pod are
  * answered with its router's MAC (the IPv6 twin of the ARP responder);
  * neighbour discovery and MLD, which never leave the link, pass without
- * policy; an error (unreachable, packet too big, time exceeded, parameter
- * problem) passes when the packet it quotes belongs to a tracked connection,
- * so path MTU discovery works under any policy. */
+ * policy; an ICMP or ICMPv6 error (unreachable, packet too big or
+ * fragmentation needed, time exceeded, parameter problem) passes when the
+ * packet it quotes belongs to a tracked connection, so path MTU discovery
+ * works under any policy. */
 #ifndef CILIA_ICMP6_H
 #define CILIA_ICMP6_H
 
@@ -137,31 +138,56 @@ static __always_inline int nd_respond(struct __sk_buff *skb, const struct flow *
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* An ICMPv6 error whose quoted packet belongs to a tracked connection of ep_id. */
-static __always_inline int icmp6_error_related(struct __sk_buff *skb, const struct flow *f,
-					       __u16 ep_id)
-{
-	struct ipv6_hdr inner;
-	struct flow quoted = {};
-	__be16 ports[2];
-	__u32 off = f->l4_off + 8;
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
-	if (f->family != 6 || f->proto != IPPROTO_ICMPV6_ || f->icmp_type < ICMPV6_DEST_UNREACH ||
-	    f->icmp_type > ICMPV6_PARAMPROB)
-		return 0;
-	if (bpf_skb_load_bytes(skb, off, &inner, sizeof(inner)) < 0)
-		return 0;
-	quoted.family = 6;
-	quoted.saddr = inner.saddr;
-	quoted.daddr = inner.daddr;
-	quoted.proto = inner.nexthdr;
-	if (quoted.proto != IPPROTO_TCP && quoted.proto != IPPROTO_UDP)
+/* The ports of the quoted packet's TCP or UDP header at off; 0 when it has none. */
+static __always_inline int quoted_ports(struct __sk_buff *skb, struct flow *quoted, __u32 off)
+{
+	__be16 ports[2];
+
+	if (quoted->proto != IPPROTO_TCP && quoted->proto != IPPROTO_UDP)
 		return 0; /* only connections with ports are looked up */
-	if (bpf_skb_load_bytes(skb, off + sizeof(inner), ports, sizeof(ports)) < 0)
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
 		return 0;
-	quoted.sport = ports[0];
-	quoted.dport = ports[1];
-	return ct_related(&quoted, ep_id);
+	quoted->sport = ports[0];
+	quoted->dport = ports[1];
+	return 1;
+}
+
+/* An ICMP or ICMPv6 error (unreachable, too big, time exceeded, parameter problem)
+ * whose quoted packet belongs to a tracked connection of ep_id. */
+static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct flow *f,
+					      __u16 ep_id)
+{
+	struct flow quoted = { .family = f->family };
+	__u32 off = f->l4_off + 8;
+	__u8 t = f->icmp_type;
+
+	if (f->proto == IPPROTO_ICMPV6_ && t >= ICMPV6_DEST_UNREACH && t <= ICMPV6_PARAMPROB) {
+		struct ipv6_hdr inner;
+
+		if (bpf_skb_load_bytes(skb, off, &inner, sizeof(inner)) < 0)
+			return 0;
+		quoted.saddr = inner.saddr;
+		quoted.daddr = inner.daddr;
+		quoted.proto = inner.nexthdr;
+		off += sizeof(inner);
+	} else if (f->proto == IPPROTO_ICMP &&
+		   (t == ICMP_DEST_UNREACH || t == ICMP_TIME_EXCEEDED || t == ICMP_PARAMETERPROB)) {
+		struct iphdr inner;
+
+		if (bpf_skb_load_bytes(skb, off, &inner, sizeof(inner)) < 0 || inner.ihl < 5)
+			return 0;
+		addr_set_v4(&quoted.saddr, inner.saddr);
+		addr_set_v4(&quoted.daddr, inner.daddr);
+		quoted.proto = inner.protocol;
+		off += inner.ihl * 4;
+	} else {
+		return 0;
+	}
+	return quoted_ports(skb, &quoted, off) && ct_related(&quoted, ep_id);
 }
 
 #endif

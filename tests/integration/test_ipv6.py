@@ -101,6 +101,11 @@ def in_pod(c: Cilia, pod: str, script: str, timeout: float = 30) -> str:
     return proc.stdout
 
 
+def gateway_mac(c: Cilia, pod: str) -> str:
+    """The MAC a pod's packets to its gateway go to (the host side of its veth)."""
+    return str(c.run("endpoint", "get", f"default/{pod}").json()["addressing"]["host-mac"])
+
+
 def drops(c: Cilia) -> dict[tuple[int, str], int]:
     return {k: v for k, v in c.counters().items() if k[0] != 0}
 
@@ -185,7 +190,7 @@ def test_the_gateway_is_resolved_by_neighbour_discovery(dual: Cilia) -> None:
     answers with the router MAC (the host side of the pod's veth)."""
     eps = ready(dual)
     netns = eps["client"]["netns"]
-    host_mac = dual.run("endpoint", "get", "default/client").json()["addressing"]["host-mac"]
+    host_mac = gateway_mac(dual, "client")
     neigh_cmd = ["nsenter", f"--net={netns}", "ip", "-6", "neigh"]
     subprocess.run([*neigh_cmd, "del", "fe80::1", "dev", "eth0"], check=True)
     try:
@@ -314,27 +319,35 @@ spec:
 """
 
 
-def test_an_icmpv6_error_passes_only_for_a_tracked_connection(dual: Cilia) -> None:
-    """Packet too big from web to a client that takes nothing from web: it passes when
-    it quotes the client's own flow to web (path MTU discovery under any policy), and
-    is dropped (133) when it quotes a flow that does not exist."""
+ERRORS = {
+    "6": ("IPv6", "ICMPv6PacketTooBig(mtu=1280)"),
+    "4": ("IP", "ICMP(type=3, code=4, nexthopmtu=1280)"),
+}
+
+
+@pytest.mark.parametrize("family", ["6", "4"])
+def test_an_icmp_error_passes_only_for_a_tracked_connection(dual: Cilia, family: str) -> None:
+    """Packet too big (fragmentation needed for IPv4) from web to a client that takes
+    nothing from web: it passes when it quotes the client's own flow to web (path MTU
+    discovery under any policy), and is dropped (133) when it quotes no flow."""
     eps = ready(dual)
-    client, web = eps["client"]["ipv6"], eps["web"]["ipv6"]
+    key = "ipv6" if family == "6" else "ipv4"
+    client, web = eps["client"][key], eps["web"][key]
+    ip, error = ERRORS[family]
     dual.apply(CLIENT_INGRESS_FROM_NOBODY)
     try:
-        in_pod(dual, "client", f'send(IPv6(dst="{web}")/UDP(sport=5555, dport=80)/b"ping")')
+        flow = f'{ip}(src="{client}", dst="{web}")/UDP(sport=5555, dport=80)/b"ping"'
+        ether = f'Ether(dst="{gateway_mac(dual, "client")}")'
+        in_pod(dual, "client", f'sendp({ether}/{flow}, iface="eth0")')
 
         def too_big(sport: int) -> set[int]:
             before = drops(dual)
-            quoted = f'IPv6(src="{client}", dst="{web}")/UDP(sport={sport}, dport=80)/b"ping"'
-            in_pod(
-                dual,
-                "web",
-                f'send(IPv6(dst="{client}")/ICMPv6PacketTooBig(mtu=1280)/{quoted})',
-            )
+            quoted = f'{ip}(src="{client}", dst="{web}")/UDP(sport={sport}, dport=80)/b"ping"'
+            frame = f'Ether(dst="{gateway_mac(dual, "web")}")/{ip}(src="{web}", dst="{client}")'
+            in_pod(dual, "web", f'sendp({frame}/{error}/{quoted}, iface="eth0")')
             return grew(before, drops(dual))
 
-        assert DROP_POLICY not in too_big(5555), "the error of a tracked flow passes"
+        assert too_big(5555) == set(), "the error of a tracked flow passes"
         assert DROP_POLICY in too_big(6666), "an error quoting no flow is policy's"
     finally:
         dual.delete(CLIENT_INGRESS_FROM_NOBODY)
