@@ -231,7 +231,8 @@ class DockerNetworkPlugin:
             log.exception("Docker plugin call %s failed", path)
             return 500, {"Err": f"cilia: {exc}"}
 
-    def _ipv6_on(self) -> None:
+    def _need_ipv6(self) -> None:
+        """Refuse IPv6 when the agent has it off."""
         if not self.gateway6:
             raise PluginError(IPV6_OFF)
 
@@ -239,7 +240,7 @@ class DockerNetworkPlugin:
         options = req.get("Options") or {}
         pools, pools6 = req.get("IPv4Data") or [], req.get("IPv6Data") or []
         if options.get("com.docker.network.enable_ipv6") or pools6:
-            self._ipv6_on()
+            self._need_ipv6()
         wanted = [(p, POOL) for p in pools] + [(p, POOL6) for p in pools6]
         if not pools or any(p.get("Pool") != pool for p, pool in wanted):
             raise PluginError(f"use the Cilia IPAM driver too: --ipam-driver {self.name}")
@@ -296,7 +297,7 @@ class DockerNetworkPlugin:
 
     def _request_pool(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("V6"):
-            self._ipv6_on()
+            self._need_ipv6()
         if req.get("Pool") or req.get("SubPool"):
             raise PluginError("addresses come from the node's pod range: give no --subnet")
         if req.get("V6"):
@@ -307,15 +308,15 @@ class DockerNetworkPlugin:
         pool = req.get("PoolID")
         if pool not in (POOL_ID, POOL_ID6):
             raise PluginError(f"unknown pool {pool!r}")
-        if pool == POOL_ID6:
-            self._ipv6_on()
+        v6 = pool == POOL_ID6
+        if v6:
+            self._need_ipv6()
         options = req.get("Options") or {}
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
-            gateway = self.gateway6 if pool == POOL_ID6 else self.gateway
-            return {"Address": _host_prefix(gateway), "Data": {}}
+            return {"Address": _host_prefix(self.gateway6 if v6 else self.gateway), "Data": {}}
         if req.get("Address"):
             raise PluginError("a fixed container address (--ip, --ip6) is not supported")
-        ip = self.owner.ipam_allocate("ipv6" if pool == POOL_ID6 else "ipv4")
+        ip = self.owner.ipam_allocate("ipv6" if v6 else "ipv4")
         return {"Address": _host_prefix(ip), "Data": {}}
 
     def _release_address(self, req: dict[str, Any]) -> dict[str, Any]:
