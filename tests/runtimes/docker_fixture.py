@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 
 from cilia.cli.client import ApiError, Client
 from cilia.runtime.docker_plugin import DockerNetworkPlugin
-from cilia.runtime.owner import EndpointPatch, EndpointRequest
+from cilia.runtime.owner import EndpointPatch, EndpointRequest, Family
 from cilia.runtime.processes import ProcessRecord, process_alive, start_process, stop_process
 
 BUSYBOX = Path("/bin/busybox")
@@ -307,7 +307,8 @@ class FakeOwner:
         with self.lock:
             return list(self.views.values())
 
-    def ipam_allocate(self) -> str:
+    def ipam_allocate(self, family: Family = "ipv4") -> str:
+        assert family == "ipv4"
         with self.lock:
             return self.addresses.pop(0)
 
@@ -398,8 +399,8 @@ class ApiOwner:
         views: list[dict[str, Any]] = self.client.request("GET", "/endpoint")
         return views
 
-    def ipam_allocate(self) -> str:
-        return str(self.client.request("POST", "/ipam")["ipv4"])
+    def ipam_allocate(self, family: Family = "ipv4") -> str:
+        return str(self.client.request("POST", "/ipam", params={"family": family})[family])
 
     def ipam_release(self, ip: str) -> None:
         self.client.request("DELETE", f"/ipam/{ip}")

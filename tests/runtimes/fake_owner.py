@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cilia.runtime.owner import EndpointPatch, EndpointRequest
+from cilia.runtime.owner import EndpointPatch, EndpointRequest, Family
 
 
 class FakeOwner:
@@ -41,7 +41,7 @@ class FakeOwner:
         with self.lock:
             return [dict(v) for v in self.views.values()]
 
-    def ipam_allocate(self) -> str:
+    def ipam_allocate(self, family: Family = "ipv4") -> str:
         raise NotImplementedError
 
     def ipam_release(self, ip: str) -> None:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import docker.models.containers
 import docker.types
 import pytest
 
+from cilia.cli.client import ApiError
 from cilia.identity.reserved import INIT
 from cilia.runtime.docker_plugin import endpoint_key
+from cilia.runtime.owner import IPV6_OFF
 from cilia.runtime.probe import probe
 from tests.integration.harness import Cilia, running_agent
 from tests.runtimes.docker_fixture import DockerDaemon, dockerd
@@ -174,3 +178,15 @@ def test_containers_and_pods_under_one_policy(on_agent: DockerOnAgent) -> None:
     assert not any(Path(f"/sys/class/net/{d}").exists() for d in devices)
     env.agent.delete(POLICY)
     env.agent.delete(PODS)
+
+
+def test_ipv6_network_needs_ipv6_in_the_agent(on_agent: DockerOnAgent) -> None:
+    name, network = f"cilia-test-{secrets.token_hex(3)}", on_agent.network
+    with on_agent.daemon.client() as client:
+        with pytest.raises(docker.errors.APIError, match=re.escape(IPV6_OFF)):
+            client.networks.create(
+                name, driver=network, ipam=docker.types.IPAMConfig(driver=network), enable_ipv6=True
+            )
+        assert name not in {n.name for n in client.networks.list()}
+    with pytest.raises(ApiError, match=re.escape(IPV6_OFF)):
+        on_agent.agent.client.request("POST", "/ipam", params={"family": "ipv6"})

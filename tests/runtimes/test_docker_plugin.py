@@ -99,7 +99,7 @@ def test_network_needs_the_cilia_ipam(plugin_network: PluginNetwork) -> None:
             client.networks.create(
                 _name(), driver=name, ipam=docker.types.IPAMConfig(driver=name, pool_configs=[pool])
             )
-        with pytest.raises(docker.errors.APIError, match="IPv6"):
+        with pytest.raises(docker.errors.APIError, match="IPv6 is off in the cilia agent"):
             client.networks.create(
                 _name(), driver=name, ipam=docker.types.IPAMConfig(driver=name), enable_ipv6=True
             )
@@ -144,6 +144,10 @@ def test_static_routes() -> None:
     assert static_routes(routes, "10.0.0.1") == [
         {"Destination": "10.0.0.1/32", "RouteType": 1},
         {"Destination": "10.9.0.0/16", "RouteType": 0, "NextHop": "10.0.0.1"},
+    ]
+    routes6 = [{"dst": "::/0", "gw": "fe80::1"}, {"dst": "fd00::1"}]
+    assert static_routes(routes + routes6, "10.0.0.1", "fe80::1")[2:] == [
+        {"Destination": "fd00::1/128", "RouteType": 1},
     ]
 
 

@@ -1,5 +1,6 @@
 """REST routes through which runtimes attach containers: `PUT/PATCH/DELETE
-/v1/endpoint/...` (as the reference) and the address reservations of `/v1/ipam`.
+/v1/endpoint/...` (as the reference) and the address reservations of `/v1/ipam`
+(`?family=ipv6` for an IPv6 one, as the reference's `family` parameter).
 
 Registered after the other endpoint routes so that `.../labels`, `.../log` and
 `.../regenerate` keep their meaning.
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from cilia.agent.errors import AgentError
 from cilia.agent.workloads import Workloads
-from cilia.runtime.owner import EndpointPatch, EndpointRequest
+from cilia.runtime.owner import EndpointPatch, EndpointRequest, Family
 
 CONTAINER_KEY = "container-id:"
 
@@ -59,8 +60,8 @@ def endpoint_router(workloads: Workloads) -> APIRouter:
         return {"ok": not problems, "problems": problems}
 
     @r.post("/v1/ipam")
-    def ipam_allocate() -> dict[str, Any]:
-        return {"ipv4": workloads.ipam_allocate()}
+    def ipam_allocate(family: Family = "ipv4") -> dict[str, Any]:
+        return {family: workloads.ipam_allocate(family)}
 
     @r.delete("/v1/ipam/{ip}")
     def ipam_release(ip: str) -> dict[str, Any]:

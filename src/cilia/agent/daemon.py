@@ -243,7 +243,8 @@ class Agent:
         self.repo = PolicyRepository.from_json(state["policy"])
         self.objects = ObjectStore.from_state(state["objects"])
         self.ipam_reserved = set(state.get("ipam_reserved", []))
-        self.ipam.used |= self.ipam_reserved
+        for ipam in filter(None, (self.ipam, self.ipam6)):
+            ipam.used |= self.ipam_reserved  # either family's: the other's never matches
         self.responders = ResponderHost.of(self.config.run_dir, self.config.state_dir, state)
         for raw in state["endpoints"]:
             ep = Endpoint.from_state(raw)
@@ -559,11 +560,13 @@ class Agent:
         tunnel = self.cluster is not None
         if ep.peer_in_host:
             # The runtime sets the workload's routes: only the device MTU can fit the tunnel.
+            src, src6 = self.config.host_router_ip, self.config.host_router_ipv6 or None
             if ep.network is not None:
-                return restore_host_peer_veth(ep.network, route_src=self.config.host_router_ip)
+                net = dataclasses.replace(ep.network, ipv6=ep.ipv6)
+                return restore_host_peer_veth(net, route_src=src, route_src6=src6)
             mtu = self.config.mtu - VXLAN_OVERHEAD if tunnel else self.config.mtu
             return ensure_host_peer_veth(
-                ep.netns, ep.ifname, ep.pod_ifname, ep.ipv4, mtu, self.config.host_router_ip
+                ep.netns, ep.ifname, ep.pod_ifname, ep.ipv4, mtu, src, ep.ipv6, src6
             )
         return ensure_pod_network(
             ep.netns,
@@ -622,8 +625,10 @@ class Agent:
     def _create_endpoint(self, req: EndpointRequest, labels: Labels) -> Endpoint:
         """Attach a namespace: veth, address, identity, default-deny programs; the next
         regeneration enforces its policy. On failure nothing of it is left behind."""
-        if req.ipv4 is not None and req.ipv4 not in self.ipam_reserved:
-            raise AgentError(f"ipv4 {req.ipv4} was not reserved with POST /v1/ipam", status=409)
+        for family, ip in (("ipv4", req.ipv4), ("ipv6", req.ipv6)):
+            if ip is not None and ip not in self.ipam_reserved:
+                raise AgentError(f"{family} {ip} was not reserved with POST /v1/ipam", status=409)
+        reserved = req.ipv4 is not None  # then all its addresses are (the runtime's)
         prefix = self.config.name_prefix
         ifname = (
             host_ifname(prefix, req.namespace or "", req.name or "")
@@ -638,17 +643,18 @@ class Agent:
             ifname=ifname,
             ipv4=req.ipv4 or self.ipam.allocate(),
             labels=labels,
-            # Runtimes that configure the workload side themselves (Docker) stay IPv4.
-            ipv6=self.ipam6.allocate() if self.ipam6 and not req.peer_in_host else "",
+            # Runtimes that configure the workload side themselves (Docker) reserve it.
+            ipv6=req.ipv6
+            or (self.ipam6.allocate() if self.ipam6 and not (reserved or req.peer_in_host) else ""),
             container_id=req.container_id,
             runtime=req.runtime,
             pod_ifname=req.interface_name,
             peer_in_host=req.peer_in_host,
             gateway=self.config.host_router_ip if req.peer_in_host else GATEWAY_IP,
-            address_reserved=req.ipv4 is not None,
+            address_reserved=reserved,
             runtime_labels=None if req.labels is None else labels,
         )
-        self.ipam_reserved.discard(ep.ipv4)
+        self.ipam_reserved -= {ep.ipv4, ep.ipv6}
         ep.set_state(EndpointState.CREATING, f"endpoint created by {req.runtime}")
         identity_taken = False
         try:
@@ -702,13 +708,14 @@ class Agent:
     def _give_back_address(self, ep: Endpoint) -> None:
         """Free an endpoint's address, or return it to the reservations of the runtime
         that took it with `POST /v1/ipam` (the runtime releases it itself)."""
-        if ep.address_reserved:
-            self.ipam.used.add(ep.ipv4)
-            self.ipam_reserved.add(ep.ipv4)
-        else:
-            self.ipam.release(ep.ipv4)
-        if ep.ipv6 and self.ipam6 is not None:
-            self.ipam6.release(ep.ipv6)
+        for ipam, ip in ((self.ipam, ep.ipv4), (self.ipam6, ep.ipv6)):
+            if not ip or ipam is None:
+                continue
+            if ep.address_reserved:
+                ipam.used.add(ip)
+                self.ipam_reserved.add(ip)
+            else:
+                ipam.release(ip)
 
     def _log_dir(self, ep: Endpoint) -> Path:
         return self.config.state_dir / "logs" / ep.namespace / ep.pod

@@ -69,7 +69,7 @@ class Endpoint:
     ipv4: str
     labels: Labels
     ipv6: str = ""
-    """"" = IPv4 only (IPv6 off, or a runtime that configures the workload itself)."""
+    """"" = IPv4 only (IPv6 off, or a Docker network without --ipv6)."""
     container_id: str = ""
     runtime: str = "local"
     pod_ifname: str = POD_IFNAME

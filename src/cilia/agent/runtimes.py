@@ -95,6 +95,7 @@ class Runtimes:
         runtimes = cls()
         for runtime, socket_path in selected(config):
             if runtime == "docker":
+                from cilia.datapath.pod_network import GATEWAY_IPV6
                 from cilia.runtime.docker_plugin import DockerNetworkPlugin
 
                 plugin = DockerNetworkPlugin(
@@ -102,6 +103,7 @@ class Runtimes:
                     config.docker_plugin_name,
                     config.docker_plugin_dir,
                     gateway=config.host_router_ip,
+                    gateway6=GATEWAY_IPV6 if config.enable_ipv6 else "",
                 )
                 try:
                     plugin.start()

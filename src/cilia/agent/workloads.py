@@ -17,7 +17,7 @@ from cilia.datapath.netns import is_netns
 from cilia.datapath.pod_network import check_pod_network
 from cilia.identity import INIT, RESERVED_LABELS
 from cilia.labels import Labels
-from cilia.runtime.owner import EndpointPatch, EndpointRequest
+from cilia.runtime.owner import IPV6_OFF, EndpointPatch, EndpointRequest, Family
 
 if TYPE_CHECKING:
     from cilia.agent.daemon import Agent
@@ -49,6 +49,10 @@ class Workloads:
         if not req.peer_in_host and not is_netns(req.netns):
             raise AgentError(f"netns: {req.netns} is not a network namespace")
         agent = self.agent
+        if req.ipv6 is not None and agent.ipam6 is None:
+            raise AgentError(f"ipv6: {IPV6_OFF}")
+        if req.ipv6 is not None and req.ipv4 is None:
+            raise AgentError("ipv6: reserve the ipv4 address too (POST /v1/ipam)")
         with agent.lock:
             existing = self._by_container(req.container_id)
             if existing is not None:
@@ -136,11 +140,14 @@ class Workloads:
                 problems.append(f"programs are not attached to {ep.ifname}")
             return problems
 
-    def ipam_allocate(self) -> str:
+    def ipam_allocate(self, family: Family = "ipv4") -> str:
         agent = self.agent
         with agent.lock:
+            ipam = agent.ipam6 if family == "ipv6" else agent.ipam
+            if ipam is None:
+                raise AgentError(IPV6_OFF, status=409)
             try:
-                ip = agent.ipam.allocate()
+                ip = ipam.allocate()
             except IpamExhausted as exc:
                 raise AgentError(str(exc), status=503) from None
             agent.ipam_reserved.add(ip)
@@ -152,6 +159,8 @@ class Workloads:
             if ip in agent.ipam_reserved:
                 agent.ipam_reserved.discard(ip)
                 agent.ipam.release(ip)
+                if agent.ipam6 is not None:
+                    agent.ipam6.release(ip)
 
     def _by_container(self, container_id: str) -> Endpoint | None:
         return next(

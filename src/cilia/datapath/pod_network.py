@@ -349,6 +349,23 @@ def _ensure_pod_side(pod: Any, pair: _Pair, ipv4: str, ipv6: str, route_mtu: int
         _ensure_neigh(pod, GATEWAY_IPV6, pair.host_mac, idx)
 
 
+def _ensure_host_routes(
+    host: Any,
+    hidx: int,
+    pod_mac: str,
+    routes: tuple[tuple[str, str | None], ...],
+    undo: list[Callable[[], None]],
+) -> None:
+    """The host's route (with its preferred source) and permanent neighbour for each
+    (address, source) of a pod; "" addresses are skipped."""
+    for ip, src in routes:
+        if not ip:
+            continue
+        if _ensure_route(host, ip, hidx, src=src):
+            undo.append(functools.partial(_delete_route, ip, hidx))
+        _ensure_neigh(host, ip, pod_mac, hidx)
+
+
 @_off_loop
 def ensure_pod_network(
     netns: str,
@@ -386,12 +403,8 @@ def ensure_pod_network(
             hidx = pair.host_index
             set_interface_sysctl(host_ifname, "forwarding", "1")
             _ensure_pod_side(pod, pair, ipv4, ipv6, route_mtu)
-            for ip, src in ((ipv4, route_src), (ipv6, route_src6)):
-                if not ip:
-                    continue
-                if _ensure_route(host, ip, hidx, src=src):
-                    undo.append(functools.partial(_delete_route, ip, hidx))
-                _ensure_neigh(host, ip, pair.pod_mac, hidx)
+            routes = ((ipv4, route_src), (ipv6, route_src6))
+            _ensure_host_routes(host, hidx, pair.pod_mac, routes, undo)
     except BaseException:
         for step in reversed(undo):
             with suppress(Exception):
@@ -419,16 +432,19 @@ def ensure_host_peer_veth(
     ipv4: str,
     mtu: int = 1500,
     route_src: str | None = None,
+    ipv6: str = "",
+    route_src6: str | None = None,
 ) -> PodNetwork:
     """A veth pair whose workload end the runtime moves into its sandbox itself
     (Docker does, renaming it eth0 and configuring it from the driver's answer).
 
     The pair is made with the peer named *peer_ifname* left down in the host
     namespace; an existing host end is reused (its peer may have moved already).
-    The host side is set up as for pods: up, forwarding, the /32 route and the
-    permanent neighbour to the peer's MAC (which survives the move).
+    The host side is set up as for pods: up, forwarding, the /32 (and /128 for
+    *ipv6*) route and the permanent neighbours to the peer's MAC (which survives the
+    move).
     """
-    _validate((host_ifname, peer_ifname), ipv4, "", mtu)
+    _validate((host_ifname, peer_ifname), ipv4, ipv6, mtu)
     undo: list[Callable[[], None]] = []
     try:
         with _ipr() as host:
@@ -449,19 +465,22 @@ def ensure_host_peer_veth(
             host_mac, pod_mac = hlink.get("IFLA_ADDRESS"), plink.get("IFLA_ADDRESS")
             _ensure_mtu_up(host, hlink, mtu)
             set_interface_sysctl(host_ifname, "forwarding", "1")
-            if _ensure_route(host, ipv4, hidx, src=route_src):
-                undo.append(lambda: _delete_route(ipv4, hidx))
-            _ensure_neigh(host, ipv4, pod_mac, hidx)
+            routes = ((ipv4, route_src), (ipv6, route_src6))
+            _ensure_host_routes(host, hidx, pod_mac, routes, undo)
     except BaseException:
         for step in reversed(undo):
             with suppress(Exception):
                 step()
         raise
-    return PodNetwork(netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, None, POD_IFNAME)
+    return PodNetwork(
+        netns, host_ifname, hidx, host_mac, pod_mac, ipv4, mtu, None, POD_IFNAME, ipv6
+    )
 
 
 @_off_loop
-def restore_host_peer_veth(net: PodNetwork, route_src: str | None = None) -> PodNetwork:
+def restore_host_peer_veth(
+    net: PodNetwork, route_src: str | None = None, route_src6: str | None = None
+) -> PodNetwork:
     """Re-check the host side of an `ensure_host_peer_veth` pair after a restart (the
     peer lives in the sandbox by now); FileNotFoundError when the device is gone."""
     with _ipr() as host:
@@ -469,8 +488,8 @@ def restore_host_peer_veth(net: PodNetwork, route_src: str | None = None) -> Pod
         if hlink is None or hlink["index"] != net.host_ifindex or link_kind(hlink) != "veth":
             raise FileNotFoundError(errno.ENODEV, "device is gone", net.host_ifname)
         _ensure_mtu_up(host, hlink, net.mtu)
-        _ensure_route(host, net.ipv4, hlink["index"], src=route_src)
-        _ensure_neigh(host, net.ipv4, net.pod_mac, hlink["index"])
+        routes = ((net.ipv4, route_src), (net.ipv6, route_src6))
+        _ensure_host_routes(host, hlink["index"], net.pod_mac, routes, [])
     return net
 
 

@@ -8,7 +8,10 @@ agent and turns Docker's calls into the agent's endpoint calls (`EndpointOwner`)
 - IPAM: ``RequestAddress`` reserves an address of the node's pod range
   (``owner.ipam_allocate``), ``ReleaseAddress`` returns it. The pool Docker sees is
   ``0.0.0.0/0`` (the node's range is the agent's business, as in the reference); the
-  network's gateway is the agent's router address, the containers' next hop.
+  network's gateway is the agent's router address, the containers' next hop. A
+  network made with ``--ipv6`` (agent with IPv6 on) also has the pool ``::/0`` of the
+  node's IPv6 range, with the link-local gateway ``fe80::1`` that local pods use too
+  (the datapath answers the containers' neighbour solicitations).
 - ``Join`` creates the endpoint: ``owner.endpoint_put`` with ``runtime="docker"`` and
   the sandbox path. Docker makes that namespace only after Join (in runc's prestart
   hook) and then starts the container at once, so the agent leaves the container end
@@ -38,14 +41,14 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from cilia.runtime.owner import EndpointOwner, EndpointRequest
+from cilia.runtime.owner import IPV6_OFF, EndpointOwner, EndpointRequest
 
 log = logging.getLogger(__name__)
 
 PLUGIN_DIR = Path("/run/docker/plugins")
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
-POOL_ID = "cilia-ipv4"
-POOL = "0.0.0.0/0"
+POOL_ID, POOL = "cilia-ipv4", "0.0.0.0/0"
+POOL_ID6, POOL6 = "cilia-ipv6", "::/0"
 LOCAL_SPACE = "cilia-local"
 GLOBAL_SPACE = "cilia-global"
 GATEWAY_REQUEST = "com.docker.network.gateway"
@@ -71,16 +74,23 @@ def _address(cidr: str) -> str:
     return cidr.split("/", 1)[0]
 
 
-def static_routes(routes: list[dict[str, Any]], gateway: str) -> list[dict[str, Any]]:
-    """The agent's pod routes as Docker StaticRoutes; the default route via the
-    gateway is Join's ``Gateway`` itself."""
+def _host_prefix(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def static_routes(
+    routes: list[dict[str, Any]], gateway: str, gateway6: str = ""
+) -> list[dict[str, Any]]:
+    """The agent's pod routes as Docker StaticRoutes; the default routes via the
+    gateways are Join's ``Gateway`` and ``GatewayIPv6`` themselves."""
+    defaults = {("0.0.0.0/0", gateway), ("default", gateway), ("::/0", gateway6)}
     out: list[dict[str, Any]] = []
     for route in routes:
         dst, gw = str(route["dst"]), route.get("gw")
-        if dst in ("0.0.0.0/0", "default") and gw == gateway:
+        if (dst, gw) in defaults:
             continue
         if "/" not in dst:
-            dst += "/32"
+            dst = _host_prefix(dst)
         if gw:
             out.append({"Destination": dst, "RouteType": ROUTE_NEXTHOP, "NextHop": gw})
         else:
@@ -93,6 +103,7 @@ class DockerNetworkPlugin:
 
     `gateway` is the address the containers route through: the agent's router
     address, local to the host (the kernel answers the containers' ARP for it).
+    `gateway6` is their IPv6 one ("": the agent has IPv6 off).
     """
 
     def __init__(
@@ -102,15 +113,17 @@ class DockerNetworkPlugin:
         plugin_dir: Path = PLUGIN_DIR,
         *,
         gateway: str,
+        gateway6: str = "",
     ) -> None:
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"invalid plugin name {name!r}")
         self.owner = owner
         self.name = name
         self.socket_path = plugin_dir / f"{name}.sock"
-        self.gateway = gateway
-        self._addresses: dict[str, str] = {}
-        """EndpointID -> address, from CreateEndpoint until Join creates the endpoint."""
+        self.gateway, self.gateway6 = gateway, gateway6
+        self._addresses: dict[str, tuple[str, str | None]] = {}
+        """EndpointID -> addresses (IPv4, IPv6 or None), from CreateEndpoint until Join
+        creates the endpoint."""
         self._lock = threading.Lock()
         self._server: _UnixServer | None = None
         self._thread: threading.Thread | None = None
@@ -218,32 +231,40 @@ class DockerNetworkPlugin:
             log.exception("Docker plugin call %s failed", path)
             return 500, {"Err": f"cilia: {exc}"}
 
+    def _need_ipv6(self) -> None:
+        """Refuse IPv6 when the agent has it off."""
+        if not self.gateway6:
+            raise PluginError(IPV6_OFF)
+
     def _create_network(self, req: dict[str, Any]) -> dict[str, Any]:
         options = req.get("Options") or {}
-        if options.get("com.docker.network.enable_ipv6") or req.get("IPv6Data"):
-            raise PluginError("IPv6 is not supported by Cilia")
-        pools = req.get("IPv4Data") or []
-        if not pools or any(p.get("Pool") != POOL for p in pools):
+        pools, pools6 = req.get("IPv4Data") or [], req.get("IPv6Data") or []
+        if options.get("com.docker.network.enable_ipv6") or pools6:
+            self._need_ipv6()
+        wanted = [(p, POOL) for p in pools] + [(p, POOL6) for p in pools6]
+        if not pools or any(p.get("Pool") != pool for p, pool in wanted):
             raise PluginError(f"use the Cilia IPAM driver too: --ipam-driver {self.name}")
         return {}
 
     def _create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
         iface = req.get("Interface") or {}
-        if iface.get("AddressIPv6"):
-            raise PluginError("IPv6 is not supported by Cilia")
-        address = iface.get("Address")
+        address, address6 = iface.get("Address"), iface.get("AddressIPv6")
         if not address:
             raise PluginError(f"the endpoint has no address: use --ipam-driver {self.name}")
         with self._lock:
-            self._addresses[req["EndpointID"]] = _address(address)
+            self._addresses[req["EndpointID"]] = (
+                _address(address),
+                _address(address6) if address6 else None,
+            )
         return {}
 
     def _join(self, req: dict[str, Any]) -> dict[str, Any]:
         eid = str(req["EndpointID"])
         with self._lock:
-            ipv4 = self._addresses.get(eid)
-        if ipv4 is None:
+            addresses = self._addresses.get(eid)
+        if addresses is None:
             raise PluginError(f"endpoint {eid} was not created through this driver")
+        ipv4, ipv6 = addresses
         ifname = CONTAINER_PREFIX + eid[:12]
         view = self.owner.endpoint_put(
             EndpointRequest(
@@ -252,15 +273,18 @@ class DockerNetworkPlugin:
                 interface_name=ifname,
                 runtime="docker",
                 ipv4=ipv4,
+                ipv6=ipv6,
                 peer_in_host=True,
             )
         )
         addressing = view["addressing"]
-        gateway = str(addressing["gateway"])
+        gateway, gateway6 = str(addressing["gateway"]), str(addressing.get("gateway6", ""))
+        routes = static_routes(addressing.get("routes", []), gateway, gateway6)
         return {
             "InterfaceName": {"SrcName": ifname, "DstPrefix": "eth"},
             "Gateway": gateway,
-            "StaticRoutes": static_routes(addressing.get("routes", []), gateway),
+            **({"GatewayIPv6": gateway6} if gateway6 else {}),
+            "StaticRoutes": routes,
             "DisableGatewayService": True,  # else Docker adds a docker_gwbridge leg
         }
 
@@ -273,24 +297,31 @@ class DockerNetworkPlugin:
 
     def _request_pool(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("V6"):
-            raise PluginError("IPv6 is not supported by Cilia")
+            self._need_ipv6()
         if req.get("Pool") or req.get("SubPool"):
             raise PluginError("addresses come from the node's pod range: give no --subnet")
+        if req.get("V6"):
+            return {"PoolID": POOL_ID6, "Pool": POOL6, "Data": {}}
         return {"PoolID": POOL_ID, "Pool": POOL, "Data": {}}
 
     def _request_address(self, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("PoolID") != POOL_ID:
-            raise PluginError(f"unknown pool {req.get('PoolID')!r}")
+        pool = req.get("PoolID")
+        if pool not in (POOL_ID, POOL_ID6):
+            raise PluginError(f"unknown pool {pool!r}")
+        v6 = pool == POOL_ID6
+        if v6:
+            self._need_ipv6()
         options = req.get("Options") or {}
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
-            return {"Address": f"{self.gateway}/32", "Data": {}}
+            return {"Address": _host_prefix(self.gateway6 if v6 else self.gateway), "Data": {}}
         if req.get("Address"):
-            raise PluginError("a fixed container address (--ip) is not supported")
-        return {"Address": f"{self.owner.ipam_allocate()}/32", "Data": {}}
+            raise PluginError("a fixed container address (--ip, --ip6) is not supported")
+        ip = self.owner.ipam_allocate("ipv6" if v6 else "ipv4")
+        return {"Address": _host_prefix(ip), "Data": {}}
 
     def _release_address(self, req: dict[str, Any]) -> dict[str, Any]:
         address = _address(str(req.get("Address", "")))
-        if address and address != self.gateway:
+        if address and address not in (self.gateway, self.gateway6):
             self.owner.ipam_release(address)
         return {}
 

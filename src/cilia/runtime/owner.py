@@ -9,10 +9,12 @@ on this module only, never on the agent.
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+Family = Literal["ipv4", "ipv6"]
+IPV6_OFF = "IPv6 is off in the cilia agent: start it with --enable-ipv6 true"
 CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,191}$")
 IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 
@@ -30,7 +32,8 @@ class EndpointRequest(BaseModel):
     """`PUT /v1/endpoint/container-id:<id>`: attach a workload's network namespace.
 
     The agent creates the veth pair into `netns` (named `interface-name` there),
-    takes an address (or the one given, reserved with `POST /v1/ipam`), the identity
+    takes an address (or the ones given, reserved with `POST /v1/ipam`: a runtime
+    that reserves reserves all, the IPv6 one only next to the IPv4 one), the identity
     of `labels` (the init identity while they are unknown) and programs the
     datapath; the call returns once policy is enforced.
     """
@@ -47,6 +50,9 @@ class EndpointRequest(BaseModel):
     namespace: str | None = Field(None, description="workload namespace (k8s or runtime)")
     name: str | None = Field(None, description="workload name (pod or container name)")
     ipv4: str | None = Field(None, description="address reserved before (Docker IPAM)")
+    ipv6: str | None = Field(
+        None, description="IPv6 address reserved before, with ipv4 (Docker IPAM)"
+    )
     peer_in_host: bool = Field(
         False,
         alias="peer-in-host",
@@ -106,11 +112,12 @@ class EndpointOwner(Protocol):
     def endpoint_check(self, key: str) -> list[str]:
         """What differs between an endpoint's kernel state and its desired state."""
 
-    def ipam_allocate(self) -> str:
-        """Reserve an address of the node's pod range."""
+    def ipam_allocate(self, family: Family = "ipv4") -> str:
+        """Reserve an address of the node's pod range of `family` (EndpointError
+        `IPV6_OFF` for IPv6 when the agent has it off)."""
 
     def ipam_release(self, ip: str) -> None:
-        """Return a reserved address no endpoint uses."""
+        """Return a reserved address (of either family) no endpoint uses."""
 
 
 class RuntimeWatcher(Protocol):
