@@ -191,7 +191,7 @@ class World(ABC):
         for ref in POD_REFS:
             agent = self.agents[self.placement[ref]]
             endpoint = agent.request("GET", f"/endpoint/{ref}")
-            self.ips[ref] = {4: endpoint["ipv4"], 6: endpoint.get("ipv6") or ""}
+            self.ips[ref] = {4: endpoint["ipv4"], 6: endpoint.get("ipv6", "")}
             assert self.ips[ref][6], f"{ref} has no IPv6 address: is the agent dual stack?"
             self.netns[ref] = agent.request("GET", f"/pods/{ref}/netns")["netns"]
 

@@ -5,11 +5,10 @@ The namespace gets `outside_ip/30` on `eth0`, a default route via the host side
 host and it reaches pods through the host. With `outside_ip6` and `host_ip6` it is
 dual stack: the pair's IPv6 /126 (no duplicate address detection) and a default
 IPv6 route via the host side, whose IPv6 forwarding is node-wide (the agent's, when
-it has IPv6). Optionally its traffic to a range is
-SNATed to the host side address on the way in (as a node masquerading outside
-traffic would), with an iptables rule carrying `comment`. With `router_netns` the
-host side lives in that namespace (a node of a cluster on one machine) instead of
-the caller's.
+it has IPv6). Optionally its traffic to a range is SNATed to the host side address
+on the way in (as a node masquerading outside traffic would), with an iptables rule
+carrying `comment`. With `router_netns` the host side lives in that namespace (a
+node of a cluster on one machine) instead of the caller's.
 """
 
 from __future__ import annotations
