@@ -22,7 +22,7 @@ from cilia.cli.client import Client
 from cilia.datapath.external import Outside
 from cilia.datapath.netns import netns_path
 from tests.cluster.harness import ClusterHandle
-from tests.conformance.world import NAMESPACES, POD_REFS, PODS, Site, World
+from tests.conformance.world import NAMESPACES, POD_REFS, PODS, Site, World, outside_addresses
 
 SETTLE_TIMEOUT = 30.0
 SETTLE_POLL = 0.1
@@ -40,16 +40,14 @@ class ClusterWorld(World):
 
     def __init__(self, cluster: ClusterHandle, tmp: Path, tag: str) -> None:
         nodes = cluster.nodes
-        n = int(tag[:2], 16)
         sites = {
             node: Site(
                 host_netns=netns_path(cluster.node(node).netns),
                 outside=Outside(
                     netns=f"cilia-cw{tag}-{node}-outside",
                     host_ifname=f"co{tag}",
-                    host_ip=f"198.18.{n}.1",
-                    outside_ip=f"198.18.{n}.2",
                     router_netns=cluster.node(node).netns,
+                    **outside_addresses(tag),
                 ),
                 log=tmp / f"outside-{node}.log",
             )
@@ -107,7 +105,8 @@ class ClusterWorld(World):
     def settle(self) -> None:
         """Wait until every node holds the same objects of the world's namespaces and sees
         every pod ready with the identity its own node gave it, knows that identity and
-        has it in its ipcache (behind the pod's node's tunnel endpoint when remote); the
+        has both its addresses in its ipcache (behind the pod's node's tunnel endpoint
+        when remote); the
         same picture twice in a row, so that a regeneration a watch event asked for has
         run too."""
         deadline = time.monotonic() + SETTLE_TIMEOUT
@@ -139,19 +138,25 @@ class ClusterWorld(World):
             own = views[owner].pods.get(ref, {})
             if own.get("state") != "ready" or not own.get("identity"):
                 raise NotSettled(f"{ref} is not ready on {owner}: {own}")
-            ip, identity = own["ipv4"], own["identity"]
+            ip, ip6, identity = own["ipv4"], own.get("ipv6"), own["identity"]
             for node, view in views.items():
                 seen = view.pods.get(ref, {})
-                if (seen.get("ipv4"), seen.get("identity")) != (ip, identity):
+                if (seen.get("ipv4"), seen.get("ipv6"), seen.get("identity")) != (
+                    ip,
+                    ip6,
+                    identity,
+                ):
                     raise NotSettled(f"{node} sees {ref} as {seen}, its node as {own}")
                 if identity not in view.identities:
                     raise NotSettled(f"{node} does not know identity {identity} of {ref}")
                 tunnel = "" if node == owner else self.cluster.node(owner).underlay_ip
-                entry = view.ipcache.get(f"{ip}/32")
-                if entry != (identity, tunnel):
-                    raise NotSettled(
-                        f"{node}'s ipcache maps {ref} ({ip}) to {entry}, not {(identity, tunnel)}"
-                    )
+                for prefix in (f"{ip}/32", f"{ip6}/128"):
+                    entry = view.ipcache.get(prefix)
+                    if entry != (identity, tunnel):
+                        raise NotSettled(
+                            f"{node}'s ipcache maps {ref} ({prefix}) to {entry}, "
+                            f"not {(identity, tunnel)}"
+                        )
             pods.append((ref, ip, identity))
         return views[first].objects, tuple(pods)
 

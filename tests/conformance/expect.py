@@ -3,8 +3,9 @@
 `expect` is a list of `{allow: MATCH}` or `{deny: MATCH}` items applied in order
 to a table that starts all-allowed (the last matching item wins). A MATCH has
 optional `from`, `to` (a peer `x/a`, a namespace `x/*`, `outside`, `host`, `*`,
-or a list of these), `port` (80, 81 or a list) and `proto` (TCP, UDP). Missing
-fields match everything.
+or a list of these), `port` (80, 81 or a list), `proto` (TCP, UDP) and `family`
+(4 or 6: the IP version probed). Missing fields match everything: an item without
+`family` states the same for both families.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-Key = tuple[str, str, int, str]
+from cilia.cli.matrix import Key
 
 
 def _peer_matches(pattern: Any, peer: str) -> bool:
@@ -35,16 +36,19 @@ def _value_matches(pattern: Any, value: object) -> bool:
 
 
 def matches(match: dict[str, Any], key: Key) -> bool:
-    """Whether one MATCH covers a (from, to, port, proto) probe."""
-    unknown = set(match) - {"from", "to", "port", "proto"}
+    """Whether one MATCH covers a (from, to, port, proto, family) probe."""
+    unknown = set(match) - {"from", "to", "port", "proto", "family"}
     if unknown:
         raise ValueError(f"unknown match fields {sorted(unknown)}")
-    src, dst, port, proto = key
+    if match.get("family") not in (None, 4, 6):
+        raise ValueError(f"family must be 4 or 6: {match['family']!r}")
+    src, dst, port, proto, family = key
     return (
         _peer_matches(match.get("from"), src)
         and _peer_matches(match.get("to"), dst)
         and _value_matches(match.get("port"), port)
         and _value_matches(match.get("proto"), proto)
+        and _value_matches(match.get("family"), family)
     )
 
 

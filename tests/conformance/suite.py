@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from tests.conformance.expect import Key, expected
+from cilia.cli.matrix import Key
+from tests.conformance.expect import expected
 from tests.conformance.world import World, dump_all, namespace_doc
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
@@ -36,9 +37,9 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _describe(key: Key, want: bool, got: bool, what: str) -> str:
-    src, dst, port, proto = key
+    src, dst, port, proto, family = key
     word = {True: "allowed", False: "denied"}
-    return f"{src} -> {dst} {port}/{proto}: expected {word[want]}, {what} {word[got]}"
+    return f"{src} -> {dst} {port}/{proto} IPv{family}: expected {word[want]}, {what} {word[got]}"
 
 
 def run_step(w: World, step: dict[str, Any], peers: list[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Conformance on one node: every case of cases/ (see `suite.py`) on one agent's pods."""
+"""Conformance on one node: every case of cases/ (see `suite.py`) on one dual-stack
+agent's pods."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from cilia.datapath.external import Outside
 from tests.conformance.suite import CASE_IDS, CASES, run_case
-from tests.conformance.world import NodeWorld
+from tests.conformance.world import NodeWorld, outside_addresses
 from tests.integration.harness import Cilia
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
@@ -19,12 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
     cilia = Cilia(tmp_path_factory.mktemp("conformance"))
-    n = int(cilia.tag[:2], 16)
+    cilia.configure(
+        {"CILIA_ENABLE_IPV6": "true", "CILIA_IPV6_RANGE": f"fd00:c1a:{cilia.tag[:4]}::/96"}
+    )
     outside = Outside(
         netns=f"{cilia.config.name_prefix}-outside",
         host_ifname=f"co{cilia.tag}",
-        host_ip=f"198.18.{n}.1",
-        outside_ip=f"198.18.{n}.2",
+        **outside_addresses(cilia.tag),
     )
     w = NodeWorld(cilia, outside)
     try:

@@ -1,14 +1,16 @@
 """The shared world of the conformance suite: 9 pods, an outside and the host as peers.
 
 Namespaces x, y, z (labelled `ns: <name>`), pods a, b, c in each (labelled
-`pod: <name>`) serving TCP and UDP on 80 and 81. Each pod has a *site*: the
+`pod: <name>`) serving TCP and UDP on 80 and 81, each with an IPv4 and an IPv6
+address: every probe runs in both families. Each pod has a *site*: the
 namespace that is its `host` (its node's own processes) and an external
 namespace ("outside", routed through that node, standing for the internet)
-serving the same ports. Policies may name the outside as `OUTSIDE_IP` (its
-address) and `OUTSIDE_NET` (its /30); every site's outside has the same
-addresses. `NodeWorld` runs the pods on one agent with the test's own namespace
-as host; the cluster world (`cluster_world.py`) spreads them over the nodes of a
-cluster. Everything is created once per module and removed at the end.
+serving the same ports on both families. Policies may name the outside as
+`OUTSIDE_IP` (its address) and `OUTSIDE_NET` (its /30), `OUTSIDE_IP6` and
+`OUTSIDE_NET6` (its /126); every site's outside has the same addresses.
+`NodeWorld` runs the pods on one agent with the test's own namespace as host; the
+cluster world (`cluster_world.py`) spreads them over the nodes of a cluster.
+Everything is created once per module and removed at the end.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from typing import Any, ClassVar
 import yaml
 
 from cilia.cli.client import Client
-from cilia.cli.matrix import ask_all, key_of, merge, missing
+from cilia.cli.matrix import Key, ask_all, key_of, merge, missing
 from cilia.datapath.external import Outside
 from cilia.runtime.probe import probe
 from cilia.runtime.processes import ProcessRecord, start_process, stop_process, wait_listening
-from tests.conformance.expect import Key
 from tests.integration.harness import Cilia
 
 NAMESPACES = ("x", "y", "z")
@@ -37,6 +38,7 @@ PORTS = (80, 81)
 PROTOCOLS = ("TCP", "UDP")
 HOST_NETNS = "/proc/self/ns/net"
 RESPONDER = ["-m", "cilia.runtime.responder", "--pod", "outside"]
+FAMILIES = (4, 6)
 POD_REFS = [f"{ns}/{p}" for ns in NAMESPACES for p in PODS]
 
 
@@ -61,6 +63,18 @@ def pod_doc(
         "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels or {"pod": name}},
         "spec": spec,
+    }
+
+
+def outside_addresses(tag: str) -> dict[str, str]:
+    """`Outside` addresses of a run (tag: 6 hex digits): host and outside side of
+    198.18.N.0/30 (N the tag's first byte) and of an IPv6 /126 under fd0e::/16."""
+    n = int(tag[:2], 16)
+    return {
+        "host_ip": f"198.18.{n}.1",
+        "outside_ip": f"198.18.{n}.2",
+        "host_ip6": f"fd0e:{tag[:4]}:{tag[4:6]}::1",
+        "outside_ip6": f"fd0e:{tag[:4]}:{tag[4:6]}::2",
     }
 
 
@@ -111,11 +125,15 @@ class World(ABC):
     """Whether the pods carry `spec.nodeName` (their placement)."""
 
     def __init__(self, sites: dict[str, Site], placement: dict[str, str]) -> None:
-        addresses = {(s.outside.outside_ip, s.outside.host_ip) for s in sites.values()}
+        addresses = {
+            (o.outside_ip, o.host_ip, o.outside_ip6, o.host_ip6)
+            for o in (s.outside for s in sites.values())
+        }
         assert len(addresses) == 1, f"the outsides of the sites differ: {addresses}"
         self.sites = sites
         self.placement = placement
-        self.ips: dict[str, str] = {}
+        self.ips: dict[str, dict[int, str]] = {}
+        """Each pod's address by family."""
         self.netns: dict[str, str] = {}
 
     @property
@@ -172,7 +190,9 @@ class World(ABC):
             site.start(python)
         for ref in POD_REFS:
             agent = self.agents[self.placement[ref]]
-            self.ips[ref] = agent.request("GET", f"/endpoint/{ref}")["ipv4"]
+            endpoint = agent.request("GET", f"/endpoint/{ref}")
+            self.ips[ref] = {4: endpoint["ipv4"], 6: endpoint.get("ipv6", "")}
+            assert self.ips[ref][6], f"{ref} has no IPv6 address: is the agent dual stack?"
             self.netns[ref] = agent.request("GET", f"/pods/{ref}/netns")["netns"]
 
     def teardown(self) -> list[str]:
@@ -204,10 +224,19 @@ class World(ABC):
             )
 
     def substitute(self, text: str) -> str:
-        """Fill in the outside's address (`OUTSIDE_IP`) and its /30 (`OUTSIDE_NET`)."""
-        outside = self.outside
-        net = outside.outside_ip.rsplit(".", 1)[0] + ".0/30"
-        return text.replace("OUTSIDE_IP", outside.outside_ip).replace("OUTSIDE_NET", net)
+        """Fill in the outside's addresses (`OUTSIDE_IP`, `OUTSIDE_IP6`) and networks
+        (`OUTSIDE_NET`, `OUTSIDE_NET6`)."""
+        o = self.outside
+        for name, value in (  # the IPv6 names first: OUTSIDE_IP is a prefix of OUTSIDE_IP6
+            ("OUTSIDE_IP6", o.address(6)),
+            ("OUTSIDE_NET6", o.network(6)),
+            ("OUTSIDE_IP", o.address(4)),
+            ("OUTSIDE_NET", o.network(4)),
+        ):
+            if name in text:
+                assert value, f"the outside has no address for {name}"
+                text = text.replace(name, value)
+        return text
 
     def site_of(self, ref: str) -> Site:
         return self.sites[self.placement[ref]]
@@ -221,9 +250,10 @@ class World(ABC):
             "protocols": list(PROTOCOLS),
             "namespaces": list(NAMESPACES),
             "timeout": timeout,
+            "family": "both",
         }
         matrix = merge(ask_all(self.agents, body))
-        gaps = missing(matrix["results"], POD_REFS, POD_REFS, PORTS, PROTOCOLS)
+        gaps = missing(matrix["results"], POD_REFS, POD_REFS, PORTS, PROTOCOLS, FAMILIES)
         assert not gaps, f"the pod matrix misses {len(gaps)} probes, e.g. {gaps[:5]}"
         return {
             key_of(r): r["result"] == "allowed" for r in matrix["results"] if r["from"] != r["to"]
@@ -231,15 +261,19 @@ class World(ABC):
 
     def edge_matrix(self, peers: list[str], timeout: float) -> dict[Key, bool]:
         """Probes between the pods and `outside` (both ways) and from `host`, each with
-        the peer of the pod's site."""
+        the peer of the pod's site, in each family the peer has an address of."""
         jobs: list[tuple[Key, str, str]] = []
-        for peer, ref, port, proto in itertools.product(peers, POD_REFS, PORTS, PROTOCOLS):
-            site = self.site_of(ref)
-            if peer == "outside":
-                jobs.append(((ref, peer, port, proto), self.netns[ref], site.outside.outside_ip))
-                jobs.append(((peer, ref, port, proto), site.outside.path, self.ips[ref]))
-            else:
-                jobs.append(((peer, ref, port, proto), site.host_netns, self.ips[ref]))
+        for peer, ref, port, proto, family in itertools.product(
+            peers, POD_REFS, PORTS, PROTOCOLS, FAMILIES
+        ):
+            site, pod_ip = self.site_of(ref), self.ips[ref][family]
+            if peer == "host":
+                jobs.append(((peer, ref, port, proto, family), site.host_netns, pod_ip))
+                continue
+            outside_ip = site.outside.address(family)
+            if outside_ip:
+                jobs.append(((ref, peer, port, proto, family), self.netns[ref], outside_ip))
+                jobs.append(((peer, ref, port, proto, family), site.outside.path, pod_ip))
 
         async def run() -> list[bool]:
             results = await asyncio.gather(
@@ -251,24 +285,31 @@ class World(ABC):
 
     def reprobe(self, key: Key, timeout: float) -> bool:
         """One probe again, with a longer timeout (to rule out a slow allowed probe)."""
-        src, dst, port, proto = key
+        src, dst, port, proto, family = key
         if src == "outside":
             src_path = self.site_of(dst).outside.path
         elif src == "host":
             src_path = self.site_of(dst).host_netns
         else:
             src_path = self.netns[src]
-        dst_ip = self.site_of(src).outside.outside_ip if dst == "outside" else self.ips[dst]
+        if dst == "outside":
+            dst_ip = self.site_of(src).outside.address(family)
+            assert dst_ip, f"the outside has no IPv{family} address"
+        else:
+            dst_ip = self.ips[dst][family]
         return asyncio.run(probe(src_path, dst_ip, port, proto, timeout)).result == "allowed"
 
     def trace_verdicts(self, keys: list[Key]) -> dict[Key, bool]:
-        """`policy trace` verdicts of pod pairs (one batch request to the home agent)."""
+        """`policy trace` verdicts of pod pairs (one batch request to the home agent). A
+        trace has no family: one per pair, port and protocol, for each family's key."""
+        probes = sorted({k[:4] for k in keys})
         reqs = [
             {"src_pod": s.replace("/", ":"), "dst_pod": d.replace("/", ":"), "dport": f"{p}/{pr}"}
-            for s, d, p, pr in keys
+            for s, d, p, pr in probes
         ]
         res = self.home.request("POST", "/policy/resolve/batch", json=reqs)
-        return {k: r["verdict"] == "ALLOWED" for k, r in zip(keys, res, strict=True)}
+        verdicts = {k: r["verdict"] == "ALLOWED" for k, r in zip(probes, res, strict=True)}
+        return {k: verdicts[k[:4]] for k in keys}
 
 
 LOCAL = "local"

@@ -2,16 +2,19 @@
 
 The namespace gets `outside_ip/30` on `eth0`, a default route via the host side
 (`host_ip/30` on `host_ifname`, with forwarding on), so pods reach it through the
-host and it reaches pods through the host. Optionally its traffic to a range is
-SNATed to the host side address on the way in (as a node masquerading outside
-traffic would), with an iptables rule carrying `comment`. With `router_netns` the
-host side lives in that namespace (a node of a cluster on one machine) instead of
-the caller's.
+host and it reaches pods through the host. With `outside_ip6` and `host_ip6` it is
+dual stack: the pair's IPv6 /126 (no duplicate address detection) and a default
+IPv6 route via the host side, whose IPv6 forwarding is node-wide (the agent's, when
+it has IPv6). Optionally its traffic to a range is SNATed to the host side address
+on the way in (as a node masquerading outside traffic would), with an iptables rule
+carrying `comment`. With `router_netns` the host side lives in that namespace (a
+node of a cluster on one machine) instead of the caller's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from contextlib import suppress
@@ -19,6 +22,9 @@ from dataclasses import dataclass
 
 from cilia.datapath.netns import create_netns, delete_netns, netns_path, setns
 from cilia.datapath.pod_network import set_interface_sysctl
+
+PREFIX_LEN = {4: 30, 6: 126}
+"""Prefix length of the pair's network, by family."""
 
 
 def _ip(*args: str) -> None:
@@ -34,11 +40,24 @@ class Outside:
     host_ip: str
     outside_ip: str
     router_netns: str | None = None
+    host_ip6: str | None = None
+    outside_ip6: str | None = None
 
     @property
     def path(self) -> str:
         """Path of the namespace (for probes and processes inside it)."""
         return netns_path(self.netns)
+
+    def address(self, family: int) -> str | None:
+        """The outside's address of a family (None: it has none)."""
+        return self.outside_ip if family == 4 else self.outside_ip6
+
+    def network(self, family: int) -> str | None:
+        """The pair's network of a family, as a CIDR (None: no address of it)."""
+        ip = self.address(family)
+        if ip is None:
+            return None
+        return str(ipaddress.ip_interface(f"{ip}/{PREFIX_LEN[family]}").network)
 
     def _host(self, *args: str) -> list[str]:
         """An `ip` command line for the host side's namespace."""
@@ -70,14 +89,23 @@ class Outside:
                     self.netns,
                 )
             )
-            _ip(*self._host("addr", "add", f"{self.host_ip}/30", "dev", self.host_ifname))
+            pairs = [(self.host_ip, self.outside_ip, 4)]
+            if self.host_ip6 and self.outside_ip6:
+                pairs.append((self.host_ip6, self.outside_ip6, 6))
+            for host_ip, outside_ip, family in pairs:
+                size = PREFIX_LEN[family]
+                nodad = ["nodad"] if family == 6 else []
+                _ip(
+                    *self._host("addr", "add", f"{host_ip}/{size}", "dev", self.host_ifname, *nodad)
+                )
+                _ip("-n", self.netns, "addr", "add", f"{outside_ip}/{size}", "dev", "eth0", *nodad)
             _ip(*self._host("link", "set", self.host_ifname, "up"))
             with self._in_router():
                 set_interface_sysctl(self.host_ifname, "forwarding", "1")
-            _ip("-n", self.netns, "addr", "add", f"{self.outside_ip}/30", "dev", "eth0")
             _ip("-n", self.netns, "link", "set", "eth0", "up")
             _ip("-n", self.netns, "link", "set", "lo", "up")
-            _ip("-n", self.netns, "route", "add", "default", "via", self.host_ip)
+            for host_ip, _, family in pairs:
+                _ip("-n", self.netns, f"-{family}", "route", "add", "default", "via", host_ip)
         except BaseException:
             self.remove()
             raise
