@@ -156,6 +156,7 @@ def node_row(item: dict[str, Any]) -> dict[str, Any]:
         "name": item["metadata"]["name"],
         "underlay-ip": addresses.get("InternalIP"),
         "pod-cidr": item["spec"].get("podCIDR"),
+        "ipv6-cidr": next((c for c in item["spec"].get("podCIDRs", []) if ":" in c), ""),
         "health": "ok" if ready["status"] == "True" else "stale",
     }
 

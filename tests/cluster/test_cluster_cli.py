@@ -52,31 +52,36 @@ def test_matrix_covers_the_pods_of_every_node(cluster: ClusterHandle, spread: st
     ns = spread
     code, rows = _matrix(cluster, None, ns)
     assert code == 0, rows
-    verdicts = {(r["from"].split("/")[1], r["to"].split("/")[1]): r["result"] for r in rows}
-    assert verdicts == EXPECTED
-    assert len(rows) == len(PODS) ** 2
+    # The session cluster is dual stack: every pair is probed over IPv4 and IPv6 alike.
+    for family in (4, 6):
+        verdicts = {
+            (r["from"].split("/")[1], r["to"].split("/")[1]): r["result"]
+            for r in rows
+            if r["family"] == family
+        }
+        assert verdicts == EXPECTED, family
+    assert len(rows) == 2 * len(PODS) ** 2
     assert {r["from"]: r["node"] for r in rows} == {f"{ns}/{p}": n for p, n in PODS.items()}
 
     code, other = _matrix(cluster, "node2", ns)  # whichever node the CLI talks to
     assert code == 0, other
-    assert sorted((r["from"], r["to"], r["result"], r["node"]) for r in other) == sorted(
-        (r["from"], r["to"], r["result"], r["node"]) for r in rows
+    fields = ("from", "to", "family", "result", "node")
+    assert sorted(tuple(r[k] for k in fields) for r in other) == sorted(
+        tuple(r[k] for k in fields) for r in rows
     )
 
     table = cluster.run("node3", "probe", "--matrix", "--namespaces", ns, "--timeout", "0.5")
     assert table.code == 0, table.stderr
     assert f"node1: {ns}/a; node2: {ns}/b; node3: {ns}/c" in table.stdout
-    lines = {
-        line.split()[0]: line.split()[1:]
-        for line in table.stdout.splitlines()
-        if line.startswith(f"{ns}/")
-    }
-    assert lines == {
-        f"{ns}/a": [".", ".", "X"],
-        f"{ns}/b": ["X", ".", "."],
-        f"{ns}/c": [".", "X", "."],
-    }
-    assert "9 probes" in table.stdout and "3 denied" in table.stdout
+    lines = [line.split() for line in table.stdout.splitlines() if line.startswith(f"{ns}/")]
+    one_table = [
+        [f"{ns}/a", ".", ".", "X"],
+        [f"{ns}/b", "X", ".", "."],
+        [f"{ns}/c", ".", "X", "."],
+    ]
+    assert lines == one_table * 2, "the IPv4 table, then the IPv6 one"
+    assert "TCP/80 IPv4" in table.stdout and "TCP/80 IPv6" in table.stdout
+    assert "18 probes" in table.stdout and "6 denied" in table.stdout
 
 
 def test_matrix_reports_a_node_that_does_not_answer(cluster: ClusterHandle, spread: str) -> None:

@@ -133,7 +133,8 @@ def _verdicts(w: Workload, cases: list[Case], direction: str) -> None:
     """Probe each case; a denial must be counted and reported by the node expected to
     enforce it (with the source's identity), and by no other node."""
     nodes = w.cluster.nodes
-    mine = {w.info(p).ip for case in cases for p in case[:2]}
+    # The session cluster is dual stack: each probe goes over both families.
+    mine = {ip for case in cases for p in case[:2] for ip in (w.info(p).ip, w.info(p).ipv6)}
     expected: dict[str, set[tuple[Any, ...]]] = {n: set() for n in nodes}
     with ExitStack() as stack:
         monitors = {n: stack.enter_context(Monitor(w.cluster, n, "drop")) for n in nodes}
@@ -147,7 +148,8 @@ def _verdicts(w: Workload, cases: list[Case], direction: str) -> None:
                 enforcer, reason = denial
                 want[enforcer] = {(reason, direction)}
                 s, d = w.info(src), w.info(dst)
-                expected[enforcer].add((s.ip, d.ip, port, reason, direction, s.identity))
+                for source, dest in ((s.ip, d.ip), (s.ipv6, d.ipv6)):
+                    expected[enforcer].add((source, dest, port, reason, direction, s.identity))
             assert moved == want, what
         for node, mon in monitors.items():
             mon.settle(partial(_reported, mine=mine, expected=expected[node]))
@@ -543,11 +545,13 @@ def test_tunnel_map_and_ipcache_show_remote_entries(cluster: ClusterHandle) -> N
         for node in cluster.nodes:
             tunnels = cluster.run(node, "bpf", "tunnel", "list", "-o", "json")
             assert tunnels.code == 0, tunnels.stderr
+            assert all(n["ipv6-cidr"] for n in nodes.values()), "the cluster is dual stack"
             assert tunnels.json() == sorted(
                 (
-                    {"prefix": n["pod-cidr"], "node-ip": n["underlay-ip"]}
+                    {"prefix": prefix, "node-ip": n["underlay-ip"]}
                     for name, n in nodes.items()
                     if name != node
+                    for prefix in (n["pod-cidr"], n["ipv6-cidr"])
                 ),
                 key=lambda t: t["prefix"],
             ), node

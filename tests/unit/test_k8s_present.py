@@ -150,6 +150,8 @@ def test_node_is_node_shaped() -> None:
     assert internal == [{"type": "InternalIP", "address": "192.168.50.2"}]
     ready = node["status"]["conditions"][0]
     assert ready["type"] == "Ready" and ready["status"] == "True"
+    dual = present.node("node1", None, "10.200.1.0/24", None, True, "fd00:c1a::1:0:0/96")
+    assert dual["spec"]["podCIDRs"] == ["10.200.1.0/24", "fd00:c1a::1:0:0/96"]
     assert ready["lastHeartbeatTime"] == "2023-11-14T22:13:20Z"
     stale = present.node("node2", None, None, None, False)
     assert stale["status"]["conditions"][0]["status"] == "False"

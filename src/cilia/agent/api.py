@@ -337,7 +337,12 @@ def create_app(agent: Agent) -> FastAPI:
         now = time.time()
         return [
             present.node(
-                n.name, n.underlay_ip, n.pod_cidr, n.heartbeat, now - n.heartbeat < stale_after
+                n.name,
+                n.underlay_ip,
+                n.pod_cidr,
+                n.heartbeat,
+                now - n.heartbeat < stale_after,
+                n.ipv6_cidr,
             )
             for n in sorted(agent.cluster.member.nodes().values(), key=lambda n: n.name)
         ]

@@ -44,6 +44,7 @@ def cluster_router(agent: Agent) -> APIRouter:
                 "name": n.name,
                 "underlay-ip": n.underlay_ip,
                 "pod-cidr": n.pod_cidr,
+                "ipv6-cidr": n.ipv6_cidr,
                 "health": "ok" if time.time() - n.heartbeat < stale_after else "stale",
                 "last-heartbeat": n.heartbeat,
             }

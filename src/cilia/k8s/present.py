@@ -192,12 +192,14 @@ def node(
     pod_cidr: str | None,
     heartbeat: float | None,
     healthy: bool,
+    ipv6_cidr: str = "",
 ) -> dict[str, Any]:
-    """A Node of the cluster: Ready while its heartbeat is fresh."""
+    """A Node of the cluster: Ready while its heartbeat is fresh; a dual-stack node's
+    `podCIDRs` lists its IPv6 range after the IPv4 one, as Kubernetes does."""
     spec: dict[str, Any] = {}
     if pod_cidr:
         spec["podCIDR"] = pod_cidr
-        spec["podCIDRs"] = [pod_cidr]
+        spec["podCIDRs"] = [c for c in (pod_cidr, ipv6_cidr) if c]
     ready = _condition(
         "Ready", healthy, "NodeStatusUnknown", "the node's heartbeat in the kvstore is stale"
     )
