@@ -51,6 +51,8 @@ class L7Gateway:
         if not redirects and endpoint_id not in self._with_redirects:
             return {}
         if self.manager is None:
+            # The directory tells `cilia down` that this agent installed the routing.
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             ensure_proxy_routing()
             self.manager = ProxyManager(
                 self.directory,
