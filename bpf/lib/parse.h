@@ -56,6 +56,21 @@ struct ipv6_hdr {
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
+/* Copy len bytes of the packet at off: straight from the linear data when they are
+ * there (the common case, no helper call), else through bpf_skb_load_bytes. */
+static __always_inline int load_l4(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	void *at = data + (off & 0xfff);
+
+	if (off < 0x1000 && at + len <= data_end) {
+		__builtin_memcpy(to, at, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* Ports (or the echo id), TCP flags and ICMP type of the L4 header at off. */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32 off)
 {
@@ -68,7 +83,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 	case IPPROTO_TCP: {
 		__u8 hdr[14];
 
-		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		if (load_l4(skb, off, hdr, sizeof(hdr)) < 0)
 			return DROP_CT_INVALID_HDR;
 		__builtin_memcpy(&f->sport, &hdr[0], 2);
 		__builtin_memcpy(&f->dport, &hdr[2], 2);
@@ -78,7 +93,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 	case IPPROTO_UDP: {
 		struct udphdr udp;
 
-		if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)) < 0)
+		if (load_l4(skb, off, &udp, sizeof(udp)) < 0)
 			return DROP_CT_INVALID_HDR;
 		f->sport = udp.source;
 		f->dport = udp.dest;
@@ -88,7 +103,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 	case IPPROTO_ICMPV6_: {
 		struct icmp_echo_hdr icmp;
 
-		if (bpf_skb_load_bytes(skb, off, &icmp, sizeof(icmp)) < 0)
+		if (load_l4(skb, off, &icmp, sizeof(icmp)) < 0)
 			return DROP_CT_INVALID_HDR;
 		f->icmp_type = icmp.type;
 		/* Echo request and reply share the id on both "ports", so the
