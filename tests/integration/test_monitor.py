@@ -205,6 +205,11 @@ def test_human_output(cilia: Cilia) -> None:
             "-t",
             "drop",
             "-v",
+            # Only drops towards the deathstar: the pods' own IPv6 (router solicitations,
+            # dropped as unsupported L3 by this IPv4-only agent) would end --count 1
+            # before the test even sees the monitor subscribed.
+            "--to",
+            str(ds["identity"]),
             "--count",
             "1",
             "--timeout",

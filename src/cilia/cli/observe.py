@@ -71,7 +71,7 @@ def format_event(ev: dict[str, Any], verbose: bool = False) -> str:
 @click.option(
     "-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
-@click.option("--related-to", help="Only events of this endpoint (id, NS/POD or IPv4).")
+@click.option("--related-to", help="Only events of this endpoint (id, NS/POD, IPv4 or IPv6).")
 @click.option("--from", "from_identity", type=int, help="Only events from this identity.")
 @click.option("--to", "to_identity", type=int, help="Only events to this identity.")
 @click.option("--count", type=int, default=0, help="Exit after this many events (0: never).")
