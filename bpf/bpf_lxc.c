@@ -18,7 +18,7 @@
 #include "lib/proxy.h"
 #include "lib/overlay.h"
 #include "lib/arp.h"
-#include "lib/icmp6.h"
+#include "lib/icmp.h"
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)

@@ -32,6 +32,10 @@ spec:
 """
 
 
+def _prefix(address: str) -> str:
+    return f"{address}/128" if ":" in address else f"{address}/32"
+
+
 @pytest.fixture
 def node_address() -> Iterator[str]:
     """A test address for the node's `lo` (this kernel has no dummy devices), removed
@@ -40,11 +44,22 @@ def node_address() -> Iterator[str]:
     try:
         yield address
     finally:
-        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True)
+        subprocess.run(["ip", "addr", "del", _prefix(address), "dev", "lo"], capture_output=True)
+
+
+@pytest.fixture
+def node_address6() -> Iterator[str]:
+    """An IPv6 twin of `node_address` (from the documentation prefix)."""
+    address = f"2001:db8:{secrets.token_hex(2)}::{secrets.token_hex(2)}"
+    try:
+        yield address
+    finally:
+        subprocess.run(["ip", "addr", "del", _prefix(address), "dev", "lo"], capture_output=True)
 
 
 def _address(action: str, address: str) -> None:
-    subprocess.run(["ip", "addr", action, f"{address}/32", "dev", "lo"], check=True)
+    nodad = ["nodad"] if ":" in address and action == "add" else []
+    subprocess.run(["ip", "addr", action, _prefix(address), "dev", "lo", *nodad], check=True)
 
 
 def _answer(server: socket.socket) -> None:
@@ -73,16 +88,21 @@ def _wait(check: object, timeout: float = 5.0) -> bool:
     return bool(check())
 
 
-def test_legacy_mode_ipcache_follows_node_addresses(tmp_path: Path, node_address: str) -> None:
-    address = node_address
-    with running_agent(tmp_path, CILIA_LEGACY_HOST_ALLOWS_WORLD="true") as cilia:
-        assert f"{address}/32" not in _ipcache(cilia)
+@pytest.mark.parametrize("family", [4, 6])
+def test_legacy_mode_ipcache_follows_node_addresses(
+    tmp_path: Path, node_address: str, node_address6: str, family: int
+) -> None:
+    address = node_address6 if family == 6 else node_address
+    prefix = _prefix(address)
+    legacy = {"CILIA_LEGACY_HOST_ALLOWS_WORLD": "true"}
+    with running_agent(tmp_path, dual_stack=family == 6, **legacy) as cilia:
+        assert prefix not in _ipcache(cilia)
         _address("add", address)
         started = time.monotonic()
-        assert _wait(lambda: _ipcache(cilia).get(f"{address}/32") == 1), "not host"
+        assert _wait(lambda: _ipcache(cilia).get(prefix) == 1), "not host"
         assert time.monotonic() - started < 2.0, "followed by polling, not netlink"
         _address("del", address)
-        assert _wait(lambda: f"{address}/32" not in _ipcache(cilia)), "removed address kept"
+        assert _wait(lambda: prefix not in _ipcache(cilia)), "removed address kept"
         log = cilia.config.log_file.read_text()
         assert f"host address {address} added" in log
 

@@ -27,7 +27,7 @@ from tests.integration.observe_helpers import MonitorProc, http_get
 __all__ = ["sandboxes"]
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
-DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_L4 = 132, 133, 159
+DROP_INVALID_SIP, DROP_POLICY, DROP_INVALID = 132, 133, 134
 DROP_INVALID_EXTHDR, DROP_FRAG_NOSUPPORT = 156, 157
 
 PODS = """
@@ -274,14 +274,33 @@ def test_allowed_extension_header_chains_reach_the_server(web_80: Cilia, headers
         ("IPv6ExtHdrDestOpt()/" * 9, DROP_INVALID_EXTHDR),
         ('IPv6ExtHdrRouting(segleft=1, addresses=["fd00:dead::1"])/', DROP_INVALID_EXTHDR),
         ("IPv6ExtHdrDestOpt(nh=253)/Raw(b'x' * 8)/", DROP_INVALID_EXTHDR),
+        ("IPv6ExtHdrDestOpt(nh=59)/", DROP_INVALID_EXTHDR),
         ("IPv6ExtHdrFragment(offset=0, m=1)/", DROP_FRAG_NOSUPPORT),
     ],
-    ids=["hop-by-hop-not-first", "too-long", "segments-left", "unknown", "first-fragment"],
+    ids=[
+        "hop-by-hop-not-first",
+        "too-long",
+        "segments-left",
+        "unknown",
+        "no-next-header",
+        "first-fragment",
+    ],
 )
 def test_bad_extension_header_chains_are_dropped(web_80: Cilia, headers: str, reason: int) -> None:
     before = drops(web_80)
     assert not syn_ack(web_80, headers)
     assert reason in grew(before, drops(web_80))
+
+
+def test_an_ipv4_mapped_destination_is_invalid(web_80: Cilia) -> None:
+    """::ffff:a.b.c.d on the wire would alias the IPv4 entries of the maps: 134."""
+    c = web_80
+    eps = ready(c)
+    client, web = eps["client"]["ipv6"], eps["web"]["ipv4"]
+    before = drops(c)
+    frame = f'Ether(dst="{gateway_mac(c, "client")}")/IPv6(src="{client}", dst="::ffff:{web}")'
+    in_pod(c, "client", f'sendp({frame}/{SYN.format(port=80)}, iface="eth0")')
+    assert DROP_INVALID in grew(before, drops(c))
 
 
 def test_a_fragment_cannot_smuggle_a_denied_port(web_80: Cilia) -> None:

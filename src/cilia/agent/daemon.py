@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
@@ -395,9 +394,8 @@ class Agent:
         are world unless the legacy option makes every node address host."""
         desired = self.cidr.ipcache()
         if self.config.legacy_host_allows_world:
-            desired |= {f"{ip}/32": HOST for ip in host_addresses()}
-            if self.config.enable_ipv6:
-                desired |= {f"{ip}/128": HOST for ip in host_addresses(socket.AF_INET6)}
+            for ip in host_addresses(ipv6=self.config.enable_ipv6):
+                desired[f"{ip}/128" if ":" in ip else f"{ip}/32"] = HOST
         desired[f"{self.config.host_router_ip}/32"] = HOST
         if self.config.enable_ipv6:
             desired[f"{self.config.host_router_ipv6}/128"] = HOST

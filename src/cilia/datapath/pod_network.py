@@ -580,13 +580,15 @@ def remove_host_veth(host_ifname: str, ifindex: int) -> bool:
 
 
 @_off_loop
-def host_addresses(family: int = socket.AF_INET) -> list[str]:
-    """All addresses of one family of the host namespace (loopback included; IPv6
-    link-local ones left out: they name no node), sorted."""
+def host_addresses(ipv6: bool = False) -> list[str]:
+    """All IPv4 addresses of the host namespace, and its IPv6 ones with `ipv6`, in one
+    netlink dump (loopback included; IPv6 link-local ones left out: they name no node),
+    sorted."""
+    family = socket.AF_UNSPEC if ipv6 else socket.AF_INET
     with _ipr() as host:
         addrs = {a.get("IFA_ADDRESS") for a in host.addr("dump", family=family)}
     usable = (a for a in addrs if a and not a.startswith("fe80:"))
-    return sorted(usable, key=ipaddress.ip_address)
+    return sorted(usable, key=lambda a: (":" in a, ipaddress.ip_address(a)))
 
 
 @_off_loop

@@ -5,8 +5,8 @@
  * fragmentation needed, time exceeded, parameter problem) passes when the
  * packet it quotes belongs to a tracked connection, so path MTU discovery
  * works under any policy. */
-#ifndef CILIA_ICMP6_H
-#define CILIA_ICMP6_H
+#ifndef CILIA_ICMP_H
+#define CILIA_ICMP_H
 
 #include "conntrack.h"
 
