@@ -410,25 +410,169 @@ class CiliumNetworkPolicy(_PolicyObject):
         return rules_from_cnp(self)
 
 
+def _tcp_or_udp(value: object) -> object:
+    """Refuse any protocol but TCP and UDP, naming the allowed values."""
+    if value not in ("TCP", "UDP"):
+        fail(f"unsupported protocol {value!r}: must be TCP or UDP")
+    return value
+
+
+_SVC_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _target_port(value: object) -> object:
+    """A port number, or an IANA_SVC_NAME: a container port's name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _port_in_range(value)
+    if not isinstance(value, str):
+        fail("must be a port number or a port name")
+    if (
+        len(value) > 15
+        or not _SVC_NAME_RE.fullmatch(value)
+        or "--" in value
+        or not any(c.isalpha() for c in value)
+    ):
+        fail(
+            f"invalid port name {_shown(value)}: at most 15 lowercase letters, digits and "
+            "'-' (not at either end, not twice in a row), with at least one letter"
+        )
+    return value
+
+
 class ServicePort(_Model):
-    """A port of a Service (kept for `cilia get`; policy does not use it)."""
+    """A port of a Service: `port` on the clusterIP (and `nodePort` on every node of a
+    NodePort service) leads to `targetPort` (a number or a container port's name;
+    default `port`) of the backends."""
 
     name: str | None = None
     port: Port
     protocol: Literal["TCP", "UDP"] = "TCP"
     targetPort: int | str | None = None
+    nodePort: Port | None = None
+
+    _protocol = field_validator("protocol", mode="before")(_tcp_or_udp)
+    _target = field_validator("targetPort", mode="before")(_target_port)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value and (error := dns_label_error(value)):
+            fail(error)
+        return value
+
+    @property
+    def port_name(self) -> str:
+        """The name, "" for an unnamed port."""
+        return self.name or ""
+
+    @property
+    def target(self) -> int | str:
+        """targetPort, defaulting to `port`."""
+        return self.port if self.targetPort is None else self.targetPort
+
+
+IPFamily = Literal["IPv4", "IPv6"]
+
+
+def _ip_family(address: str) -> IPFamily:
+    return "IPv6" if ":" in address else "IPv4"
+
+
+def _duplicates(ports: Sequence[ServicePort]) -> None:
+    """Refuse two ports with the same name, the same port or the same nodePort (per
+    protocol), and unnamed ports of a service with several."""
+    names: set[str] = set()
+    numbers: set[tuple[int, str]] = set()
+    node_ports: set[tuple[int, str]] = set()
+    for index, port in enumerate(ports):
+        if not port.name and len(ports) > 1:
+            fail("required when the service has more than one port", f"ports[{index}].name")
+        if port.port_name in names:
+            fail(f"duplicate port name {port.port_name!r}", f"ports[{index}].name")
+        if (port.port, port.protocol) in numbers:
+            fail(f"duplicate port {port.port}/{port.protocol}", f"ports[{index}].port")
+        if (port.nodePort, port.protocol) in node_ports:
+            fail(f"duplicate nodePort {port.nodePort}/{port.protocol}", f"ports[{index}].nodePort")
+        names.add(port.port_name)
+        numbers.add((port.port, port.protocol))
+        if port.nodePort is not None:
+            node_ports.add((port.nodePort, port.protocol))
 
 
 class ServiceSpec(_Model):
+    """What a Service load-balances: `ports` of its `clusterIP` (an address, "None" for a
+    headless service, unset: allocated) to the pods `selector` picks (none: the
+    addresses of its Endpoints object), of one IP family."""
+
     selector: dict[str, str] | None = None
     ports: list[ServicePort] = Field(default_factory=list)
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
+    type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
     clusterIP: str | None = None
+    ipFamilies: list[IPFamily] | None = None
 
     @field_validator("selector")
     @classmethod
     def _selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return None if value is None else _check_labels(value)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: object) -> object:
+        if value not in ("ClusterIP", "NodePort"):
+            fail(f"unsupported service type {value!r} (supported: ClusterIP, NodePort)")
+        return value
+
+    @field_validator("clusterIP")
+    @classmethod
+    def _cluster_ip(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value == "None":
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            fail(f"invalid IP address {_shown(value)}: must be an address or None")
+
+    @field_validator("ipFamilies", mode="before")
+    @classmethod
+    def _families(cls, value: object) -> object:
+        if isinstance(value, list):
+            if len(value) > 1:
+                fail("dual-stack services are not supported: give one of IPv4, IPv6")
+            if value and value[0] not in ("IPv4", "IPv6"):
+                fail(f"unsupported IP family {value[0]!r}: must be IPv4 or IPv6", "[0]")
+        return None if value == [] else value
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceSpec:
+        headless = self.clusterIP == "None"
+        if headless and self.type == "NodePort":
+            fail("may not be None for a NodePort service", "clusterIP")
+        ip = self.clusterIP
+        if self.ipFamilies and ip and not headless and _ip_family(ip) != self.ipFamilies[0]:
+            fail(f"{self.ipFamilies[0]} does not match clusterIP {ip}", "ipFamilies")
+        if not self.ports and not headless:
+            fail("required unless the service is headless (clusterIP None)", "ports")
+        for index, port in enumerate(self.ports):
+            if port.nodePort is not None and self.type != "NodePort":
+                fail("may only be given for a service of type NodePort", f"ports[{index}].nodePort")
+        _duplicates(self.ports)
+        return self
+
+    @property
+    def headless(self) -> bool:
+        """clusterIP None: no load balancing."""
+        return self.clusterIP == "None"
+
+    @property
+    def family(self) -> IPFamily:
+        """The service's IP family: ipFamilies, else the clusterIP's, else IPv4."""
+        if self.ipFamilies:
+            return self.ipFamilies[0]
+        if self.clusterIP and not self.headless:
+            return _ip_family(self.clusterIP)
+        return "IPv4"
 
 
 class Service(_Object):
@@ -437,22 +581,32 @@ class Service(_Object):
 
     apiVersion: Literal["v1"]
     kind: Literal["Service"]
-    spec: ServiceSpec = Field(default_factory=ServiceSpec)
+    spec: ServiceSpec
+
+
+class ObjectReference(_Model):
+    """What an endpoint address stands for (a Pod), for display."""
+
+    kind: str | None = None
+    namespace: str | None = None
+    name: str | None = None
 
 
 class EndpointAddress(_Model):
+    """A backend address (kept in ipaddress' compressed form)."""
+
     ip: str
     hostname: str | None = None
     nodeName: str | None = None
+    targetRef: ObjectReference | None = None
 
     @field_validator("ip")
     @classmethod
     def _ip(cls, value: str) -> str:
         try:
-            ipaddress.ip_address(value)
+            return str(ipaddress.ip_address(value))
         except ValueError:
             fail(f"invalid IP address {value!r}")
-        return value
 
 
 class EndpointPort(_Model):
@@ -460,9 +614,14 @@ class EndpointPort(_Model):
     port: Port
     protocol: Literal["TCP", "UDP"] = "TCP"
 
+    _protocol = field_validator("protocol", mode="before")(_tcp_or_udp)
+
 
 class EndpointSubset(_Model):
+    """Addresses that serve the same ports; `notReadyAddresses` get no traffic."""
+
     addresses: list[EndpointAddress] = Field(default_factory=list)
+    notReadyAddresses: list[EndpointAddress] = Field(default_factory=list)
     ports: list[EndpointPort] = Field(default_factory=list)
 
 
@@ -475,7 +634,7 @@ class Endpoints(_Object):
 
     @property
     def addresses(self) -> list[str]:
-        """Every backend address, in order, without repeats."""
+        """Every ready backend address, in order, without repeats."""
         return list(dict.fromkeys(a.ip for s in self.subsets for a in s.addresses))
 
 
