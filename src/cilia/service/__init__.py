@@ -4,6 +4,7 @@ controller (`endpoints`) and the desired load-balancer table (`table`), over the
 types of `model`."""
 
 from cilia.service.allocate import allocate
+from cilia.service.endpoints import endpoints_for, pod_info
 from cilia.service.model import (
     Backend,
     Frontend,
@@ -25,4 +26,6 @@ __all__ = [
     "ServiceError",
     "ServiceRanges",
     "allocate",
+    "endpoints_for",
+    "pod_info",
 ]
