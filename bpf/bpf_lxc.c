@@ -19,6 +19,7 @@
 #include "lib/overlay.h"
 #include "lib/arp.h"
 #include "lib/icmp.h"
+#include "lib/lb.h"
 
 #define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
@@ -134,6 +135,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	if (direction == DIR_INGRESS && !addr_eq(&c.f.daddr, &own))
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
 
+	/* A service frontend: from here on the packet goes to its backend. */
+	__u32 rev_nat = 0;
+
+	if (direction == DIR_EGRESS) {
+		ret = lb_translate(skb, &c.f, c.ep_id, 0, &rev_nat);
+		if (ret)
+			return drop(skb, &c, ret);
+	}
+
 	struct ipcache_value peer_info;
 	__u32 peer = identity_of(direction == DIR_INGRESS ? &c.f.saddr : &c.f.daddr, &peer_info);
 	/* From another node the source identity is the one its VNI carried. */
@@ -148,8 +158,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	else
 		c.dst_identity = peer;
 
-	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len) ||
-	    icmp_error_related(skb, &c.f, c.ep_id))
+	__u32 reply_nat = 0;
+
+	if (ct_is_reply(&c.f, c.ep_id, direction, skb->len, &reply_nat)) {
+		ret = reply_nat ? lb_reverse(skb, &c.f, c.ep_id, reply_nat) : 0;
+		if (ret)
+			return drop(skb, &c, ret);
+		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
+	}
+	if (icmp_error_related(skb, &c.f, c.ep_id))
 		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
@@ -174,7 +191,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 			return drop(skb, &c, ret);
 		}
 	}
-	ret = ct_track(&c.f, c.ep_id, direction, skb->len);
+	ret = ct_track(&c.f, c.ep_id, direction, skb->len, rev_nat);
 	if (ret)
 		return drop(skb, &c, ret);
 	if (proxy_ifindex) {
@@ -352,5 +369,51 @@ int cilia_to_overlay(struct __sk_buff *skb)
 		return drop(skb, &c, ret);
 	return forward(skb, &c);
 }
+
+/* tcx ingress of a node device (where outside traffic enters): a packet to a
+ * node address's node port goes to its service's backend, tracked in
+ * CT_NODEPORT for the replies; everything else passes untouched (the device
+ * is the node's, not ours to police). */
+SEC("tc")
+int cilia_from_netdev(struct __sk_buff *skb)
+{
+	struct verdict_ctx c = {
+		.direction = DIR_INGRESS, .ifindex = skb->ifindex, .src_identity = ID_WORLD
+	};
+	__u32 rev_nat = 0;
+	int ret;
+
+	c.l3 = l3_of(skb);
+	if (!c.l3 || parse_ip(skb, &c.f) != PARSE_OK)
+		return TC_ACT_OK;
+	ret = lb_translate(skb, &c.f, 0, 1, &rev_nat);
+	if (!ret && rev_nat)
+		ret = ct_track(&c.f, 0, CT_NODEPORT, skb->len, rev_nat);
+	if (ret)
+		return drop(skb, &c, ret);
+	return TC_ACT_OK;
+}
+
+/* tcx egress of a node device: replies of NodePort flows carry the node
+ * address and node port again. */
+SEC("tc")
+int cilia_to_netdev(struct __sk_buff *skb)
+{
+	struct verdict_ctx c = { .direction = DIR_EGRESS, .ifindex = skb->ifindex };
+	__u32 rev_nat = 0;
+	int ret;
+
+	c.l3 = l3_of(skb);
+	if (!c.l3 || parse_ip(skb, &c.f) != PARSE_OK)
+		return TC_ACT_OK;
+	if (!ct_is_reply_of(&c.f, 0, CT_NODEPORT, skb->len, &rev_nat) || !rev_nat)
+		return TC_ACT_OK;
+	ret = lb_reverse(skb, &c.f, 0, rev_nat);
+	if (ret)
+		return drop(skb, &c, ret);
+	return TC_ACT_OK;
+}
+
+#include "lib/lb_sock.h"
 
 char __license[] SEC("license") = "GPL";

@@ -11,6 +11,9 @@
 
 #define DIR_INGRESS 0 /* towards the endpoint */
 #define DIR_EGRESS 1  /* away from the endpoint */
+/* Connection-tracking scopes of the load balancer (the direction field of a CT key). */
+#define CT_SERVICE 2  /* client -> frontend: which backend the flow was given */
+#define CT_NODEPORT 3 /* outside client -> backend, translated at a node device (ep_id 0) */
 
 /* Reserved identities (the reference's numbering). */
 #define ID_UNKNOWN 0
@@ -35,6 +38,7 @@
 #define DROP_POLICY_L4 159
 #define DROP_NO_TUNNEL_ENDPOINT 160 /* a cluster address that no node owns */
 #define DROP_POLICY_CIDR 162
+#define DROP_NO_SERVICE 158 /* a service frontend without backends */
 #define DROP_PROXY_LOOKUP_FAILED 180 /* no proxy listens on the redirect port */
 #define DROP_PROXY_BYPASS 181        /* L7-redirected port reached without the proxy */
 
@@ -131,6 +135,8 @@ struct ct_entry {
 	__u64 packets;
 	__u64 bytes;
 	__u32 flags;
+	__u32 rev_nat;	  /* a translated flow: the service whose frontend replies carry (0: none) */
+	__u32 backend_id; /* a CT_SERVICE entry: the backend the flow was given */
 	__u32 pad;
 };
 
@@ -150,6 +156,45 @@ struct datapath_config {
 	__u32 cluster_mask;  /* ...and its netmask; a range address no node owns is dropped (160) */
 	union v6addr cluster_ipv6; /* the cluster's IPv6 pod range... */
 	__u32 cluster_ipv6_len;    /* ...and its prefix length (0: none) */
+	__u64 host_netns_cookie;   /* the node's network namespace: its sockets' connects are load-balanced */
+};
+
+/* Load balancing. A frontend (address, port, protocol) names a service; its
+ * backends sit in slots 1..count; a flow keeps its backend through a CT_SERVICE
+ * entry. rev_nat (the service id, never 0) names the frontend replies carry. */
+struct lb_key {
+	union v6addr addr;
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+#define LB_F_NODEPORT (1 << 0) /* a node address: translated where outside traffic enters */
+
+struct lb_service {
+	__u32 rev_nat;
+	__u16 count; /* backends in slots 1..count; 0: the service has none (drop 158) */
+	__u16 flags;
+};
+
+struct lb_slot_key {
+	__u32 rev_nat;
+	__u32 slot;
+};
+
+struct lb_backend {
+	union v6addr addr;
+	__u16 port; /* network order */
+	__u16 pad1;
+	__u32 pad2;
+};
+
+/* The frontend of a service, for replies (key: rev_nat). */
+struct lb_frontend {
+	union v6addr addr;
+	__u16 port; /* network order */
+	__u16 pad1;
+	__u32 pad2;
 };
 
 struct metrics_key {

@@ -56,24 +56,36 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct flow *f, _
 	__sync_fetch_and_add(&e->bytes, bytes);
 }
 
-/* Is this packet a reply of a connection opened in the other direction? */
-static __always_inline int ct_is_reply(const struct flow *f, __u16 ep_id, __u8 direction,
-				       __u32 bytes)
+/* Is this packet a reply of a flow tracked in `scope` (the original packet's
+ * direction, or CT_NODEPORT)? Then *rev_nat is that flow's service (0: none). */
+static __always_inline int ct_is_reply_of(const struct flow *f, __u16 ep_id, __u8 scope,
+					  __u32 bytes, __u32 *rev_nat)
 {
 	struct ct_key k = {};
 
-	ct_fill_key(&k, f, ep_id, direction == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS, 1);
+	ct_fill_key(&k, f, ep_id, scope, 1);
 	struct ct_entry *e = bpf_map_lookup_elem(&cilia_ct, &k);
 
 	if (!e)
 		return 0;
 	ct_touch(e, f, bytes, CT_F_SEEN_REPLY);
+	*rev_nat = e->rev_nat;
 	return 1;
 }
 
-/* Record an allowed packet of the original direction; 0 or a drop reason. */
+/* Is this packet a reply of a connection opened in the other direction? Then
+ * *rev_nat is the service whose frontend the reply must carry (0: none). */
+static __always_inline int ct_is_reply(const struct flow *f, __u16 ep_id, __u8 direction,
+				       __u32 bytes, __u32 *rev_nat)
+{
+	return ct_is_reply_of(f, ep_id, direction == DIR_INGRESS ? DIR_EGRESS : DIR_INGRESS, bytes,
+			      rev_nat);
+}
+
+/* Record an allowed packet of the original direction (of a flow translated for
+ * service rev_nat, or 0); 0 or a drop reason. */
 static __always_inline int ct_track(const struct flow *f, __u16 ep_id, __u8 direction,
-				    __u32 bytes)
+				    __u32 bytes, __u32 rev_nat)
 {
 	struct ct_key k = {};
 
@@ -84,7 +96,7 @@ static __always_inline int ct_track(const struct flow *f, __u16 ep_id, __u8 dire
 		ct_touch(e, f, bytes, 0);
 		return 0;
 	}
-	struct ct_entry fresh = { .packets = 1, .bytes = bytes };
+	struct ct_entry fresh = { .packets = 1, .bytes = bytes, .rev_nat = rev_nat };
 
 	if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		fresh.flags = CT_F_CLOSING;

@@ -17,6 +17,9 @@
 #ifndef TUNNEL_MAX
 #define TUNNEL_MAX 65536
 #endif
+#ifndef LB_MAX
+#define LB_MAX 65536
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -100,6 +103,55 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_events_lost SEC(".maps");
+
+/* Load balancing: frontend -> service, (service, slot) -> backend id, backend id ->
+ * backend, service -> frontend (for replies). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX);
+	__type(key, struct lb_key);
+	__type(value, struct lb_service);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX * 4);
+	__type(key, struct lb_slot_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX);
+	__type(key, __u32);
+	__type(value, struct lb_frontend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_revnat SEC(".maps");
+
+/* Flows of outside clients that reached a local backend through another node's
+ * NodePort (key: the flow as it arrived, CT_NODEPORT, ep_id 0) -> that node's
+ * underlay IPv4 (network order): their replies go back the way they came. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_MAX / 4);
+	__type(key, struct ct_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_lb_return SEC(".maps");
 
 /* The agent's settings (NULL only if the map is broken). */
 static __always_inline struct datapath_config *config_get(void)

@@ -18,6 +18,7 @@ from cilia.agent.api_cni import cni_router
 from cilia.agent.api_config import config_router
 from cilia.agent.api_endpoint import endpoint_router
 from cilia.agent.api_observe import observe_router
+from cilia.agent.api_services import services_router
 from cilia.agent.daemon import Agent
 from cilia.agent.errors import AgentError
 from cilia.agent.trace import TraceError, TraceRequest, trace_api
@@ -125,6 +126,7 @@ def create_app(agent: Agent) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(observe_router(agent))
+    app.include_router(services_router(agent))
     app.include_router(cluster_router(agent))
     app.include_router(config_router(lambda: agent.config))
 
@@ -303,6 +305,8 @@ def create_app(agent: Agent) -> FastAPI:
             except ValueError as exc:
                 raise AgentError(str(exc), status=404) from None
             items = [i for i in items if wanted(i["object"]["metadata"], kind != "namespaces")]
+            if kind == "services":
+                agent.services.add_backends(items)
             for item in items:
                 obj = item["object"]
                 if obj.get("kind") == "CiliumNetworkPolicy":

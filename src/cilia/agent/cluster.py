@@ -23,6 +23,7 @@ from cilia.k8s.manifests import Manifest, ObjectConflict, Pod
 from cilia.kvstore.client import KvstoreUnavailable
 from cilia.kvstore.member import ClusterMember, MemberSettings
 from cilia.kvstore.objects import ObjectConflict as StoreConflict
+from cilia.service.model import ServiceError
 
 if TYPE_CHECKING:
     from cilia.agent.daemon import Agent
@@ -147,8 +148,9 @@ class ClusterMode:
                 raise AgentError(str(exc)) from None
             manifests = [placed.get(m.key, m) for m in manifests]
             try:
+                manifests = agent.services.assign(manifests, agent.objects)
                 agent.objects.plan_apply(manifests)
-            except ObjectConflict as exc:
+            except (ObjectConflict, ServiceError) as exc:
                 raise AgentError(str(exc)) from None
         return self._store(lambda: self.member.apply(manifests), "applied")
 

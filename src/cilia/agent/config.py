@@ -25,6 +25,10 @@ from cilia.router import (
     valid_ipv6_range,
 )
 
+SERVICE_CIDR = "10.96.0.0/16"
+"""Default ClusterIP range (inside Kubernetes' default 10.96.0.0/12)."""
+IPV6_SERVICE_CIDR = "fd00:c1a:5e::/112"
+
 KVSTORE_OPTIONS = {"etcd.address"}
 """Keys `--kvstore-opt` accepts."""
 
@@ -56,6 +60,16 @@ class AgentConfig(BaseSettings):
     ipv6_range: str = Field(IPV6_RANGE, description="IPv6 range of local pods (one node alone)")
     ipv6_cluster_alloc_cidr: str = Field(
         IPV6_CLUSTER_ALLOC_CIDR, description="IPv6 /64 the nodes' /96 pod ranges are carved from"
+    )
+    service_cidr: str = Field(SERVICE_CIDR, description="IPv4 range of service ClusterIPs")
+    ipv6_service_cidr: str = Field(
+        IPV6_SERVICE_CIDR, description="IPv6 range of service ClusterIPs (with IPv6 on)"
+    )
+    node_port_range: str = Field("30000-32767", description="ports NodePort services get")
+    nodeport_devices: list[str] = Field(
+        default_factory=list,
+        description="devices where outside traffic reaches node ports (empty: every device"
+        " with an address but loopback and Cilia's own)",
     )
     node_name: str = Field(default_factory=socket.gethostname)
     ct_lifetime_tcp: int = 21600
@@ -181,6 +195,32 @@ class AgentConfig(BaseSettings):
         if net.prefixlen > 28:
             raise ValueError("pod range must hold at least 16 addresses (/28 or wider)")
         return str(net)
+
+    @field_validator("service_cidr")
+    @classmethod
+    def _valid_service_cidr(cls, value: str) -> str:
+        return str(ipaddress.IPv4Network(value, strict=True))
+
+    @field_validator("ipv6_service_cidr")
+    @classmethod
+    def _valid_ipv6_service_cidr(cls, value: str) -> str:
+        return str(ipaddress.IPv6Network(value, strict=True))
+
+    @field_validator("node_port_range")
+    @classmethod
+    def _valid_node_port_range(cls, value: str) -> str:
+        low, sep, high = value.partition("-")
+        if not sep or not low.isdigit() or not high.isdigit():
+            raise ValueError(f"{value!r} is not a port range LOW-HIGH")
+        if not 1 <= int(low) <= int(high) <= 65535:
+            raise ValueError(f"{value!r}: need 1 <= LOW <= HIGH <= 65535")
+        return f"{int(low)}-{int(high)}"
+
+    @property
+    def node_ports(self) -> tuple[int, int]:
+        """The NodePort range as (low, high), inclusive."""
+        low, _, high = self.node_port_range.partition("-")
+        return int(low), int(high)
 
     @field_validator("cluster_pod_cidr")
     @classmethod

@@ -42,6 +42,7 @@ from cilia.agent.objects import (
 from cilia.agent.observe import StateWatcher
 from cilia.agent.router import router_change
 from cilia.agent.runtimes import Runtimes
+from cilia.agent.services import Services
 from cilia.agent.state import load_state, save_state
 from cilia.agent.trigger import Trigger
 from cilia.agent.workloads import Workloads
@@ -78,6 +79,7 @@ from cilia.runtime import local as pods
 from cilia.runtime import supervisor
 from cilia.runtime.owner import EndpointRequest
 from cilia.runtime.responders import ResponderHost
+from cilia.service.model import ServiceError
 
 log = logging.getLogger("cilia.agent")
 
@@ -108,6 +110,7 @@ class Agent:
             ct_max_entries=config.ct_max_entries,
         )
         self.datapath.trace_all = config.trace_notification
+        self.services = Services(config, self.datapath)
         self.identities: IdentitySource = IdentityAllocator()
         self.repo = PolicyRepository()
         self.objects = ObjectStore()
@@ -207,9 +210,8 @@ class Agent:
             log.info("serving Prometheus metrics on http://%s/metrics", bound)
         self.controllers.add("pod-processes", PROCESS_INTERVAL, self._process_controller)
         self.controllers.start()
-        if self.config.legacy_host_allows_world:
-            self.host_addresses.start()
-            self.address_watch.start()
+        self.host_addresses.start()
+        self.address_watch.start()
         log.info(
             "agent ready: %d endpoints restored, policy revision %d",
             len(self.endpoints),
@@ -362,6 +364,7 @@ class Agent:
                 f"+{added}/-{removed} policy entries",
             )
         self.realized_revision = self.repo.revision
+        self.services.sync(self.objects, self.pod_status())
         self.watcher.after_regenerate(self, reason)
         if self.cluster is not None:
             self.cluster.publish()
@@ -384,10 +387,12 @@ class Agent:
             self.l7.refresh()
 
     def _host_addresses_changed(self, reasons: list[str]) -> None:
-        """Node addresses are host in legacy mode: the ipcache follows them at once."""
+        """Node addresses are host in legacy mode: the ipcache follows them at once, as
+        do NodePort frontends (on every node address)."""
         with self.lock:
             self._sync_ipcache()
-        log.info("%s: ipcache updated", "; ".join(reasons))
+            self.services.sync(self.objects, self.pod_status())
+        log.info("%s: ipcache and services updated", "; ".join(reasons))
 
     def _ipcache_desired(self) -> dict[str, int]:
         """Endpoints, CIDR prefixes and the router address (host); other node addresses
@@ -418,8 +423,9 @@ class Agent:
             return self.cluster.apply(manifests)
         with self.lock:
             try:
+                manifests = self.services.assign(manifests, self.objects)
                 self.objects.plan_apply(manifests)
-            except ObjectConflict as exc:
+            except (ObjectConflict, ServiceError) as exc:
                 raise AgentError(str(exc)) from None
             results, errors = self.apply_objects(manifests, from_store=False)
             self.regenerate("objects applied")
@@ -957,6 +963,7 @@ class Agent:
                     changed.add(ep.name)
             if changed:
                 self.save()
+                self.services.sync(self.objects, self.pod_status())
                 if self.cluster is not None:
                     self.cluster.publish()
         return f"changed {', '.join(sorted(changed))}" if changed else "no change"

@@ -1,4 +1,4 @@
-"""`cilia bpf`: the datapath's maps (policy, metrics, ct, tunnel, ipcache)."""
+"""`cilia bpf`: the datapath's maps (policy, metrics, ct, tunnel, ipcache, lb)."""
 
 from __future__ import annotations
 
@@ -154,6 +154,28 @@ def bpf_ipcache_list(fmt: str) -> None:
         [(r["prefix"], r["identity"], r["tunnel-endpoint"] or "-") for r in rows],
         ["PREFIX", "IDENTITY", "TUNNEL ENDPOINT"],
     )
+
+
+@bpf.group("lb")
+def bpf_lb() -> None:
+    """The load-balancer maps."""
+
+
+@bpf_lb.command("list")
+@output_option()
+def bpf_lb_list(fmt: str) -> None:
+    """Frontends with their service id and backend slots, as the kernel holds them."""
+    rows = call("GET", "/bpf/lb")
+    if emit(rows, fmt):
+        return
+    lines: list[tuple[Any, ...]] = []
+    for r in rows:
+        lines.append((r["frontend"], r["protocol"], r["id"], r["flags"], "(master)"))
+        lines += [
+            ("", "", "", "", f"{b['slot']} => {b['backend']} (backend {b['backend-id']})")
+            for b in r["backends"]
+        ]
+    table(lines, ["FRONTEND", "PROTOCOL", "ID", "FLAGS", "BACKENDS"])
 
 
 bpf.add_command(bpf_ct)

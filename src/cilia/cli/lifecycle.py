@@ -34,6 +34,9 @@ _AGENT_FLAGS = {
     "--enable-ipv6": "enable_ipv6",
     "--ipv6-range": "ipv6_range",
     "--ipv6-cluster-alloc-cidr": "ipv6_cluster_alloc_cidr",
+    "--service-cidr": "service_cidr",
+    "--ipv6-service-cidr": "ipv6_service_cidr",
+    "--node-port-range": "node_port_range",
     "--prometheus-serve-addr": "prometheus_serve_addr",
     "--legacy-host-allows-world": "legacy_host_allows_world",
     "--allow-localhost": "allow_localhost",
@@ -89,6 +92,18 @@ def agent_options(fn: F) -> F:
         "--ipv6-cluster-alloc-cidr",
         help="IPv6 /64 the nodes' /96 pod ranges are carved from (cluster mode; default"
         " fd00:c1a::/64).",
+    )(fn)
+    fn = click.option(
+        "--service-cidr",
+        help="IPv4 range Services get their ClusterIP from (default 10.96.0.0/16).",
+    )(fn)
+    fn = click.option(
+        "--ipv6-service-cidr",
+        help="IPv6 range of ClusterIPs of IPv6 Services (with IPv6 on; default fd00:c1a:5e::/112).",
+    )(fn)
+    fn = click.option(
+        "--node-port-range",
+        help="Ports NodePort Services get, LOW-HIGH (default 30000-32767).",
     )(fn)
     fn = click.option(
         "--prometheus-serve-addr",

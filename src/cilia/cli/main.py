@@ -36,6 +36,7 @@ COMMANDS = {
     "monitor": "cilia.cli.observe:monitor",
     "policy": "cilia.cli.policy:policy",
     "probe": "cilia.cli.probe:probe",
+    "service": "cilia.cli.service:service",
     "status": "cilia.cli.status:status",
     "up": "cilia.cli.lifecycle:up",
 }

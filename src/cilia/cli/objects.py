@@ -202,8 +202,11 @@ def _get_table(kind: str, items: list[dict[str, Any]], all_namespaces: bool, wid
         elif kind == "namespaces":
             row += [status.get("phase", ""), _labels_text(meta["labels"])]
         elif kind == "services":
+            spec = item["spec"]
+            row += [spec.get("type", "ClusterIP"), spec.get("clusterIP") or "<none>"]
+            row.append(_ports_text(spec.get("ports", [])))
             row += [
-                _labels_text(item["spec"].get("selector") or {}),
+                _labels_text(spec.get("selector") or {}),
                 ",".join(cilia.get("backends", [])) or "<none>",
             ]
         else:
@@ -216,12 +219,22 @@ def _get_table(kind: str, items: list[dict[str, Any]], all_namespaces: bool, wid
     elif kind == "namespaces":
         headers = ["NAME", "STATUS", "LABELS"]
     elif kind == "services":
-        headers = ["NAME", "SELECTOR", "BACKENDS"]
+        headers = ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR", "BACKENDS"]
     else:
         headers = ["NAME", "KIND", "RULES"]
     if all_namespaces and kind != "namespaces":
         headers.insert(0, "NAMESPACE")
     table(rows, headers)
+
+
+def _ports_text(ports: list[dict[str, Any]]) -> str:
+    """kubectl's PORT(S): `80/TCP`, `80:30080/TCP` with a node port."""
+    out = [
+        f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}"
+        f"/{p.get('protocol', 'TCP')}"
+        for p in ports
+    ]
+    return ",".join(out) or "<none>"
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

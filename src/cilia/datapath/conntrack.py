@@ -15,7 +15,7 @@ from typing import Any
 
 from cilia.datapath import libbpf
 from cilia.datapath.events import PROTOCOLS, host_port
-from cilia.datapath.layout import CtEntry, CtKey
+from cilia.datapath.layout import CT_NODEPORT, CT_SERVICE, CtEntry, CtKey
 from cilia.datapath.maps import CtMap, addr_str
 
 KEY_SIZE = ctypes.sizeof(CtKey)
@@ -27,6 +27,8 @@ BATCH = 8192
 IPPROTO_TCP = 6
 CT_F_SEEN_REPLY = 1 << 0
 CT_F_CLOSING = 1 << 1
+DIRECTIONS = {0: "ingress", 1: "egress", CT_SERVICE: "service", CT_NODEPORT: "nodeport"}
+"""The direction field of a key: the endpoint's two, or a load-balancer scope."""
 
 
 @dataclass
@@ -134,18 +136,21 @@ def flush(ct: CtMap, ep_id: int | None = None) -> int:
     return delete_keys(ct, doomed)
 
 
+def values(chunk: Chunk) -> Iterator[tuple[CtKey, CtEntry]]:
+    """The entries of a chunk, decoded."""
+    raw = memoryview(chunk.values).cast("B")
+    for i in range(chunk.count):
+        key = CtKey.from_buffer_copy(chunk.key_bytes(i))
+        yield key, CtEntry.from_buffer_copy(bytes(raw[i * VALUE_SIZE : (i + 1) * VALUE_SIZE]))
+
+
 def entries(ct: CtMap, now: int, ep_id: int | None = None) -> list[dict[str, Any]]:
     """The table as JSON-able rows (optionally one endpoint's)."""
     rows = []
     for chunk in chunks(ct):
-        for i in range(chunk.count):
-            k = CtKey.from_buffer_copy(chunk.key_bytes(i))
-            if ep_id is not None and k.ep_id != ep_id:
-                continue
-            v = CtEntry.from_buffer_copy(
-                bytes(memoryview(chunk.values).cast("B")[i * VALUE_SIZE : (i + 1) * VALUE_SIZE])
-            )
-            rows.append(_row(k, v, now))
+        for k, v in values(chunk):
+            if ep_id is None or k.ep_id == ep_id:
+                rows.append(_row(k, v, now))
     rows.sort(key=lambda r: (r["endpoint"], r["direction"], r["protocol"], r["source"]))
     return rows
 
@@ -167,9 +172,9 @@ def _row(k: CtKey, v: CtEntry, now: int) -> dict[str, Any]:
         )
     else:
         state = "replied" if v.flags & CT_F_SEEN_REPLY else "new"
-    return {
+    row: dict[str, Any] = {
         "endpoint": k.ep_id,
-        "direction": "ingress" if k.direction == 0 else "egress",
+        "direction": DIRECTIONS.get(k.direction, str(k.direction)),
         "protocol": proto,
         "source": host_port(addr_str(k.saddr), socket.ntohs(k.sport)),
         "destination": host_port(addr_str(k.daddr), socket.ntohs(k.dport)),
@@ -179,3 +184,8 @@ def _row(k: CtKey, v: CtEntry, now: int) -> dict[str, Any]:
         "packets": int(v.packets),
         "bytes": int(v.bytes),
     }
+    if v.rev_nat:
+        row["service-id"] = int(v.rev_nat)
+    if v.backend_id:
+        row["backend-id"] = int(v.backend_id)
+    return row

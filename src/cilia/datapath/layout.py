@@ -16,6 +16,9 @@ MARK_MAGIC_OVERLAY = 0x0C00
 EVENT_DROP = 1
 EVENT_TRACE = 2
 POLICY_PROTO_MARKER = 255
+CT_SERVICE = 2
+CT_NODEPORT = 3
+LB_F_NODEPORT = 1 << 0
 
 
 Addr = ctypes.c_uint8 * 16
@@ -100,6 +103,8 @@ class CtEntry(ctypes.Structure):
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
         ("flags", ctypes.c_uint32),
+        ("rev_nat", ctypes.c_uint32),
+        ("backend_id", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     ]
 
@@ -117,6 +122,7 @@ class DatapathConfig(ctypes.Structure):
         ("cluster_mask", ctypes.c_uint32),
         ("cluster_ipv6", Addr),
         ("cluster_ipv6_len", ctypes.c_uint32),
+        ("host_netns_cookie", ctypes.c_uint64),
     ]
 
 
@@ -149,4 +155,36 @@ class Event(ctypes.Structure):
         ("len", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
+    ]
+
+
+class LbKey(ctypes.Structure):
+    _fields_ = [
+        ("addr", Addr),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class LbService(ctypes.Structure):
+    _fields_ = [
+        ("rev_nat", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+    ]
+
+
+class LbSlotKey(ctypes.Structure):
+    _fields_ = [("rev_nat", ctypes.c_uint32), ("slot", ctypes.c_uint32)]
+
+
+class LbAddress(ctypes.Structure):
+    """struct lb_backend and struct lb_frontend (the same layout)."""
+
+    _fields_ = [
+        ("addr", Addr),
+        ("port", ctypes.c_uint16),
+        ("pad1", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint32),
     ]

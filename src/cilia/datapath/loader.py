@@ -20,6 +20,12 @@ MAP_NAMES = (
     "cilia_config",
     "cilia_events",
     "cilia_events_lost",
+    "cilia_lb_services",
+    "cilia_lb_slots",
+    "cilia_lb_backends",
+    "cilia_lb_revnat",
+    "cilia_lb_return",
+    "cilia_lb_sock",
 )
 PROGRAMS = (
     "cilia_from_container",
@@ -27,6 +33,14 @@ PROGRAMS = (
     "cilia_from_host",
     "cilia_from_overlay",
     "cilia_to_overlay",
+    "cilia_from_netdev",
+    "cilia_to_netdev",
+    "cilia_sock_connect4",
+    "cilia_sock_sendmsg4",
+    "cilia_sock_recvmsg4",
+    "cilia_sock_connect6",
+    "cilia_sock_sendmsg6",
+    "cilia_sock_recvmsg6",
 )
 
 log = logging.getLogger("cilia.datapath")

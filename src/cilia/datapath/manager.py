@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cilia.datapath import attach, compiler, overlay, proxy_device
+from cilia.datapath import attach, compiler, overlay, proxy_device, service_hooks
 from cilia.datapath.layout import (
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
@@ -28,6 +28,7 @@ from cilia.datapath.layout import (
     Addr,
     DatapathConfig,
 )
+from cilia.datapath.lb import LbSyncReport, LoadBalancerMaps
 from cilia.datapath.loader import LoadedObject
 from cilia.datapath.maps import (
     BpfMap,
@@ -44,6 +45,7 @@ from cilia.datapath.maps import (
     ip_to_be,
 )
 from cilia.policy.desired import ALL_PORTS, EndpointPolicy, Protocol, Redirect
+from cilia.service.model import LbService
 
 log = logging.getLogger("cilia.datapath")
 
@@ -184,6 +186,11 @@ class Datapath:
         self.metrics = MetricsMap(f"{path}/cilia_metrics")
         self.tunnel = TunnelMap(f"{path}/cilia_tunnel")
         self.config = BpfMap(f"{path}/cilia_config", ctypes.c_uint32, DatapathConfig)
+        self.lb = LoadBalancerMaps(path, self.ct)
+        self.netns_cookie = service_hooks.netns_cookie()
+        service_hooks.update_node_devices(self.links_dir, self._obj.prog_fds)
+        if service_hooks.socket_hooks_attached(self.links_dir):
+            self._socket_hooks(True)
         self._keep_pinned_overlay_config()
         self._write_config()
         # Whatever a previous agent left is the starting point of the diff.
@@ -230,6 +237,7 @@ class Datapath:
             cluster_mask=cluster_mask,
             cluster_ipv6=Addr.from_buffer_copy(cluster_ipv6),
             cluster_ipv6_len=cluster_ipv6_len,
+            host_netns_cookie=self.netns_cookie,
         )
 
     def _write_config(self) -> None:
@@ -367,7 +375,17 @@ class Datapath:
 
     def close(self) -> None:
         """Drop file descriptors; pins (and so enforcement) stay in place."""
-        maps = ("endpoints", "ipcache", "policy", "lxc_ip", "ct", "metrics", "tunnel", "config")
+        maps = (
+            "endpoints",
+            "ipcache",
+            "policy",
+            "lxc_ip",
+            "ct",
+            "metrics",
+            "tunnel",
+            "config",
+            "lb",
+        )
         for m in maps:
             if hasattr(self, m):
                 getattr(self, m).close()
@@ -473,6 +491,33 @@ class Datapath:
     def ipcache_entries(self) -> dict[str, IpcacheEntry]:
         """The ipcache as the kernel has it: prefix -> identity, flags, tunnel endpoint."""
         return self.ipcache.dump()
+
+    # -- services ----------------------------------------------------------
+
+    def sync_services(
+        self, desired: list[LbService], node_devices: Mapping[str, int]
+    ) -> LbSyncReport:
+        """Make the load balancer hold `desired`; while any NodePort frontend exists its
+        programs sit on `node_devices` (name -> ifindex), and while any frontend exists
+        the node's own sockets are load-balanced too."""
+        assert self._obj is not None, "datapath not started"
+        report = self.lb.sync(desired)
+        nodeport = any(d.kind == "NodePort" for d in desired)
+        service_hooks.sync_node_devices(
+            self.links_dir, node_devices if nodeport else {}, self._obj.prog_fds
+        )
+        self._socket_hooks(bool(desired))
+        return report
+
+    def _socket_hooks(self, on: bool) -> None:
+        assert self._obj is not None
+        cgroup = service_hooks.cgroup2_root()
+        if on and cgroup is not None:
+            service_hooks.attach_socket_hooks(self.links_dir, self._obj.prog_fds, cgroup)
+        elif on:
+            log.warning("no cgroup v2 hierarchy: the node's own sockets reach no service")
+        else:
+            service_hooks.detach_socket_hooks(self.links_dir)
 
     # -- drift, counters, CT ---------------------------------------------
 

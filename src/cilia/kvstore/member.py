@@ -261,7 +261,10 @@ class ClusterMember:
                 log.warning("ignoring undecodable pod status %s", key)
         for key in deletes:
             status.pop(key.removeprefix(POD_STATUS_PREFIX), None)
+        changed = status != self._pod_status
         self._pod_status = status
+        if changed:  # readiness and addresses of pods decide services' backends
+            self.owner.cluster_changed("pod status changed")
 
     def nodes(self) -> dict[str, NodeInfo]:
         """Every node of the cluster, this one included."""

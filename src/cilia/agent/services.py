@@ -1,0 +1,144 @@
+"""Services as the agent runs them: ClusterIPs and node ports given at apply, the
+endpoints controller's Endpoints from the pods' status, and the load-balancer table
+(`service/`, pure) written into the datapath after every change.
+
+The agent calls `assign` before it stores Services (in cluster mode before the
+transaction, so every node stores the same addresses) and `sync` after every
+regeneration, readiness change and node address change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cilia.agent.config import AgentConfig
+from cilia.agent.objects import ObjectStore
+from cilia.datapath.lb import LbSyncReport
+from cilia.datapath.manager import Datapath
+from cilia.datapath.service_hooks import node_devices
+from cilia.k8s.manifests import Endpoints, Manifest, Pod, Service
+from cilia.service.allocate import allocate
+from cilia.service.endpoints import endpoints_for, pod_info
+from cilia.service.model import LbService, ServiceRanges
+from cilia.service.table import lb_services
+
+log = logging.getLogger("cilia.agent")
+
+
+class Services:
+    """The node's services: assignment at apply, endpoints and the datapath's table."""
+
+    def __init__(self, config: AgentConfig, datapath: Datapath) -> None:
+        self.config = config
+        self.datapath = datapath
+        self.ranges = ServiceRanges(
+            config.service_cidr,
+            config.ipv6_service_cidr if config.enable_ipv6 else "",
+            config.node_ports,
+        )
+        self.endpoints: dict[str, Endpoints] = {}
+        """Endpoints of the services with a selector, by key (the controller's output)."""
+        self.table: list[LbService] = []
+        self.devices: dict[str, tuple[int, list[str]]] = {}
+        """NodePort devices: name -> (ifindex, addresses)."""
+        self.last_sync: tuple[float, LbSyncReport] | None = None
+
+    def assign(self, manifests: list[Manifest], store: ObjectStore) -> list[Manifest]:
+        """`manifests` with every Service given its ClusterIP and node ports (raises
+        ServiceError, naming the service and field, for one that cannot have them)."""
+        new = [m for m in manifests if isinstance(m, Service)]
+        if not new:
+            return manifests
+        stored = [s for s in store.of_kind("Service") if isinstance(s, Service)]
+        done = {s.key: s for s in allocate(new, stored, self.ranges)}
+        return [done.get(m.key, m) for m in manifests]
+
+    def _node_devices(self) -> dict[str, tuple[int, list[str]]]:
+        cfg = self.config
+        own = [cfg.name_prefix, "lxc", cfg.overlay_device, "cilia_"]
+        found = node_devices(own)
+        if cfg.nodeport_devices:
+            return {n: v for n, v in found.items() if n in cfg.nodeport_devices}
+        return found
+
+    def sync(self, store: ObjectStore, pod_status: Mapping[str, Mapping[str, Any]]) -> None:
+        """Recompute endpoints and the table, and write what changed."""
+        services = [s for s in store.of_kind("Service") if isinstance(s, Service)]
+        endpoints = self._endpoints(services, store, pod_status)
+        nodeport = any(s.spec.type == "NodePort" for s in services)
+        self.devices = self._node_devices() if nodeport else {}
+        addresses = [ip for _, ips in self.devices.values() for ip in ips]
+        table = lb_services(services, endpoints, addresses)
+        report = self.datapath.sync_services(
+            table, {name: index for name, (index, _) in self.devices.items()}
+        )
+        self.table = table
+        if report.added or report.changed or report.removed:
+            self.last_sync = (time.time(), report)
+            log.info(
+                "services: %d frontends added, %d changed, %d removed, %d flows ended",
+                report.added,
+                report.changed,
+                report.removed,
+                report.flows_ended,
+            )
+
+    def _endpoints(
+        self,
+        services: Sequence[Service],
+        store: ObjectStore,
+        pod_status: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, Endpoints]:
+        """Endpoints of every service: the controller's for those with a selector, the
+        stored (hand-written) ones for the others."""
+        by_namespace: dict[str, list[Pod]] = {}
+        for p in store.of_kind("Pod"):
+            if isinstance(p, Pod):
+                by_namespace.setdefault(p.namespace, []).append(p)
+        infos = {
+            ns: [pod_info(p, pod_status.get(p.key)) for p in pods]
+            for ns, pods in by_namespace.items()
+        }
+        computed: dict[str, Endpoints] = {}
+        out: dict[str, Endpoints] = {}
+        for svc in services:
+            key = f"Endpoints/{svc.namespace}/{svc.name}"
+            if svc.spec.selector is not None:
+                ep = endpoints_for(svc, infos.get(svc.namespace, []))
+                if ep is not None:
+                    computed[key] = out[key] = ep
+            elif isinstance(stored := store.get(key), Endpoints):
+                out[key] = stored
+        self.endpoints = computed
+        return out
+
+    def add_backends(self, items: list[dict[str, Any]]) -> None:
+        """Rows of `cilia get services`: the backends of services with a selector are
+        the ready addresses of the controller's Endpoints."""
+        for item in items:
+            ep = self.endpoints.get(f"Endpoints/{item['namespace']}/{item['name']}")
+            if ep is not None:
+                item["backends"] = ep.addresses
+
+    def rows(self) -> list[dict[str, Any]]:
+        """`cilia service list`: one row per frontend, with its id in the datapath."""
+        ids = {fe: rec.rev_nat for fe, rec in self.datapath.lb.realized.items()}
+        return [
+            {
+                "id": ids.get(s.frontend, 0),
+                "service": s.service,
+                "port-name": s.port_name,
+                "type": s.kind,
+                "frontend": _show(s.frontend.address, s.frontend.port),
+                "protocol": s.frontend.protocol,
+                "backends": [_show(b.address, b.port) for b in s.backends],
+            }
+            for s in self.table
+        ]
+
+
+def _show(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

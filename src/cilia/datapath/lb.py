@@ -1,0 +1,236 @@
+"""The load balancer's maps: the desired table of frontends and backends made real.
+
+Per frontend (address, port, protocol) the kernel holds a service entry (its id,
+`rev_nat`, and backend count), slots 1..count naming backend ids, the backends,
+and the frontend again under its id for replies. Backend ids belong to one
+service, so taking a backend out of one service never touches another's flows.
+Writes are ordered so that a packet never meets a slot without its backend:
+new backends and slots first, then the count, then what went away. A removed
+backend's flows, and a removed frontend's, lose their conntrack entries, so they
+end instead of wandering to another backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cilia.datapath import conntrack
+from cilia.datapath.layout import (
+    CT_SERVICE,
+    LB_F_NODEPORT,
+    LbAddress,
+    LbKey,
+    LbService,
+    LbSlotKey,
+)
+from cilia.datapath.maps import BpfMap, CtMap, addr, addr_bytes, addr_str
+from cilia.service.model import Backend, Frontend
+from cilia.service.model import LbService as DesiredService
+
+PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
+PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+
+def _key(fe: Frontend) -> LbKey:
+    return LbKey(addr(fe.address), socket.htons(fe.port), PROTOCOLS[fe.protocol], 0)
+
+
+def _address(b: Backend | Frontend) -> LbAddress:
+    return LbAddress(addr(b.address), socket.htons(b.port), 0, 0)
+
+
+class IdPool:
+    """Ids from 1 up, freed ones taken again first (smallest first)."""
+
+    def __init__(self, used: Iterable[int]) -> None:
+        taken = set(used)
+        self._next = max(taken, default=0) + 1
+        self._free = sorted(set(range(1, self._next)) - taken)  # a heap
+
+    def take(self) -> int:
+        """A free id."""
+        if self._free:
+            return heapq.heappop(self._free)
+        self._next += 1
+        return self._next - 1
+
+    def give(self, ident: int) -> None:
+        """Return an id to the pool."""
+        heapq.heappush(self._free, ident)
+
+
+@dataclass
+class RealizedFrontend:
+    """What the kernel holds for one frontend."""
+
+    rev_nat: int
+    flags: int
+    backends: list[tuple[Backend, int]] = field(default_factory=list)
+    """(backend, backend id) in slot order."""
+
+
+@dataclass(frozen=True)
+class LbSyncReport:
+    """What one sync wrote: frontends added, changed and removed, CT entries ended."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    flows_ended: int = 0
+
+
+class LoadBalancerMaps:
+    """The pinned LB maps of one datapath and what was realized in them."""
+
+    def __init__(self, maps_dir: str, ct: CtMap) -> None:
+        self.services = BpfMap(f"{maps_dir}/cilia_lb_services", LbKey, LbService)
+        self.slots = BpfMap(f"{maps_dir}/cilia_lb_slots", LbSlotKey, ctypes.c_uint32)
+        self.backends = BpfMap(f"{maps_dir}/cilia_lb_backends", ctypes.c_uint32, LbAddress)
+        self.revnat = BpfMap(f"{maps_dir}/cilia_lb_revnat", ctypes.c_uint32, LbAddress)
+        self.ct = ct
+        self.realized: dict[Frontend, RealizedFrontend] = self._read_back()
+        self._nat_ids = IdPool(r.rev_nat for r in self.realized.values())
+        self._backend_ids = IdPool(bid for _, bid in self._all_backend_ids())
+
+    def close(self) -> None:
+        """Release the map fds (the pins stay)."""
+        for m in (self.services, self.slots, self.backends, self.revnat):
+            m.close()
+
+    def _read_back(self) -> dict[Frontend, RealizedFrontend]:
+        """The table a previous agent left, rebuilt from the maps."""
+        backends = {int(k.value): v for k, v in self.backends.items()}
+        out: dict[Frontend, RealizedFrontend] = {}
+        for k, v in self.services.items():
+            proto = PROTOCOL_NAMES.get(int(k.proto))
+            if proto is None:
+                continue
+            fe = Frontend(addr_str(k.addr), socket.ntohs(k.port), proto)  # type: ignore[arg-type]
+            rec = RealizedFrontend(int(v.rev_nat), int(v.flags))
+            for slot in range(1, int(v.count) + 1):
+                bid = self.slots.lookup(LbSlotKey(v.rev_nat, slot))
+                b = backends.get(int(bid.value)) if bid is not None else None
+                if bid is not None and b is not None:
+                    backend = Backend(addr_str(b.addr), socket.ntohs(b.port))
+                    rec.backends.append((backend, int(bid.value)))
+            out[fe] = rec
+        return out
+
+    def sync(self, desired: Sequence[DesiredService]) -> LbSyncReport:
+        """Make the maps hold exactly `desired` (frontends in either family)."""
+        wanted: dict[Frontend, DesiredService] = {d.frontend: d for d in desired}
+        gone = [fe for fe in self.realized if fe not in wanted]
+        ended = 0
+        for fe in gone:
+            ended += self._remove(fe)
+        new = [fe for fe in wanted if fe not in self.realized]
+        for fe in new:
+            rev_nat = self._nat_ids.take()
+            self.revnat.update(ctypes.c_uint32(rev_nat), _address(fe))
+            self.realized[fe] = RealizedFrontend(rev_nat, -1)
+        changed = 0
+        for fe, d in wanted.items():
+            rec = self.realized[fe]
+            flags = LB_F_NODEPORT if d.kind == "NodePort" else 0
+            if [b for b, _ in rec.backends] == list(d.backends) and rec.flags == flags:
+                continue
+            if fe not in new:
+                changed += 1
+            ended += self._write(fe, rec, d.backends, flags)
+        return LbSyncReport(len(new), changed, len(gone), ended)
+
+    def _write(
+        self, fe: Frontend, rec: RealizedFrontend, backends: Sequence[Backend], flags: int
+    ) -> int:
+        kept = {b: bid for b, bid in rec.backends if b in backends}
+        for b in backends:
+            if b in kept:
+                continue
+            bid = self._backend_ids.take()
+            self.backends.update(ctypes.c_uint32(bid), _address(b))
+            kept[b] = bid
+        for slot, b in enumerate(backends, start=1):
+            self.slots.update(LbSlotKey(rec.rev_nat, slot), ctypes.c_uint32(kept[b]))
+        self.services.update(_key(fe), LbService(rec.rev_nat, len(backends), flags))
+        for slot in range(len(backends) + 1, len(rec.backends) + 1):
+            self.slots.delete(LbSlotKey(rec.rev_nat, slot))
+        removed = [(b, bid) for b, bid in rec.backends if b not in backends]
+        for _, bid in removed:
+            self.backends.delete(ctypes.c_uint32(bid))
+            self._backend_ids.give(bid)
+        rec.backends = [(b, kept[b]) for b in backends]
+        rec.flags = flags
+        return self.end_flows(rec.rev_nat, removed) if removed else 0
+
+    def _all_backend_ids(self) -> Iterable[tuple[Backend, int]]:
+        for rec in self.realized.values():
+            yield from rec.backends
+
+    def _remove(self, fe: Frontend) -> int:
+        rec = self.realized.pop(fe)
+        self.services.delete(_key(fe))
+        for slot, (_, bid) in enumerate(rec.backends, start=1):
+            self.slots.delete(LbSlotKey(rec.rev_nat, slot))
+            self.backends.delete(ctypes.c_uint32(bid))
+            self._backend_ids.give(bid)
+        self.revnat.delete(ctypes.c_uint32(rec.rev_nat))
+        self._nat_ids.give(rec.rev_nat)
+        return self.end_flows(rec.rev_nat, None)
+
+    def end_flows(self, rev_nat: int, removed: Sequence[tuple[Backend, int]] | None) -> int:
+        """Delete the CT entries of a service's flows (when `removed` is given, only
+        those of these backends): their next packet finds no state to pass on."""
+        ids = {bid for _, bid in removed or ()}
+        targets = {(addr_bytes(b.address), socket.htons(b.port)) for b, _ in removed or ()}
+        doomed: list[bytes] = []
+        for chunk in conntrack.chunks(self.ct):
+            for key, entry in conntrack.values(chunk):
+                if int(entry.rev_nat) != rev_nat:
+                    continue
+                if (
+                    removed is None
+                    or (key.direction == CT_SERVICE and int(entry.backend_id) in ids)
+                    or (key.direction != CT_SERVICE and (bytes(key.daddr), key.dport) in targets)
+                ):
+                    doomed.append(bytes(key))
+        return conntrack.delete_keys(self.ct, doomed)
+
+    def entries(self) -> list[dict[str, object]]:
+        """The kernel's table, for `cilia bpf lb list`."""
+        backends = {int(k.value): v for k, v in self.backends.items()}
+        rows: list[dict[str, object]] = []
+        for k, v in self.services.items():
+            proto = PROTOCOL_NAMES.get(int(k.proto), str(k.proto))
+            slots = []
+            for slot in range(1, int(v.count) + 1):
+                bid = self.slots.lookup(LbSlotKey(v.rev_nat, slot))
+                b = backends.get(int(bid.value)) if bid is not None else None
+                slots.append(
+                    {
+                        "slot": slot,
+                        "backend-id": int(bid.value) if bid is not None else 0,
+                        "backend": _show(b) if b is not None else "(missing)",
+                    }
+                )
+            rows.append(
+                {
+                    "frontend": _show_parts(addr_str(k.addr), socket.ntohs(k.port)),
+                    "protocol": proto,
+                    "id": int(v.rev_nat),
+                    "flags": "nodeport" if v.flags & LB_F_NODEPORT else "",
+                    "backends": slots,
+                }
+            )
+        return sorted(rows, key=lambda r: (str(r["frontend"]), str(r["protocol"])))
+
+
+def _show_parts(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _show(a: LbAddress) -> str:
+    return _show_parts(addr_str(a.addr), socket.ntohs(a.port))
