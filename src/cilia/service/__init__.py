@@ -15,6 +15,7 @@ from cilia.service.model import (
     ServiceError,
     ServiceRanges,
 )
+from cilia.service.table import endpoints_key, lb_services, service_name
 
 __all__ = [
     "Backend",
@@ -27,5 +28,8 @@ __all__ = [
     "ServiceRanges",
     "allocate",
     "endpoints_for",
+    "endpoints_key",
+    "lb_services",
     "pod_info",
+    "service_name",
 ]
