@@ -82,6 +82,21 @@ def test_reapplied_service_keeps_its_address_and_node_ports() -> None:
     assert same == stored, "allocating the stored services again changes nothing"
 
 
+def test_a_service_twice_in_one_run_is_reapplied() -> None:
+    out = allocate([node_port("a", None), node_port("a", None), node_port("b", None)], [], RANGES)
+    assert ips(out) == ["10.96.0.2", "10.96.0.2", "10.96.0.3"]
+    assert [node_ports(s) for s in out] == [[30000], [30000], [30001]]
+
+
+def test_conflicting_stored_services_keep_the_first_holder() -> None:
+    a, b = node_port("a", 30000), node_port("b", 30000)
+    (out,) = allocate([node_port("b", None)], [a, b], RANGES)
+    assert node_ports(out) == [30001]
+    assert "30000/TCP is already in use by service/default/a" in refused(
+        [node_port("c", 30000)], [a, b]
+    )
+
+
 def test_node_ports_follow_port_names() -> None:
     (stored,) = allocate([node_port("web", None, None)], [], RANGES)
     assert node_ports(stored) == [30000, 30001]

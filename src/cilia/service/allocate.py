@@ -68,7 +68,9 @@ class _NodePorts:
         return self.holders.get((port, protocol))
 
     def hold(self, port: int, protocol: str, holder: str) -> None:
-        """Give (port, protocol), which nobody holds, to `holder`."""
+        """Give (port, protocol) to `holder` unless somebody holds it."""
+        if (port, protocol) in self.holders:
+            return
         self.holders[(port, protocol)] = holder
         self.held.setdefault(holder, []).append((port, protocol))
         self.numbers[port] = self.numbers.get(port, 0) + 1
@@ -104,7 +106,7 @@ class _Allocator:
             self._record(svc)
 
     def _record(self, svc: Service) -> None:
-        """Note what `svc` holds (kept as given: a stored service is not checked again)."""
+        """Note what a stored service holds (as it is: it is not checked again)."""
         self.current[svc.key] = svc
         who = display(svc)
         ip = svc.spec.clusterIP
@@ -130,7 +132,7 @@ class _Allocator:
             if ports != svc.spec.ports:
                 update["ports"] = ports
         done = svc.model_copy(update={"spec": svc.spec.model_copy(update=update)})
-        self._record(done)
+        self.current[svc.key] = done
         return done
 
     def _cluster_ip(self, svc: Service, old: Service | None, who: str) -> str | None:
