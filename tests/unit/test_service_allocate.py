@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 
 from cilia.k8s.manifests import Service, parse_manifest
+from cilia.policy.errors import ValidationError
 from cilia.service.allocate import allocate
 from cilia.service.model import ServiceError, ServiceRanges
 
@@ -231,3 +234,34 @@ def test_default_ranges() -> None:
     assert (ranges.cidr6, ranges.node_ports) == ("", (30000, 32767))
     (one,) = allocate([svc("a")], [], ServiceRanges("10.96.0.0/30", "", (7, 7)))
     assert one.spec.clusterIP == "10.96.0.2", "a /30 has one address to give"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcdef"),
+            st.none() | st.integers(2, 6),
+            st.lists(st.none() | st.integers(30000, 30003), min_size=1, max_size=2),
+        ),
+        max_size=8,
+    )
+)
+def test_runs_never_share_an_address_or_node_port(requests: list[Any]) -> None:
+    """Apply runs one after the other: whatever is accepted holds distinct resources."""
+    stored: dict[str, Service] = {}
+    for name, host, numbers in requests:
+        given = {} if host is None else {"clusterIP": f"10.96.0.{host}"}
+        try:
+            request = node_port(name, *numbers, **given)
+        except ValidationError:
+            continue  # the same nodePort twice in one service
+        try:
+            (done,) = allocate([request], list(stored.values()), RANGES)
+        except ServiceError:
+            continue
+        stored[done.key] = done
+        event("accepted")
+        held_ips = [s.spec.clusterIP for s in stored.values()]
+        held_ports = [p.nodePort for s in stored.values() for p in s.spec.ports]
+        assert len(set(held_ips)) == len(held_ips) and None not in held_ips
+        assert len(set(held_ports)) == len(held_ports) and None not in held_ports
