@@ -11,6 +11,7 @@ from cilia.labels import Labels
 from cilia.policy.desired import Protocol
 from cilia.policy.resolve import PolicyResolver
 from cilia.policy.trace import TraceEnd, TraceResult, trace
+from cilia.service.model import Backend
 
 if TYPE_CHECKING:
     from cilia.agent.daemon import Agent
@@ -29,6 +30,9 @@ class TraceRequest(BaseModel):
     dst_identity: int | None = None
     dst_endpoint: str | None = None
     dst_pod: str | None = Field(None, description="NS:NAME")
+    dst_service: str | None = Field(
+        None, description="NS/NAME: every backend of the service port --dport names"
+    )
     dport: str | None = Field(None, description="PORT[/PROTO], protocol TCP by default")
     verbose: bool = False
 
@@ -81,8 +85,69 @@ def _end(agent: Agent, req: TraceRequest, side: str) -> TraceEnd | Labels:
     return parsed if known is None else TraceEnd(f"identity {known}", parsed, known)
 
 
+def _backends(agent: Agent, ref: str, port: int | None, proto: Protocol) -> list[Backend]:
+    """The backends of service `ref`'s ClusterIP frontend on `port`, as load-balanced."""
+    name = ref.replace(":", "/", 1)
+    if port is None:
+        raise TraceError("--dst-service needs --dport: the service port")
+    entries = [s for s in agent.services.table if s.service == name and s.kind == "ClusterIP"]
+    if not entries:
+        raise TraceError(f"service {name} not found (or it has no ClusterIP)")
+    for s in entries:
+        if s.frontend.port == port and s.frontend.protocol == proto.name:
+            return list(s.backends)
+    ports = ", ".join(f"{s.frontend.port}/{s.frontend.protocol}" for s in entries)
+    raise TraceError(f"service {name} has no port {port}/{proto.name} (it has {ports})")
+
+
+def _trace_service(agent: Agent, req: TraceRequest) -> TraceResult:
+    """A trace to every backend of a service (policy decides on the backend and its
+    port, after translation): allowed only when every backend is."""
+    assert req.dst_service is not None
+    port, proto = parse_dport(req.dport)
+    with agent.lock:
+        backends = _backends(agent, req.dst_service, port, proto)
+        ipcache = agent.datapath.ipcache_entries()
+    if not backends:
+        return TraceResult(
+            [
+                f"Service {req.dst_service} has no ready backend: dropped (158)",
+                "",
+                "Final verdict: DENIED",
+            ],
+            egress_allowed=False,
+        )
+    out = TraceResult()
+    for b in backends:
+        entry = ipcache.get(f"{b.address}/128" if ":" in b.address else f"{b.address}/32")
+        if entry is None:
+            raise TraceError(f"backend {b.address} of {req.dst_service} has no identity")
+        one = run_trace(
+            agent,
+            req.model_copy(
+                update={
+                    "dst_service": None,
+                    "dst_identity": entry.identity,
+                    "dport": f"{b.port}/{proto.name}",
+                }
+            ),
+        )
+        where = f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}"
+        out.lines += [f"--- backend {where} of service {req.dst_service} ---", *one.lines[:-1]]
+        out.egress_allowed &= one.egress_allowed
+        out.ingress_allowed &= one.ingress_allowed
+    out.lines.append(f"Final verdict: {out.verdict}")
+    return out
+
+
 def run_trace(agent: Agent, req: TraceRequest) -> TraceResult:
     """Explain and decide one request with the resolver the datapath state came from."""
+    if req.dst_service:
+        if req.dst_labels or req.dst_identity is not None or req.dst_endpoint or req.dst_pod:
+            raise TraceError(
+                "give exactly one of --dst-... labels, identity, endpoint, pod or service"
+            )
+        return _trace_service(agent, req)
     port, proto = parse_dport(req.dport)
     with agent.lock:
         resolver = agent.resolver

@@ -77,6 +77,10 @@ def policy_delete(delete_all: bool, labels: tuple[str, ...]) -> None:
 @click.option("--dst-endpoint", help="Destination endpoint (id, NS/POD or IPv4).")
 @click.option("--src-k8s-pod", "src_pod", help="Source pod NS:NAME.")
 @click.option("--dst-k8s-pod", "dst_pod", help="Destination pod NS:NAME.")
+@click.option(
+    "--dst-service",
+    help="Destination service NS/NAME: every backend of its port --dport (after translation).",
+)
 @click.option("--dport", help="Destination port PORT[/PROTO] (TCP by default); none: L3.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list rules that select nothing.")
 @output_option()
