@@ -70,7 +70,7 @@ static __always_inline int via_proxy_device(__u32 *ifindex)
 /* Where an allowed packet leaving a pod goes: to another node's pod through
  * the tunnel (VNI = the pod's identity), anywhere else through the stack. */
 static __always_inline int to_network(struct __sk_buff *skb, const struct verdict_ctx *c,
-				      const struct ipcache_value *dst)
+				      const struct ipcache_value *dst, __u8 reply)
 {
 	struct datapath_config *cfg = config_get();
 	__u32 remote = 0;
@@ -79,6 +79,14 @@ static __always_inline int to_network(struct __sk_buff *skb, const struct verdic
 	if (!cfg || !cfg->vxlan_ifindex)
 		return forward(skb, c);
 	ret = tunnel_endpoint_of(cfg, &c->f.daddr, dst, &remote);
+	if (!ret && !remote && reply) {
+		/* An outside client's reply, its flow came in through another node's
+		 * NodePort: back the way it came (that node translates it). */
+		__u32 *node = lb_return_of(&c->f, DIR_INGRESS, 1);
+
+		if (node)
+			remote = *node;
+	}
 	if (!ret && remote)
 		ret = set_tunnel(skb, remote, c->src_identity);
 	if (ret) {
@@ -164,10 +172,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 		ret = reply_nat ? lb_reverse(skb, &c.f, c.ep_id, reply_nat) : 0;
 		if (ret)
 			return drop(skb, &c, ret);
-		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
+		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info, 1) : forward(skb, &c);
 	}
 	if (icmp_error_related(skb, &c.f, c.ep_id))
-		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info) : forward(skb, &c);
+		return direction == DIR_EGRESS ? to_network(skb, &c, &peer_info, 0) : forward(skb, &c);
 
 	__u8 enforced = direction == DIR_INGRESS ? (ep->flags & EP_F_INGRESS_ENFORCED)
 						 : (ep->flags & EP_F_EGRESS_ENFORCED);
@@ -216,7 +224,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 				return drop(skb, &c, ret);
 			return forward(skb, &c);
 		}
-		return to_network(skb, &c, &peer_info);
+		return to_network(skb, &c, &peer_info, 0);
 	}
 	return forward(skb, &c);
 }
@@ -300,8 +308,15 @@ int cilia_from_overlay(struct __sk_buff *skb)
 	if (dst) {
 		c.ep_id = dst->ep_id;
 		skb->mark = MARK_MAGIC_OVERLAY | (c.src_identity << 16);
+		/* An outside client through another node's NodePort: replies go back there. */
+		if (c.src_identity == ID_WORLD)
+			lb_return_set(&c.f, DIR_INGRESS, bpf_htonl(key.remote_ipv4));
 	} else if (identity_of(&c.f.daddr, &dst_info) == ID_HOST) {
 		c.dst_identity = ID_HOST;
+		forward(skb, &c);
+	} else if (lb_return_of(&c.f, DIR_EGRESS, 1)) {
+		/* A reply to an outside client whose flow this node's NodePort sent on:
+		 * the stack routes it out (translated back on the node device). */
 		forward(skb, &c);
 	} else {
 		return drop(skb, &c, DROP_UNKNOWN_TARGET);
@@ -367,6 +382,8 @@ int cilia_to_overlay(struct __sk_buff *skb)
 		ret = set_tunnel(skb, remote, c.src_identity);
 	if (ret)
 		return drop(skb, &c, ret);
+	if (c.src_identity == ID_WORLD)
+		lb_return_set(&c.f, DIR_EGRESS, 0); /* its replies come back through the tunnel */
 	return forward(skb, &c);
 }
 

@@ -142,9 +142,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_lb_revnat SEC(".maps");
 
-/* Flows of outside clients that reached a local backend through another node's
- * NodePort (key: the flow as it arrived, CT_NODEPORT, ep_id 0) -> that node's
- * underlay IPv4 (network order): their replies go back the way they came. */
+/* Outside clients' flows that crossed the tunnel (a NodePort of one node leading to
+ * a backend on another), key: the flow as it travelled, ep_id 0. DIR_EGRESS: sent
+ * by this node (value 0), whose replies it takes back from the tunnel; DIR_INGRESS:
+ * arrived for a local backend from the node in the value (underlay IPv4, network
+ * order), where the replies go back to. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CT_MAX / 4);

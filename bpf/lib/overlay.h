@@ -9,6 +9,7 @@
 #define CILIA_OVERLAY_H
 
 #include "maps.h"
+#include "conntrack.h"
 
 #define TUNNEL_TTL 64
 
@@ -82,6 +83,24 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, __u32 remote, __u32
 static __always_inline __u32 overlay_identity(__u32 vni)
 {
 	return vni == ID_UNKNOWN || vni == ID_HOST ? ID_CLUSTER : vni;
+}
+
+/* The return-path entry of an outside client's flow that crossed the tunnel, seen
+ * from this node in `direction`, for the flow f or (reply) its reverse. */
+static __always_inline __u32 *lb_return_of(const struct flow *f, __u8 direction, int reply)
+{
+	struct ct_key k = {};
+
+	ct_fill_key(&k, f, 0, direction, reply);
+	return bpf_map_lookup_elem(&cilia_lb_return, &k);
+}
+
+static __always_inline void lb_return_set(const struct flow *f, __u8 direction, __u32 node)
+{
+	struct ct_key k = {};
+
+	ct_fill_key(&k, f, 0, direction, 0);
+	bpf_map_update_elem(&cilia_lb_return, &k, &node, BPF_ANY);
 }
 
 /* Identity of the remote source when the packet came through the tunnel. */

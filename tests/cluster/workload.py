@@ -40,7 +40,12 @@ WAIT = 20.0
 """Seconds every node gets to converge on a change."""
 MARKER = "cilia-test/applied"
 """Annotation stamped on every object of an apply, to see when a node has that version."""
-LISTING = {"Namespace": "namespaces", "Pod": "pods", "CiliumNetworkPolicy": "policies"}
+LISTING = {
+    "Namespace": "namespaces",
+    "Pod": "pods",
+    "CiliumNetworkPolicy": "policies",
+    "Service": "services",
+}
 QUIET_REASONS = (0, 139)
 """Forwarded packets, and the pods' IPv6 chatter (unsupported L3): not verdicts."""
 
