@@ -124,3 +124,15 @@ def test_node_port_on_one_node_reaches_backends_on_the_others(svc: Workload) -> 
     finally:
         outside.snat(CLUSTER_PODS, comment, on=False)
         outside.remove()
+
+
+def test_a_service_refused_on_one_node_is_stored_nowhere(svc: Workload) -> None:
+    w, nodes = svc, svc.cluster.nodes
+    w.apply(w.namespace_doc(), service(w, "NodePort"))
+    clash = service(w, "NodePort")
+    clash["metadata"] = {"name": "clash", "namespace": w.namespace}
+    res = w.try_apply([clash], node=nodes[1])
+    assert res.code != 0 and "nodePort" in res.stderr and "already" in res.stderr, res.stderr
+    for node in nodes:
+        names = {s["name"] for s in w.cluster.client(node).get("/objects/services")}
+        assert "clash" not in names

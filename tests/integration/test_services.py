@@ -5,14 +5,18 @@ CLI and REST views, and bad input refused whole."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from cilia.datapath.netns import socket_in_netns
 from tests.integration.harness import Cilia, eventually, running_agent
+from tests.integration.observe_helpers import MonitorProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -64,7 +68,9 @@ spec:
 
 @pytest.fixture(scope="module")
 def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
-    with running_agent(tmp_path_factory.mktemp("services")) as agent:
+    # NodePort services of this module get no node device: only their ClusterIP.
+    nowhere = {"CILIA_NODEPORT_DEVICES": '["cilia-nowhere"]'}
+    with running_agent(tmp_path_factory.mktemp("services"), **nowhere) as agent:
         pods = [*(backend(n) for n in BACKENDS), client("client"), client("blocked")]
         agent.apply("---\n".join([*pods, SERVICE, EMPTY]))
         assert eventually(lambda: len(_service(agent, "web")["backends"]) == 3, 20)
@@ -229,3 +235,154 @@ def test_cli_and_rest_views(cilia: Cilia) -> None:
     assert len(entry["backends"]) == 3 and entry["id"] in {r["id"] for r in web}
     one = cilia.client.request("GET", f"/service/{entry['id']}")
     assert one["frontend"] == f"{vip}:80"
+
+
+def test_monitor_names_the_drop_of_a_service_without_backends(cilia: Cilia) -> None:
+    mon = MonitorProc(cilia, "-t", "drop")
+    try:
+        vip = _vip(cilia, "nobody")
+        http_get(cilia, "client", vip, timeout=0.5)
+        event = mon.wait_for(lambda e: e["reason"] == 158, "a 158 drop")
+        assert event["reason-name"] == "Service backend not found"
+        assert (event["dst-ip"], event["dst-port"]) == (vip, 80)
+    finally:
+        mon.stop()
+
+
+def ready_backend(name: str, flag: Path) -> str:
+    """A backend whose readiness is the existence of `flag` (checked every second)."""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: web}}}}
+spec:
+  containers:
+  - name: http
+    ports: [{{name: http, containerPort: 8080}}, {{containerPort: 53, protocol: UDP}}]
+    readinessProbe:
+      exec: {{command: [test, -f, "{flag}"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+"""
+
+
+def _backend_count(cilia: Cilia) -> int:
+    rows = cilia.client.request("GET", "/service")
+    return len(next(r for r in rows if r["frontend"] == f"{_vip(cilia)}:80")["backends"])
+
+
+def test_backends_follow_readiness(cilia: Cilia, tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    flag.touch()
+    cilia.apply(ready_backend("web-d", flag))
+    try:
+        assert eventually(lambda: _backend_count(cilia) == 4, 20), "a ready pod is a backend"
+        flag.unlink()
+        assert eventually(lambda: _backend_count(cilia) == 3, 20), "unready: out of the service"
+        assert "default/web-d" not in {http_get(cilia, "client", _vip(cilia)) for _ in range(20)}
+        flag.touch()
+        assert eventually(lambda: _backend_count(cilia) == 4, 20), "ready again: back in"
+    finally:
+        cilia.delete(ready_backend("web-d", flag))
+    assert eventually(lambda: _backend_count(cilia) == 3, 20), "a deleted pod leaves the service"
+
+
+def bad(spec: str, name: str = "bad") -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec: {spec}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: with-bad-service, namespace: default}}
+spec:
+  containers: [{{name: c, command: [sleep, "600"]}}]
+"""
+
+
+TAKEN_NODE_PORT = """
+apiVersion: v1
+kind: Service
+metadata: {name: holder, namespace: default}
+spec: {type: NodePort, selector: {app: web}, ports: [{port: 81, targetPort: 8080, nodePort: 30999}]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "reason"),
+    [
+        ("{ports: [{port: 70000}]}", "spec.ports[0].port", "65535"),
+        ("{ports: [{port: 80, protocol: SCTP}]}", "spec.ports[0].protocol", "TCP"),
+        (
+            "{ports: [{name: a, port: 80}, {name: a, port: 81}]}",
+            "spec.ports[1].name",
+            "duplicate",
+        ),
+        (
+            "{ports: [{name: a, port: 80}, {name: b, port: 80}]}",
+            "spec.ports[1]",
+            "duplicate",
+        ),
+        ("{clusterIP: 192.168.7.7, ports: [{port: 80}]}", "spec.clusterIP", "range"),
+        ("{clusterIP: TAKEN, ports: [{port: 80}]}", "spec.clusterIP", "already"),
+        ("{type: NodePort, ports: [{port: 80, nodePort: 20000}]}", "nodePort", "range"),
+        ("{type: NodePort, ports: [{port: 80, nodePort: 30999}]}", "nodePort", "already"),
+    ],
+)
+def test_bad_services_are_refused_whole(cilia: Cilia, spec: str, field: str, reason: str) -> None:
+    cilia.apply(TAKEN_NODE_PORT)
+    try:
+        before = cilia.client.request("GET", "/bpf/lb")
+        res = cilia.apply(bad(spec.replace("TAKEN", _vip(cilia))), check=False)
+        assert res.code != 0
+        assert field in res.stderr and reason in res.stderr, res.stderr
+        assert "bad" in res.stderr, "the error names the service"
+        assert cilia.client.request("GET", "/bpf/lb") == before, "nothing programmed"
+        pods = {p["name"] for p in cilia.client.request("GET", "/objects/pods")}
+        assert "with-bad-service" not in pods, "nothing of the request applied"
+    finally:
+        cilia.delete(TAKEN_NODE_PORT)
+
+
+def test_services_and_their_flows_survive_an_agent_restart(cilia: Cilia) -> None:
+    vip, before = _vip(cilia), cilia.client.request("GET", "/bpf/lb")
+    with socket_in_netns(_netns(cilia, "client"), socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        s.connect((vip, 80))
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        s.sendall(request)
+        first = json.loads(s.recv(4096).partition(b"\r\n\r\n")[2])["pod"]
+        os.kill(int(cilia.config.pid_file.read_text()), signal.SIGTERM)
+        assert eventually(lambda: not cilia.config.socket_path.exists(), 20.0)
+        s.sendall(request)  # no agent: the datapath goes on
+        assert json.loads(s.recv(4096).partition(b"\r\n\r\n")[2])["pod"] == first
+        cilia.start()
+        s.sendall(request)
+        assert json.loads(s.recv(4096).partition(b"\r\n\r\n")[2])["pod"] == first
+    assert _vip(cilia) == vip
+    assert cilia.client.request("GET", "/bpf/lb") == before, "the same ids and slots"
+
+
+def test_deleting_a_service_removes_its_entries_and_ends_its_flows(cilia: Cilia) -> None:
+    vip = _vip(cilia)
+    with socket_in_netns(_netns(cilia, "client"), socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        s.connect((vip, 80))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096)
+        cilia.delete(SERVICE)
+        try:
+            lb = cilia.client.request("GET", "/bpf/lb")
+            assert not [e for e in lb if e["frontend"].startswith(f"{vip}:")]
+            ct = cilia.client.request("GET", "/bpf/ct")
+            ids = {e["id"] for e in lb}
+            assert all(r.get("service-id") in ids for r in ct if "service-id" in r)
+            with pytest.raises(OSError):  # the flow ended with its service
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                if not s.recv(4096):
+                    raise ConnectionResetError("closed")
+        finally:
+            cilia.apply(SERVICE)
+    assert eventually(lambda: _backend_count(cilia) == 3, 20)

@@ -21,6 +21,7 @@ REASONS: dict[int, str] = {
     155: "CT: Map insertion failed",
     156: "Invalid IPv6 extension header",
     157: "IPv6 fragmentation not supported",
+    158: "Service backend not found",
     159: "Policy denied (L4)",
     160: "No tunnel/encapsulation endpoint (datapath BUG!)",
     162: "Policy denied (CIDR)",
