@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from cilia.k8s.manifests import (
@@ -17,9 +18,18 @@ from cilia.k8s.manifests import (
     dump,
     parse_manifest,
 )
+from cilia.policy.errors import ValidationError
 from cilia.policy.services import ServiceBackends
 
+log = logging.getLogger("cilia.agent")
+
 __all__ = ["ObjectConflict", "ObjectStore", "display", "dump"]
+
+
+def _describe(raw: dict[str, Any]) -> str:
+    meta = raw.get("metadata") or {}
+    return f"{raw.get('kind')}/{meta.get('namespace', '')}/{meta.get('name')}"
+
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -106,10 +116,15 @@ class ObjectStore:
 
     @classmethod
     def from_state(cls, items: list[dict[str, Any]]) -> ObjectStore:
-        """Rebuild from to_state() output."""
+        """Rebuild from to_state() output; an object this version refuses (one stored by
+        an older agent with laxer rules, such as a Service without ports) is left out and
+        logged, so the rest still restores."""
         store = cls()
         for raw in items:
-            store.put(parse_manifest(raw))
+            try:
+                store.put(parse_manifest(raw))
+            except ValidationError as exc:
+                log.warning("stored object %s dropped: %s", _describe(raw), exc)
         return store
 
     def listing(self, kind: str, pod_status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
