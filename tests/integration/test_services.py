@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cilia.datapath.layout import LbKey, LbService
+from cilia.datapath.maps import BpfMap, addr
 from cilia.datapath.netns import socket_in_netns
 from tests.integration.harness import Cilia, eventually, running_agent
 from tests.integration.observe_helpers import MonitorProc
@@ -344,6 +346,20 @@ def test_bad_services_are_refused_whole(cilia: Cilia, spec: str, field: str, rea
         assert "with-bad-service" not in pods, "nothing of the request applied"
     finally:
         cilia.delete(TAKEN_NODE_PORT)
+
+
+def test_drift_in_the_lb_maps_is_repaired(cilia: Cilia) -> None:
+    vip, before = _vip(cilia), cilia.client.request("GET", "/bpf/lb")
+    services = BpfMap(f"{cilia.config.bpf_dir}/maps/cilia_lb_services", LbKey, LbService)
+    try:
+        real = LbKey(addr(vip), socket.htons(80), socket.IPPROTO_TCP, 0)
+        foreign = LbKey(addr("10.96.255.254"), socket.htons(80), socket.IPPROTO_TCP, 0)
+        assert services.delete(real)
+        services.update(foreign, LbService(999, 0, 0))
+        assert eventually(lambda: cilia.client.request("GET", "/bpf/lb") == before, 15)
+        assert http_get(cilia, "client", vip) is not None
+    finally:
+        services.close()
 
 
 def test_services_and_their_flows_survive_an_agent_restart(cilia: Cilia) -> None:

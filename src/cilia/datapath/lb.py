@@ -199,6 +199,36 @@ class LoadBalancerMaps:
                     doomed.append(bytes(key))
         return conntrack.delete_keys(self.ct, doomed)
 
+    def verify(self) -> list[str]:
+        """Restore what the kernel lost or changed of the realized table, and remove
+        frontends nobody wrote; one line per repair."""
+        repaired: list[str] = []
+        for fe, rec in self.realized.items():
+            want = LbService(rec.rev_nat, len(rec.backends), rec.flags)
+            have = self.services.lookup(_key(fe))
+            for slot, (b, bid) in enumerate(rec.backends, start=1):
+                if bytes(self.backends.lookup(ctypes.c_uint32(bid)) or b"") != bytes(_address(b)):
+                    self.backends.update(ctypes.c_uint32(bid), _address(b))
+                    repaired.append(f"lb backend {bid} restored: {b.address}:{b.port}")
+                got = self.slots.lookup(LbSlotKey(rec.rev_nat, slot))
+                if got is None or int(got.value) != bid:
+                    self.slots.update(LbSlotKey(rec.rev_nat, slot), ctypes.c_uint32(bid))
+                    repaired.append(f"lb slot {slot} of service {rec.rev_nat} restored")
+            if bytes(self.revnat.lookup(ctypes.c_uint32(rec.rev_nat)) or b"") != bytes(
+                _address(fe)
+            ):
+                self.revnat.update(ctypes.c_uint32(rec.rev_nat), _address(fe))
+                repaired.append(f"lb frontend of service {rec.rev_nat} restored")
+            if have is None or bytes(have) != bytes(want):
+                self.services.update(_key(fe), want)
+                repaired.append(f"lb service {fe.address}:{fe.port}/{fe.protocol} restored")
+        wanted = {bytes(_key(fe)) for fe in self.realized}
+        for key in list(self.services.iter_keys()):
+            if bytes(key) not in wanted:
+                self.services.delete(key)
+                repaired.append(f"foreign lb service removed: {addr_str(key.addr)}")
+        return repaired
+
     def entries(self) -> list[dict[str, object]]:
         """The kernel's table, for `cilia bpf lb list`."""
         backends = {int(k.value): v for k, v in self.backends.items()}

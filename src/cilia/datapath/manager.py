@@ -566,6 +566,7 @@ class Datapath:
             self.tunnel.remove(prefix)
             report.repaired.append(f"foreign tunnel entry removed: {prefix}")
         report.repaired += self.ensure_overlay()
+        report.repaired += self.lb.verify()
         for line in report.repaired:
             log.warning("drift repaired: %s", line)
         return report
