@@ -237,6 +237,8 @@ def test_cli_and_rest_views(cilia: Cilia) -> None:
     assert len(entry["backends"]) == 3 and entry["id"] in {r["id"] for r in web}
     one = cilia.client.request("GET", f"/service/{entry['id']}")
     assert one["frontend"] == f"{vip}:80"
+    status = cilia.run("status").stdout
+    assert "Services:           3 frontends (0 NodePort on none)" in status, status
 
 
 def test_monitor_names_the_drop_of_a_service_without_backends(cilia: Cilia) -> None:

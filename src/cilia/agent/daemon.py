@@ -900,6 +900,7 @@ class Agent:
                 "monitor": self.monitor.status(),
                 "metrics": {"address": self.metrics.address},
                 "proxy": self.l7.status(),
+                "services": self.services.status(),
                 "uptime-seconds": round(time.time() - self.started_at, 1),
                 "kvstore": kvstore,
                 "container-runtimes": self.runtimes.health(),

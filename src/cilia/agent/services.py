@@ -115,6 +115,17 @@ class Services:
         self.endpoints = computed
         return out
 
+    def status(self) -> dict[str, Any]:
+        """For `cilia status`: ranges, frontends, and the NodePort devices."""
+        return {
+            "service-cidr": self.ranges.cidr4,
+            "ipv6-service-cidr": self.ranges.cidr6,
+            "node-ports": "-".join(map(str, self.ranges.node_ports)),
+            "frontends": len(self.table),
+            "nodeport-frontends": sum(s.kind == "NodePort" for s in self.table),
+            "nodeport-devices": sorted(self.devices),
+        }
+
     def add_backends(self, items: list[dict[str, Any]]) -> None:
         """Rows of `cilia get services`: the backends of services with a selector are
         the ready addresses of the controller's Endpoints."""

@@ -42,6 +42,13 @@ def status(fmt: str, all_controllers: bool, all_redirects: bool, verbose: bool) 
     click.echo(f"Pod CIDR:           {data['pod-cidr']}")
     if data.get("ipv6-range"):
         click.echo(f"Pod IPv6 range:     {data['ipv6-range']}")
+    if svc := data.get("services"):
+        devices = ", ".join(svc["nodeport-devices"]) or "none"
+        click.echo(
+            f"Services:           {svc['frontends']} frontends ({svc['nodeport-frontends']} "
+            f"NodePort on {devices}), ClusterIPs from {svc['service-cidr']}, "
+            f"node ports {svc['node-ports']}"
+        )
     ctl = data["controllers"]
     click.echo(f"Controllers:        {ctl['total'] - ctl['failing']}/{ctl['total']} healthy")
     for line in status_lines(data):
