@@ -12,20 +12,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.objects import ObjectStore
 from cilia.datapath.lb import LbSyncReport
 from cilia.datapath.manager import Datapath
+from cilia.datapath.proxy_device import proxy_device_name
 from cilia.datapath.service_hooks import node_devices
 from cilia.k8s.manifests import Endpoints, Manifest, Pod, Service
 from cilia.service.allocate import allocate
 from cilia.service.endpoints import endpoints_for, pod_info
-from cilia.service.model import LbService, ServiceRanges
+from cilia.service.model import LbService, PodInfo, ServiceRanges
 from cilia.service.table import lb_services
 
 log = logging.getLogger("cilia.agent")
+
+
+@dataclass(frozen=True)
+class _Entries:
+    service: Service
+    endpoints: Endpoints | None
+    addresses: tuple[str, ...]
+    table: list[LbService]
 
 
 class Services:
@@ -45,6 +55,10 @@ class Services:
         self.devices: dict[str, tuple[int, list[str]]] = {}
         """NodePort devices: name -> (ifindex, addresses)."""
         self.last_sync: tuple[float, LbSyncReport] | None = None
+        self._entries: dict[str, _Entries] = {}
+        """Per service key: what its entries were made from, and them."""
+        self._pods: dict[str, list[PodInfo]] = {}
+        """The pods of each namespace at the last sync (their changes redo Endpoints)."""
 
     def assign(self, manifests: list[Manifest], store: ObjectStore) -> list[Manifest]:
         """`manifests` with every Service given its ClusterIP and node ports (raises
@@ -58,20 +72,37 @@ class Services:
 
     def _node_devices(self) -> dict[str, tuple[int, list[str]]]:
         cfg = self.config
-        own = [cfg.name_prefix, "lxc", cfg.overlay_device, "cilia_"]
+        own = [cfg.name_prefix, "lxc", cfg.overlay_device, proxy_device_name(cfg.name_prefix)]
         found = node_devices(own)
         if cfg.nodeport_devices:
             return {n: v for n, v in found.items() if n in cfg.nodeport_devices}
         return found
 
     def sync(self, store: ObjectStore, pod_status: Mapping[str, Mapping[str, Any]]) -> None:
-        """Recompute endpoints and the table, and write what changed."""
+        """Recompute endpoints and the table, and write what changed. A service whose
+        object, Endpoints and node addresses are those of the last sync keeps its
+        entries (the objects are immutable: identity says unchanged), so a change of
+        one service among thousands costs about one service."""
         services = [s for s in store.of_kind("Service") if isinstance(s, Service)]
         endpoints = self._endpoints(services, store, pod_status)
         nodeport = any(s.spec.type == "NodePort" for s in services)
         self.devices = self._node_devices() if nodeport else {}
-        addresses = [ip for _, ips in self.devices.values() for ip in ips]
-        table = lb_services(services, endpoints, addresses)
+        addresses = tuple(ip for _, ips in self.devices.values() for ip in ips)
+        entries: dict[str, _Entries] = {}
+        for svc in services:
+            ep = endpoints.get(f"Endpoints/{svc.namespace}/{svc.name}")
+            old = self._entries.get(svc.key)
+            fresh = old is not None and old.service is svc and old.endpoints is ep
+            if fresh and old is not None and old.addresses == addresses:
+                entries[svc.key] = old
+            else:
+                made = lb_services([svc], {ep.key: ep} if ep else {}, addresses)
+                entries[svc.key] = _Entries(svc, ep, addresses, made)
+        self._entries = entries
+        table = sorted(
+            (e for cached in entries.values() for e in cached.table),
+            key=lambda s: (s.service, s.port_name, s.kind, s.frontend),
+        )
         report = self.datapath.sync_services(
             table, {name: index for name, (index, _) in self.devices.items()}
         )
@@ -92,22 +123,28 @@ class Services:
         store: ObjectStore,
         pod_status: Mapping[str, Mapping[str, Any]],
     ) -> dict[str, Endpoints]:
-        """Endpoints of every service: the controller's for those with a selector, the
-        stored (hand-written) ones for the others."""
-        by_namespace: dict[str, list[Pod]] = {}
-        for p in store.of_kind("Pod"):
-            if isinstance(p, Pod):
-                by_namespace.setdefault(p.namespace, []).append(p)
-        infos = {
-            ns: [pod_info(p, pod_status.get(p.key)) for p in pods]
-            for ns, pods in by_namespace.items()
+        """Endpoints of every service: the controller's for those with a selector (the
+        previous object again while its service and its namespace's pods are unchanged),
+        the stored (hand-written) ones for the others."""
+        infos: dict[str, list[PodInfo]] = {}
+        if any(svc.spec.selector is not None for svc in services):
+            for p in store.of_kind("Pod"):
+                if isinstance(p, Pod):
+                    infos.setdefault(p.namespace, []).append(pod_info(p, pod_status.get(p.key)))
+        changed = {
+            ns for ns in infos.keys() | self._pods.keys() if infos.get(ns) != self._pods.get(ns)
         }
+        self._pods = infos
         computed: dict[str, Endpoints] = {}
         out: dict[str, Endpoints] = {}
         for svc in services:
             key = f"Endpoints/{svc.namespace}/{svc.name}"
             if svc.spec.selector is not None:
-                ep = endpoints_for(svc, infos.get(svc.namespace, []))
+                old = self._entries.get(svc.key)
+                if old is not None and old.service is svc and svc.namespace not in changed:
+                    ep = old.endpoints
+                else:
+                    ep = endpoints_for(svc, infos.get(svc.namespace, []))
                 if ep is not None:
                     computed[key] = out[key] = ep
             elif isinstance(stored := store.get(key), Endpoints):

@@ -48,6 +48,12 @@ class Chunk:
         u64 = memoryview(self.values).cast("B").cast("Q")
         return u64[0 : self.count * _U64_PER_VALUE : _U64_PER_VALUE].tolist()
 
+    def u32_column(self, offset: int) -> list[int]:
+        """The u32 at `offset` of every entry's value."""
+        u32 = memoryview(self.values).cast("B").cast("I")
+        step = VALUE_SIZE // 4
+        return u32[offset // 4 : self.count * step : step].tolist()
+
     def protos(self) -> bytes:
         """Protocol byte of each key."""
         return bytes(self.keys)[_PROTO_OFFSET : self.count * KEY_SIZE : KEY_SIZE]
@@ -134,6 +140,16 @@ def flush(ct: CtMap, ep_id: int | None = None) -> int:
             if ep_id is None or int.from_bytes(key[_EP_OFFSET : _EP_OFFSET + 2], "little") == ep_id:
                 doomed.append(key)
     return delete_keys(ct, doomed)
+
+
+def rev_nats(chunk: Chunk) -> list[int]:
+    """The service id of every entry of a chunk (0: not a translated flow)."""
+    return chunk.u32_column(CtEntry.rev_nat.offset)
+
+
+def backend_ids(chunk: Chunk) -> list[int]:
+    """The backend id of every entry of a chunk (set in service entries)."""
+    return chunk.u32_column(CtEntry.backend_id.offset)
 
 
 def values(chunk: Chunk) -> Iterator[tuple[CtKey, CtEntry]]:

@@ -22,6 +22,7 @@ from cilia.datapath import conntrack
 from cilia.datapath.layout import (
     CT_SERVICE,
     LB_F_NODEPORT,
+    CtKey,
     LbAddress,
     LbKey,
     LbService,
@@ -183,50 +184,53 @@ class LoadBalancerMaps:
 
     def end_flows(self, rev_nat: int, removed: Sequence[tuple[Backend, int]] | None) -> int:
         """Delete the CT entries of a service's flows (when `removed` is given, only
-        those of these backends): their next packet finds no state to pass on."""
+        those of these backends): their next packet finds no state to pass on. The
+        table is filtered on the raw service-id column, so only a service's own
+        entries are decoded."""
         ids = {bid for _, bid in removed or ()}
         targets = {(addr_bytes(b.address), socket.htons(b.port)) for b, _ in removed or ()}
         doomed: list[bytes] = []
         for chunk in conntrack.chunks(self.ct):
-            for key, entry in conntrack.values(chunk):
-                if int(entry.rev_nat) != rev_nat:
-                    continue
-                if (
-                    removed is None
-                    or (key.direction == CT_SERVICE and int(entry.backend_id) in ids)
-                    or (key.direction != CT_SERVICE and (bytes(key.daddr), key.dport) in targets)
-                ):
-                    doomed.append(bytes(key))
+            mine = [i for i, v in enumerate(conntrack.rev_nats(chunk)) if v == rev_nat]
+            backend_of = conntrack.backend_ids(chunk) if mine and removed else []
+            for i in mine:
+                raw = chunk.key_bytes(i)
+                key = CtKey.from_buffer_copy(raw)
+                if removed is None:
+                    doomed.append(raw)
+                elif key.direction == CT_SERVICE:
+                    if backend_of[i] in ids:
+                        doomed.append(raw)
+                elif (bytes(key.daddr), key.dport) in targets:
+                    doomed.append(raw)
         return conntrack.delete_keys(self.ct, doomed)
 
     def verify(self) -> list[str]:
         """Restore what the kernel lost or changed of the realized table, and remove
-        frontends nobody wrote; one line per repair."""
+        frontends nobody wrote; one line per repair (the maps are read in batches)."""
         repaired: list[str] = []
+        services, slots = self.services.raw_items(), self.slots.raw_items()
+        backends, revnat = self.backends.raw_items(), self.revnat.raw_items()
         for fe, rec in self.realized.items():
-            want = LbService(rec.rev_nat, len(rec.backends), rec.flags)
-            have = self.services.lookup(_key(fe))
             for slot, (b, bid) in enumerate(rec.backends, start=1):
-                if bytes(self.backends.lookup(ctypes.c_uint32(bid)) or b"") != bytes(_address(b)):
+                if backends.get(bytes(ctypes.c_uint32(bid))) != bytes(_address(b)):
                     self.backends.update(ctypes.c_uint32(bid), _address(b))
                     repaired.append(f"lb backend {bid} restored: {b.address}:{b.port}")
-                got = self.slots.lookup(LbSlotKey(rec.rev_nat, slot))
-                if got is None or int(got.value) != bid:
-                    self.slots.update(LbSlotKey(rec.rev_nat, slot), ctypes.c_uint32(bid))
+                key = LbSlotKey(rec.rev_nat, slot)
+                if slots.get(bytes(key)) != bytes(ctypes.c_uint32(bid)):
+                    self.slots.update(key, ctypes.c_uint32(bid))
                     repaired.append(f"lb slot {slot} of service {rec.rev_nat} restored")
-            if bytes(self.revnat.lookup(ctypes.c_uint32(rec.rev_nat)) or b"") != bytes(
-                _address(fe)
-            ):
+            if revnat.get(bytes(ctypes.c_uint32(rec.rev_nat))) != bytes(_address(fe)):
                 self.revnat.update(ctypes.c_uint32(rec.rev_nat), _address(fe))
                 repaired.append(f"lb frontend of service {rec.rev_nat} restored")
-            if have is None or bytes(have) != bytes(want):
+            want = LbService(rec.rev_nat, len(rec.backends), rec.flags)
+            if services.pop(bytes(_key(fe)), None) != bytes(want):
                 self.services.update(_key(fe), want)
                 repaired.append(f"lb service {fe.address}:{fe.port}/{fe.protocol} restored")
-        wanted = {bytes(_key(fe)) for fe in self.realized}
-        for key in list(self.services.iter_keys()):
-            if bytes(key) not in wanted:
-                self.services.delete(key)
-                repaired.append(f"foreign lb service removed: {addr_str(key.addr)}")
+        for raw in services:  # what is left: frontends nobody wrote
+            foreign = LbKey.from_buffer_copy(raw)
+            self.services.delete(foreign)
+            repaired.append(f"foreign lb service removed: {addr_str(foreign.addr)}")
         return repaired
 
     def entries(self) -> list[dict[str, object]]:

@@ -103,6 +103,23 @@ class BpfMap(Generic[K, V]):
             yield nxt
             cur = nxt
 
+    def raw_items(self, batch: int = 4096) -> dict[bytes, bytes]:
+        """Every (key, value) as raw bytes, read in batches (a few syscalls for
+        thousands of entries)."""
+        ksize, vsize = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
+        token = (ctypes.c_uint8 * ksize)()
+        out: dict[bytes, bytes] = {}
+        first, more = True, True
+        while more:
+            keys = (ctypes.c_uint8 * (ksize * batch))()
+            values = (ctypes.c_uint8 * (vsize * batch))()
+            n, more = libbpf.map_lookup_batch(self.fd, token, first, keys, values, batch)
+            first = False
+            kb, vb = bytes(keys), bytes(values)
+            for i in range(n):
+                out[kb[i * ksize : (i + 1) * ksize]] = vb[i * vsize : (i + 1) * vsize]
+        return out
+
     def items(self) -> Iterator[tuple[K, V]]:
         """Iterate over (key, value); entries deleted meanwhile are skipped."""
         for key in list(self.iter_keys()):
