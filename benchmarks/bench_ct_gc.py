@@ -14,7 +14,7 @@ from benchmarks.common import agent, log, median, save, timed
 from cilia.datapath import conntrack, libbpf
 from cilia.datapath.layout import CtEntry, CtKey
 from cilia.datapath.manager import boottime
-from cilia.datapath.maps import CtMap
+from cilia.datapath.maps import CtMap, addr
 
 ENTRIES = 500_000
 CT_SIZE = 524_288
@@ -28,7 +28,8 @@ def fill(ct: CtMap, n: int, now: int, start: int = 0, step: int = 1) -> None:
         keys = (CtKey * len(chunk))()
         values = (CtEntry * len(chunk))()
         for j, i in enumerate(chunk):
-            keys[j] = CtKey(saddr=i, daddr=0x0100000A, sport=i & 0xFFFF, dport=80, proto=17)
+            src = addr(f"10.{(i >> 16) & 0xFF}.{(i >> 8) & 0xFF}.{i & 0xFF}")
+            keys[j] = CtKey(saddr=src, daddr=addr("10.0.0.1"), sport=i & 0xFFFF, dport=80, proto=17)
             values[j] = CtEntry(expires=now - 5 if i % 2 == 0 else now + 3600, packets=1)
         libbpf.map_update_batch(ct.fd, keys, values, len(chunk))
 

@@ -5,39 +5,21 @@ the node that translated them."""
 
 from __future__ import annotations
 
-import json
 import secrets
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from cilia.datapath.external import Outside
-from cilia.datapath.netns import socket_in_netns
 from tests.cluster.harness import ClusterHandle
 from tests.cluster.workload import Doc, Workload, eventually, workload
+from tests.integration.harness import answering_pod
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
 NODE_PORT = 31080
 CLUSTER_PODS = "10.208.0.0/12"
 """The cluster's pod range (the agents' default)."""
-
-
-def answering_pod(netns: str, ip: str, port: int) -> str | None:
-    """The pod an HTTP request from `netns` to ip:port reached (None: no answer)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket_in_netns(netns, family, socket.SOCK_STREAM) as s:
-            s.settimeout(2)
-            s.connect((ip, port))
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-    except OSError:
-        return None
-    return str(json.loads(data.partition(b"\r\n\r\n")[2])["pod"])
 
 
 def service(w: Workload, kind: str = "ClusterIP", family: str = "IPv4") -> Doc:

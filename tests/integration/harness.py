@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from unittest import mock
 
 from cilia.agent.config import AgentConfig
 from cilia.cli.client import Client
+from cilia.datapath.netns import socket_in_netns
 from cilia.datapath.proxy_device import proxy_device_name
 
 
@@ -47,6 +49,7 @@ class Cilia:
 
     def __post_init__(self) -> None:
         octet = 100 + int(self.tag[:2], 16) % 150
+        service_octet = 90 + int(self.tag[4:6], 16) % 6
         self.env = {
             **os.environ,
             "CILIA_RUN_DIR": str(self.tmp / "run"),
@@ -55,6 +58,9 @@ class Cilia:
             "CILIA_BPF_DIR": f"/sys/fs/bpf/cilia-test-{self.tag}",
             "CILIA_NAME_PREFIX": f"cilia-test-{self.tag}",
             "CILIA_POD_CIDR": f"10.{octet}.{int(self.tag[2:4], 16)}.0/24",
+            # Each agent's ClusterIPs of its own: the node's socket hooks of agents
+            # sharing a namespace must not take each other's frontends.
+            "CILIA_SERVICE_CIDR": f"10.{service_octet}.{int(self.tag[2:4], 16)}.0/24",
             "CILIA_SYNC_INTERVAL": "1",
         }
         self.configure({})
@@ -198,6 +204,23 @@ def ready_endpoints(c: Cilia) -> dict[str, dict[str, Any]]:
     """Pod name -> endpoint of every ready endpoint of the agent."""
     eps = c.client.request("GET", "/endpoint")
     return {e["pod"].split("/")[1]: e for e in eps if e["state"] == "ready"}
+
+
+def answering_pod(netns: str, ip: str, port: int, timeout: float = 2) -> str | None:
+    """The pod (`ns/name`, as the built-in responder says) that answered an HTTP request
+    from the namespace at `netns` to ip:port; None when nothing answered."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket_in_netns(netns, family, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect((ip, port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    except OSError:
+        return None
+    return str(json.loads(data.partition(b"\r\n\r\n")[2])["pod"])
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:

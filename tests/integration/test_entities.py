@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,12 +86,21 @@ class Edge:
         return res.result == "allowed"
 
 
-def _edge(tmp: Path, env: dict[str, str]) -> Iterator[Edge]:
+def _edge(
+    tmp: Path,
+    env: dict[str, str],
+    settings: Callable[[Cilia], dict[str, str]] | None = None,
+    manifest: str = "",
+) -> Iterator[Edge]:
+    """An Edge with `env` and the `settings` made from its agent (named after it), and
+    `manifest` applied after the pods; on exit nothing may be left behind."""
     c = Cilia(tmp)
-    c.env.update(env)
+    c.configure(env | (settings(c) if settings else {}))
     edge = Edge(c)
     try:
         edge.start()
+        if manifest:
+            c.apply(manifest)
         yield edge
     finally:
         left = edge.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Cilia
-from tests.integration.test_entities import PODS, Edge, cnp
+from tests.integration.test_entities import PODS, Edge, _edge, cnp
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -30,17 +30,11 @@ spec:
 
 
 def _nodeport_edge(tmp: Path, env: dict[str, str]) -> Iterator[Edge]:
-    c = Cilia(tmp)
     # Only the outside's device gets the NodePort programs (not the machine's own).
-    c.configure(env | {"CILIA_NODEPORT_DEVICES": json.dumps([f"co{c.tag}"])})
-    edge = Edge(c)
-    try:
-        edge.start()
-        c.apply(SERVICE)
-        yield edge
-    finally:
-        left = edge.stop()
-        assert left == [], f"left behind: {left}"
+    def devices(c: Cilia) -> dict[str, str]:
+        return {"CILIA_NODEPORT_DEVICES": json.dumps([f"co{c.tag}"])}
+
+    yield from _edge(tmp, env, devices, SERVICE)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ restart, stopped by `cilia down`."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cilia.datapath.netns import socket_in_netns
-from tests.integration.harness import Cilia, eventually, running_agent
+from tests.integration.harness import Cilia, answering_pod, eventually, running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -71,17 +70,7 @@ def _client_netns(cilia: Cilia) -> str:
 def _http_pod(cilia: Cilia, name: str) -> str | None:
     """The pod named in the HTTP answer of `name`'s port 80 (None: no answer)."""
     ip = cilia.client.request("GET", f"/endpoint/default/{name}")["ipv4"]
-    try:
-        with socket_in_netns(_client_netns(cilia), socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(2)
-            s.connect((ip, 80))
-            s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-    except OSError:
-        return None
-    return str(json.loads(data.partition(b"\r\n\r\n")[2])["pod"])
+    return answering_pod(_client_netns(cilia), ip, 80)
 
 
 def _udp_echo(cilia: Cilia, name: str) -> bool:

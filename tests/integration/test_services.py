@@ -4,6 +4,7 @@ CLI and REST views, and bad input refused whole."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -11,13 +12,14 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cilia.datapath.layout import LbKey, LbService
 from cilia.datapath.maps import BpfMap, addr
 from cilia.datapath.netns import socket_in_netns
-from tests.integration.harness import Cilia, eventually, running_agent
+from tests.integration.harness import Cilia, answering_pod, eventually, running_agent
 from tests.integration.observe_helpers import MonitorProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
@@ -25,15 +27,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 BACKENDS = ("web-a", "web-b", "web-c")
 
 
-def backend(name: str, app: str = "web") -> str:
+def backend(name: str, ready_flag: Path | None = None) -> str:
+    """A backend of the web service; with `ready_flag`, ready while that file exists
+    (checked every second)."""
+    probe = (
+        f"""
+    readinessProbe:
+      exec: {{command: [test, -f, "{ready_flag}"]}}
+      periodSeconds: 1
+      failureThreshold: 1"""
+        if ready_flag
+        else ""
+    )
     return f"""
 apiVersion: v1
 kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+metadata: {{name: {name}, namespace: default, labels: {{app: web}}}}
 spec:
   containers:
   - name: http
-    ports: [{{name: http, containerPort: 8080}}, {{containerPort: 53, protocol: UDP}}]
+    ports: [{{name: http, containerPort: 8080}}, {{containerPort: 53, protocol: UDP}}]{probe}
 """
 
 
@@ -79,7 +92,7 @@ def cilia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cilia]:
         yield agent
 
 
-def _service(cilia: Cilia, name: str) -> dict[str, object]:
+def _service(cilia: Cilia, name: str) -> dict[str, Any]:
     rows = cilia.client.request("GET", "/objects/services")
     row = next(r for r in rows if r["name"] == name)
     return dict(row) | {"clusterIP": row["object"]["spec"].get("clusterIP")}
@@ -95,22 +108,12 @@ def _netns(cilia: Cilia, pod: str) -> str:
 
 def http_get(cilia: Cilia, pod: str, ip: str, port: int = 80, timeout: float = 2) -> str | None:
     """The pod that answered an HTTP request from `pod` to ip:port (None: no answer)."""
-    try:
-        with socket_in_netns(_netns(cilia, pod), socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect((ip, port))
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-    except OSError:
-        return None
-    return str(json.loads(data.partition(b"\r\n\r\n")[2])["pod"])
+    return answering_pod(_netns(cilia, pod), ip, port, timeout)
 
 
 def test_clusterip_is_assigned_from_the_service_range(cilia: Cilia) -> None:
     vip = _vip(cilia)
-    assert vip.startswith("10.96.")
+    assert ipaddress.ip_address(vip) in ipaddress.ip_network(cilia.config.service_cidr)
     rows = cilia.run("get", "services").stdout
     assert "ClusterIP" in rows and vip in rows and "80/TCP,53/UDP" in rows
 
@@ -205,6 +208,44 @@ def test_policy_decides_on_the_backend_after_translation(cilia: Cilia) -> None:
         cilia.delete(POLICY)
 
 
+L7_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: client}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/public$"}]}
+"""
+
+
+def http_status(cilia: Cilia, pod: str, ip: str, path: str) -> tuple[int, str]:
+    """(status, Server-side body start) of one GET from `pod` to ip:80."""
+    with socket_in_netns(_netns(cilia, pod), socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect((ip, 80))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def test_l7_rules_of_the_backends_apply_through_the_clusterip(cilia: Cilia) -> None:
+    cilia.apply(L7_POLICY)
+    try:
+        vip = _vip(cilia)
+        assert eventually(lambda: http_status(cilia, "client", vip, "/public")[0] == 200, 20)
+        status, body = http_status(cilia, "client", vip, "/private")
+        assert status == 403 and "Access denied" in body
+    finally:
+        cilia.delete(L7_POLICY)
+
+
 def test_a_removed_backend_leaves_the_service_and_others_keep_their_flows(cilia: Cilia) -> None:
     vip = _vip(cilia)
     with socket_in_netns(_netns(cilia, "client"), socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -253,23 +294,6 @@ def test_monitor_names_the_drop_of_a_service_without_backends(cilia: Cilia) -> N
         mon.stop()
 
 
-def ready_backend(name: str, flag: Path) -> str:
-    """A backend whose readiness is the existence of `flag` (checked every second)."""
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: web}}}}
-spec:
-  containers:
-  - name: http
-    ports: [{{name: http, containerPort: 8080}}, {{containerPort: 53, protocol: UDP}}]
-    readinessProbe:
-      exec: {{command: [test, -f, "{flag}"]}}
-      periodSeconds: 1
-      failureThreshold: 1
-"""
-
-
 def _backend_count(cilia: Cilia) -> int:
     rows = cilia.client.request("GET", "/service")
     return len(next(r for r in rows if r["frontend"] == f"{_vip(cilia)}:80")["backends"])
@@ -278,7 +302,7 @@ def _backend_count(cilia: Cilia) -> int:
 def test_backends_follow_readiness(cilia: Cilia, tmp_path: Path) -> None:
     flag = tmp_path / "ready"
     flag.touch()
-    cilia.apply(ready_backend("web-d", flag))
+    cilia.apply(backend("web-d", flag))
     try:
         assert eventually(lambda: _backend_count(cilia) == 4, 20), "a ready pod is a backend"
         flag.unlink()
@@ -287,8 +311,64 @@ def test_backends_follow_readiness(cilia: Cilia, tmp_path: Path) -> None:
         flag.touch()
         assert eventually(lambda: _backend_count(cilia) == 4, 20), "ready again: back in"
     finally:
-        cilia.delete(ready_backend("web-d", flag))
+        cilia.delete(backend("web-d", flag))
     assert eventually(lambda: _backend_count(cilia) == 3, 20), "a deleted pod leaves the service"
+
+
+def test_the_flows_of_a_backend_that_leaves_end(cilia: Cilia, tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    flag.touch()
+    cilia.apply(backend("web-e", flag))
+    try:
+        assert eventually(lambda: _backend_count(cilia) == 4, 20)
+        vip, request = _vip(cilia), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        netns = _netns(cilia, "client")
+        for _ in range(40):  # a connection the load balancer gave to web-e
+            s = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(1)
+            s.connect((vip, 80))
+            s.sendall(request)
+            if json.loads(s.recv(4096).partition(b"\r\n\r\n")[2])["pod"] == "default/web-e":
+                break
+            s.close()
+        else:
+            pytest.fail("no connection went to web-e")
+        with s:
+            flag.unlink()  # web-e runs on, but leaves the service
+            assert eventually(lambda: _backend_count(cilia) == 3, 20)
+            with pytest.raises(OSError):
+                s.sendall(request)
+                if not s.recv(4096):
+                    raise ConnectionResetError("closed")
+    finally:
+        cilia.delete(backend("web-e", flag))
+
+
+HANDWRITTEN = """
+apiVersion: v1
+kind: Service
+metadata: {name: by-hand, namespace: default}
+spec: {ports: [{name: http, port: 9090}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: by-hand, namespace: default}
+subsets: [{addresses: [{ip: IP_A}, {ip: IP_B}], ports: [{name: http, port: 8080}]}]
+"""
+
+
+def test_a_service_without_selector_balances_over_its_handwritten_endpoints(
+    cilia: Cilia,
+) -> None:
+    ips = {n: cilia.client.request("GET", f"/endpoint/default/{n}")["ipv4"] for n in BACKENDS}
+    manifest = HANDWRITTEN.replace("IP_A", ips["web-a"]).replace("IP_B", ips["web-b"])
+    cilia.apply(manifest)
+    try:
+        vip = _vip(cilia, "by-hand")
+        seen = {http_get(cilia, "client", vip, 9090) for _ in range(20)}
+        assert seen == {"default/web-a", "default/web-b"}
+    finally:
+        cilia.delete(manifest)
 
 
 def bad(spec: str, name: str = "bad") -> str:

@@ -34,6 +34,11 @@ TWINS = {
     "metrics_key": layout.MetricsKey,
     "metrics_value": layout.MetricsValue,
     "event": layout.Event,
+    "lb_key": layout.LbKey,
+    "lb_service": layout.LbService,
+    "lb_slot_key": layout.LbSlotKey,
+    "lb_backend": layout.LbAddress,
+    "lb_frontend": layout.LbAddress,
 }
 
 
