@@ -6,13 +6,15 @@ deleted service leaving no map entry, device program or socket hook behind."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cilia.datapath.netns import socket_in_netns
 from tests.integration.harness import Cilia
-from tests.integration.test_entities import PODS, Edge, _edge, cnp
+from tests.integration.test_entities import HOST_NETNS, PODS, Edge, _edge, cnp
 
 pytestmark = [pytest.mark.integration, pytest.mark.toolchain]
 
@@ -25,7 +27,9 @@ metadata: {{name: web, namespace: default}}
 spec:
   type: NodePort
   selector: {{app: web}}
-  ports: [{{port: 8080, targetPort: 80, nodePort: {NODE_PORT}}}]
+  ports:
+  - {{name: http, port: 8080, targetPort: 80, nodePort: {NODE_PORT}}}
+  - {{name: echo, port: 8081, targetPort: 80, protocol: UDP, nodePort: {NODE_PORT + 1}}}
 """
 
 
@@ -67,6 +71,29 @@ def test_node_port_reaches_the_backend_from_everywhere_without_policy(clean: Edg
     assert not e.reach("outside", e.outside.host_ip, NODE_PORT + 1), "only the node port"
 
 
+def udp_echo(netns: str, ip: str, port: int) -> tuple[str, int] | None:
+    """Where the echo of one datagram from `netns` to ip:port came from (None: none),
+    from an unconnected socket, so the node's own answers go through recvmsg."""
+    with socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.sendto(b"ping", (ip, port))
+        try:
+            data, peer = s.recvfrom(64)
+        except OSError:
+            return None
+    return (str(peer[0]), int(peer[1])) if data == b"ping" else None
+
+
+def test_a_udp_node_port_answers_from_the_node_port(clean: Edge) -> None:
+    e = clean
+    frontend = (e.outside.host_ip, NODE_PORT + 1)
+    assert udp_echo(e.outside.path, *frontend) == frontend, "from the outside"
+    assert udp_echo(HOST_NETNS, *frontend) == frontend, "from the node (socket hooks)"
+    e.cilia.apply(cnp("np", "[{fromEntities: [host]}]"))
+    assert udp_echo(e.outside.path, *frontend) is None, "the outside is world"
+    assert udp_echo(HOST_NETNS, *frontend) == frontend
+
+
 def test_outside_is_world_and_the_node_is_host(clean: Edge) -> None:
     e = clean
     e.cilia.apply(cnp("np", "[{fromEntities: [world]}]"))
@@ -83,7 +110,8 @@ def test_views_show_the_node_port(clean: Edge) -> None:
     lb = e.cilia.client.request("GET", "/bpf/lb")
     node = next(r for r in lb if r["frontend"] == f"{e.outside.host_ip}:{NODE_PORT}")
     assert node["flags"] == "nodeport" and len(node["backends"]) == 1
-    assert f"8080:{NODE_PORT}/TCP" in e.cilia.run("get", "services").stdout
+    listed = e.cilia.run("get", "services").stdout
+    assert f"8080:{NODE_PORT}/TCP,8081:{NODE_PORT + 1}/UDP" in listed, listed
     rows = e.cilia.client.request("GET", "/service")
     assert {r["type"] for r in rows} == {"ClusterIP", "NodePort"}
 

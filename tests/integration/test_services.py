@@ -246,7 +246,7 @@ def test_l7_rules_of_the_backends_apply_through_the_clusterip(cilia: Cilia) -> N
         cilia.delete(L7_POLICY)
 
 
-def test_a_removed_backend_leaves_the_service_and_others_keep_their_flows(cilia: Cilia) -> None:
+def test_backends_removed_and_added_leave_established_flows_alone(cilia: Cilia) -> None:
     vip = _vip(cilia)
     with socket_in_netns(_netns(cilia, "client"), socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(2)
@@ -262,7 +262,9 @@ def test_a_removed_backend_leaves_the_service_and_others_keep_their_flows(cilia:
             assert f"default/{gone}" not in seen and None not in seen
         finally:
             cilia.apply(backend(gone))
-    assert eventually(lambda: len(_service(cilia, "web")["backends"]) == 3, 20)
+        assert eventually(lambda: len(_service(cilia, "web")["backends"]) == 3, 20)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # and after a backend is added
+        assert json.loads(s.recv(4096).partition(b"\r\n\r\n")[2])["pod"] == kept
 
 
 def test_cli_and_rest_views(cilia: Cilia) -> None:
