@@ -10,14 +10,12 @@ regeneration, readiness change and node address change.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.objects import ObjectStore
-from cilia.datapath.lb import LbSyncReport
 from cilia.datapath.manager import Datapath
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.datapath.service_hooks import node_devices
@@ -54,7 +52,6 @@ class Services:
         self.table: list[LbService] = []
         self.devices: dict[str, tuple[int, list[str]]] = {}
         """NodePort devices: name -> (ifindex, addresses)."""
-        self.last_sync: tuple[float, LbSyncReport] | None = None
         self._entries: dict[str, _Entries] = {}
         """Per service key: what its entries were made from, and them."""
         self._pods: dict[str, list[PodInfo]] = {}
@@ -108,7 +105,6 @@ class Services:
         )
         self.table = table
         if report.added or report.changed or report.removed:
-            self.last_sync = (time.time(), report)
             log.info(
                 "services: %d frontends added, %d changed, %d removed, %d flows ended",
                 report.added,

@@ -506,7 +506,8 @@ class Datapath:
         service_hooks.sync_node_devices(
             self.links_dir, node_devices if nodeport else {}, self._obj.prog_fds
         )
-        self._socket_hooks(bool(desired))
+        if bool(desired) != service_hooks.socket_hooks_attached(self.links_dir):
+            self._socket_hooks(bool(desired))
         return report
 
     def _socket_hooks(self, on: bool) -> None:
