@@ -50,7 +50,8 @@ def node_address() -> Iterator[str]:
 @pytest.fixture
 def node_address6() -> Iterator[str]:
     """An IPv6 twin of `node_address` (from the documentation prefix)."""
-    address = f"2001:db8:{secrets.token_hex(2)}::{secrets.token_hex(2)}"
+    # Written as the kernel and the ipcache write it (no leading zeros: `0393` is `393`).
+    address = str(ipaddress.ip_address(f"2001:db8:{secrets.token_hex(2)}::{secrets.token_hex(2)}"))
     try:
         yield address
     finally:
