@@ -124,9 +124,17 @@ for ship in "${SHIPS[@]}"; do run ctr tasks delete --force "$ship" 2>/dev/null; 
 run cilia delete -f examples/starwars/04-containers-policy.yaml
 run cilia cni uninstall
 
+step "The deathstar behind a Service: its ClusterIP is load-balanced in the datapath"
+run cilia apply -f examples/starwars/05-deathstar-service.yaml
+run cilia get services
+run cilia service list
+DS_VIP=$(cilia get services deathstar -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["clusterIP"])')
+printf '$ cilia policy trace --src-k8s-pod default:xwing --dst-service default/deathstar --dport 80\n'
+cilia policy trace --src-k8s-pod default:xwing --dst-service default/deathstar --dport 80 | tail -1 || true
+
 step "API-aware (L7) policy: the tiefighter may request a landing, not touch the exhaust port"
 run cilia apply -f examples/starwars/03-l7-policy.yaml
-http() { printf '$ cilia exec default/tiefighter -- curl -s -X %s http://deathstar/%s\n' "$1" "$2"; cilia exec default/tiefighter -- curl -s -m 5 -X "$1" "http://$DS_IP/$2"; echo; }
+http() { printf '$ cilia exec default/tiefighter -- curl -s -X %s http://deathstar/%s\n' "$1" "$2"; cilia exec default/tiefighter -- curl -s -m 5 -X "$1" "http://$DS_VIP/$2"; echo; }
 http POST v1/request-landing
 http PUT v1/exhaust-port
 run cilia status --all-redirects
