@@ -45,7 +45,8 @@ def status(fmt: str, all_controllers: bool, all_redirects: bool, verbose: bool) 
     if svc := data.get("services"):
         devices = ", ".join(svc["nodeport-devices"]) or "none"
         click.echo(
-            f"Services:           {svc['frontends']} frontends ({svc['nodeport-frontends']} "
+            f"Services:           {svc['frontends']} frontend{'' if svc['frontends'] == 1 else 's'}"
+            f" ({svc['nodeport-frontends']} "
             f"NodePort on {devices}), ClusterIPs from {svc['service-cidr']}, "
             f"node ports {svc['node-ports']}"
         )
