@@ -1,0 +1,1 @@
+"""Istio-compatible sidecar mode: workload certificates and their delivery to Envoy."""
