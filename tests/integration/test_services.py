@@ -160,6 +160,20 @@ def test_a_service_without_backends_drops_158(cilia: Cilia) -> None:
     before = cilia.counters().get((158, "egress"), 0)
     assert http_get(cilia, "client", vip, timeout=0.5) is None
     assert cilia.counters().get((158, "egress"), 0) > before
+    with pytest.raises(PermissionError), socket.create_connection((vip, 80), timeout=1):
+        pass  # the node's own connect is refused by its socket hook
+    trace = cilia.run(
+        "policy",
+        "trace",
+        "--src-k8s-pod",
+        "default:client",
+        "--dst-service",
+        "default/nobody",
+        "--dport",
+        "80",
+        check=False,
+    )
+    assert trace.code == 1 and "no ready backend: dropped (158)" in trace.stdout
 
 
 POLICY = """

@@ -28,4 +28,4 @@ def test_an_object_this_version_refuses_is_dropped_and_the_rest_restored(
     with caplog.at_level(logging.WARNING, "cilia.agent"):
         store = ObjectStore.from_state([POD, PORTLESS_SERVICE])
     assert store.keys() == {"Pod/default/web"}
-    assert "Service/default/old dropped" in caplog.text
+    assert "stored object Service default/old dropped" in caplog.text

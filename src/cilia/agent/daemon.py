@@ -364,10 +364,14 @@ class Agent:
                 f"+{added}/-{removed} policy entries",
             )
         self.realized_revision = self.repo.revision
-        self.services.sync(self.objects, self.pod_status())
+        self._sync_services()
         self.watcher.after_regenerate(self, reason)
         if self.cluster is not None:
             self.cluster.publish()
+
+    def _sync_services(self) -> None:
+        """Services' endpoints and load-balancer table, from the objects and pods now."""
+        self.services.sync(self.objects, self.pod_status())
 
     def _policy_rules(self) -> list[Rule]:
         """The repository's rules with `toServices` resolved against Services/Endpoints."""
@@ -391,7 +395,7 @@ class Agent:
         do NodePort frontends (on every node address)."""
         with self.lock:
             self._sync_ipcache()
-            self.services.sync(self.objects, self.pod_status())
+            self._sync_services()
         log.info("%s: ipcache and services updated", "; ".join(reasons))
 
     def _ipcache_desired(self) -> dict[str, int]:
@@ -964,7 +968,7 @@ class Agent:
                     changed.add(ep.name)
             if changed:
                 self.save()
-                self.services.sync(self.objects, self.pod_status())
+                self._sync_services()
                 if self.cluster is not None:
                     self.cluster.publish()
         return f"changed {', '.join(sorted(changed))}" if changed else "no change"

@@ -14,6 +14,7 @@ from cilia.k8s.manifests import (
     ObjectConflict,
     Pod,
     Service,
+    describe,
     display,
     dump,
     parse_manifest,
@@ -24,11 +25,6 @@ from cilia.policy.services import ServiceBackends
 log = logging.getLogger("cilia.agent")
 
 __all__ = ["ObjectConflict", "ObjectStore", "display", "dump"]
-
-
-def _describe(raw: dict[str, Any]) -> str:
-    meta = raw.get("metadata") or {}
-    return f"{raw.get('kind')}/{meta.get('namespace', '')}/{meta.get('name')}"
 
 
 Action = Literal["created", "configured", "unchanged"]
@@ -124,7 +120,7 @@ class ObjectStore:
             try:
                 store.put(parse_manifest(raw))
             except ValidationError as exc:
-                log.warning("stored object %s dropped: %s", _describe(raw), exc)
+                log.warning("stored object %s dropped: %s", describe(raw), exc)
         return store
 
     def listing(self, kind: str, pod_status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

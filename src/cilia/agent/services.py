@@ -16,6 +16,7 @@ from typing import Any
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.objects import ObjectStore
+from cilia.datapath.events import host_port
 from cilia.datapath.manager import Datapath
 from cilia.datapath.proxy_device import proxy_device_name
 from cilia.datapath.service_hooks import node_devices
@@ -23,7 +24,7 @@ from cilia.k8s.manifests import Endpoints, Manifest, Pod, Service
 from cilia.service.allocate import allocate
 from cilia.service.endpoints import endpoints_for, pod_info
 from cilia.service.model import LbService, PodInfo, ServiceRanges
-from cilia.service.table import lb_services
+from cilia.service.table import endpoints_key, lb_services
 
 log = logging.getLogger("cilia.agent")
 
@@ -87,10 +88,9 @@ class Services:
         addresses = tuple(ip for _, ips in self.devices.values() for ip in ips)
         entries: dict[str, _Entries] = {}
         for svc in services:
-            ep = endpoints.get(f"Endpoints/{svc.namespace}/{svc.name}")
+            ep = endpoints.get(endpoints_key(svc))
             old = self._entries.get(svc.key)
-            fresh = old is not None and old.service is svc and old.endpoints is ep
-            if fresh and old is not None and old.addresses == addresses:
+            if old and old.service is svc and old.endpoints is ep and old.addresses == addresses:
                 entries[svc.key] = old
             else:
                 made = lb_services([svc], {ep.key: ep} if ep else {}, addresses)
@@ -134,7 +134,7 @@ class Services:
         computed: dict[str, Endpoints] = {}
         out: dict[str, Endpoints] = {}
         for svc in services:
-            key = f"Endpoints/{svc.namespace}/{svc.name}"
+            key = endpoints_key(svc)
             if svc.spec.selector is not None:
                 old = self._entries.get(svc.key)
                 if old is not None and old.service is svc and svc.namespace not in changed:
@@ -176,13 +176,9 @@ class Services:
                 "service": s.service,
                 "port-name": s.port_name,
                 "type": s.kind,
-                "frontend": _show(s.frontend.address, s.frontend.port),
+                "frontend": host_port(s.frontend.address, s.frontend.port),
                 "protocol": s.frontend.protocol,
-                "backends": [_show(b.address, b.port) for b in s.backends],
+                "backends": [host_port(b.address, b.port) for b in s.backends],
             }
             for s in self.table
         ]
-
-
-def _show(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

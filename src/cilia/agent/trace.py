@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from cilia.datapath.events import host_port
 from cilia.identity import MAX_IDENTITY
 from cilia.labels import Labels
 from cilia.policy.desired import Protocol
@@ -132,7 +133,7 @@ def _trace_service(agent: Agent, req: TraceRequest) -> TraceResult:
                 }
             ),
         )
-        where = f"[{b.address}]:{b.port}" if ":" in b.address else f"{b.address}:{b.port}"
+        where = host_port(b.address, b.port)
         out.lines += [f"--- backend {where} of service {req.dst_service} ---", *one.lines[:-1]]
         out.egress_allowed &= one.egress_allowed
         out.ingress_allowed &= one.ingress_allowed

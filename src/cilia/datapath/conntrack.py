@@ -36,7 +36,7 @@ class Chunk:
     """Up to BATCH entries read in one syscall, as raw key and value buffers."""
 
     keys: ctypes.Array[ctypes.c_uint8]
-    values: ctypes.Array[ctypes.c_uint64]
+    values: ctypes.Array[ctypes.c_uint8]
     count: int
 
     def key_bytes(self, i: int) -> bytes:
@@ -61,17 +61,8 @@ class Chunk:
 
 def chunks(ct: CtMap) -> Iterator[Chunk]:
     """Read the whole table in batches (entries added meanwhile may be missed)."""
-    token = (ctypes.c_uint8 * KEY_SIZE)()
-    first = True
-    while True:
-        keys = (ctypes.c_uint8 * (KEY_SIZE * BATCH))()
-        values = (ctypes.c_uint64 * (_U64_PER_VALUE * BATCH))()
-        n, more = libbpf.map_lookup_batch(ct.fd, token, first, keys, values, BATCH)
-        first = False
-        if n:
-            yield Chunk(keys, values, n)
-        if not more:
-            return
+    for keys, values, n in ct.batches(BATCH):
+        yield Chunk(keys, values, n)
 
 
 def delete_keys(ct: CtMap, keys: list[bytes]) -> int:

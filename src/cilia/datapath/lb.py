@@ -15,10 +15,11 @@ from __future__ import annotations
 import ctypes
 import heapq
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cilia.datapath import conntrack
+from cilia.datapath.events import host_port
 from cilia.datapath.layout import (
     CT_SERVICE,
     LB_F_NODEPORT,
@@ -102,22 +103,34 @@ class LoadBalancerMaps:
         for m in (self.services, self.slots, self.backends, self.revnat):
             m.close()
 
+    def _kernel_table(
+        self,
+    ) -> Iterator[tuple[LbKey, LbService, list[tuple[int, int, LbAddress | None]]]]:
+        """Each frontend the kernel holds, with its slots (slot, backend id, backend:
+        None when the slot or its backend is missing)."""
+        backends = {int(k.value): v for k, v in self.backends.items()}
+        for k, v in self.services.items():
+            slots = []
+            for slot in range(1, int(v.count) + 1):
+                bid = self.slots.lookup(LbSlotKey(v.rev_nat, slot))
+                ident = int(bid.value) if bid is not None else 0
+                slots.append((slot, ident, backends.get(ident) if bid is not None else None))
+            yield k, v, slots
+
     def _read_back(self) -> dict[Frontend, RealizedFrontend]:
         """The table a previous agent left, rebuilt from the maps."""
-        backends = {int(k.value): v for k, v in self.backends.items()}
         out: dict[Frontend, RealizedFrontend] = {}
-        for k, v in self.services.items():
+        for k, v, slots in self._kernel_table():
             proto = PROTOCOL_NAMES.get(int(k.proto))
             if proto is None:
                 continue
             fe = Frontend(addr_str(k.addr), socket.ntohs(k.port), proto)  # type: ignore[arg-type]
             rec = RealizedFrontend(int(v.rev_nat), int(v.flags))
-            for slot in range(1, int(v.count) + 1):
-                bid = self.slots.lookup(LbSlotKey(v.rev_nat, slot))
-                b = backends.get(int(bid.value)) if bid is not None else None
-                if bid is not None and b is not None:
-                    backend = Backend(addr_str(b.addr), socket.ntohs(b.port))
-                    rec.backends.append((backend, int(bid.value)))
+            rec.backends = [
+                (Backend(addr_str(b.addr), socket.ntohs(b.port)), bid)
+                for _, bid, b in slots
+                if b is not None
+            ]
             out[fe] = rec
         return out
 
@@ -132,7 +145,7 @@ class LoadBalancerMaps:
         for fe in new:
             rev_nat = self._nat_ids.take()
             self.revnat.update(ctypes.c_uint32(rev_nat), _address(fe))
-            self.realized[fe] = RealizedFrontend(rev_nat, -1)
+            self.realized[fe] = RealizedFrontend(rev_nat, -1)  # no flags yet: written below
         changed = 0
         for fe, d in wanted.items():
             rec = self.realized[fe]
@@ -235,36 +248,23 @@ class LoadBalancerMaps:
 
     def entries(self) -> list[dict[str, object]]:
         """The kernel's table, for `cilia bpf lb list`."""
-        backends = {int(k.value): v for k, v in self.backends.items()}
-        rows: list[dict[str, object]] = []
-        for k, v in self.services.items():
-            proto = PROTOCOL_NAMES.get(int(k.proto), str(k.proto))
-            slots = []
-            for slot in range(1, int(v.count) + 1):
-                bid = self.slots.lookup(LbSlotKey(v.rev_nat, slot))
-                b = backends.get(int(bid.value)) if bid is not None else None
-                slots.append(
+        rows: list[dict[str, object]] = [
+            {
+                "frontend": host_port(addr_str(k.addr), socket.ntohs(k.port)),
+                "protocol": PROTOCOL_NAMES.get(int(k.proto), str(k.proto)),
+                "id": int(v.rev_nat),
+                "flags": "nodeport" if v.flags & LB_F_NODEPORT else "",
+                "backends": [
                     {
                         "slot": slot,
-                        "backend-id": int(bid.value) if bid is not None else 0,
-                        "backend": _show(b) if b is not None else "(missing)",
+                        "backend-id": bid,
+                        "backend": host_port(addr_str(b.addr), socket.ntohs(b.port))
+                        if b is not None
+                        else "(missing)",
                     }
-                )
-            rows.append(
-                {
-                    "frontend": _show_parts(addr_str(k.addr), socket.ntohs(k.port)),
-                    "protocol": proto,
-                    "id": int(v.rev_nat),
-                    "flags": "nodeport" if v.flags & LB_F_NODEPORT else "",
-                    "backends": slots,
-                }
-            )
+                    for slot, bid, b in slots
+                ],
+            }
+            for k, v, slots in self._kernel_table()
+        ]
         return sorted(rows, key=lambda r: (str(r["frontend"]), str(r["protocol"])))
-
-
-def _show_parts(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-def _show(a: LbAddress) -> str:
-    return _show_parts(addr_str(a.addr), socket.ntohs(a.port))

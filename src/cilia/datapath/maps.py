@@ -103,18 +103,27 @@ class BpfMap(Generic[K, V]):
             yield nxt
             cur = nxt
 
-    def raw_items(self, batch: int = 4096) -> dict[bytes, bytes]:
-        """Every (key, value) as raw bytes, read in batches (a few syscalls for
-        thousands of entries)."""
+    def batches(
+        self, batch: int = 4096
+    ) -> Iterator[tuple[ctypes.Array[ctypes.c_uint8], ctypes.Array[ctypes.c_uint8], int]]:
+        """The whole map in batches of raw (keys, values, count): a few syscalls for
+        thousands of entries (entries added meanwhile may be missed)."""
         ksize, vsize = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
         token = (ctypes.c_uint8 * ksize)()
-        out: dict[bytes, bytes] = {}
         first, more = True, True
         while more:
             keys = (ctypes.c_uint8 * (ksize * batch))()
             values = (ctypes.c_uint8 * (vsize * batch))()
             n, more = libbpf.map_lookup_batch(self.fd, token, first, keys, values, batch)
             first = False
+            if n:
+                yield keys, values, n
+
+    def raw_items(self) -> dict[bytes, bytes]:
+        """Every (key, value) as raw bytes, read in batches."""
+        ksize, vsize = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
+        out: dict[bytes, bytes] = {}
+        for keys, values, n in self.batches():
             kb, vb = bytes(keys), bytes(values)
             for i in range(n):
                 out[kb[i * ksize : (i + 1) * ksize]] = vb[i * vsize : (i + 1) * vsize]

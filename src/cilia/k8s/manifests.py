@@ -668,7 +668,8 @@ KINDS: dict[str, tuple[str, type[Manifest]]] = {
 }
 
 
-def _describe(doc: Mapping[str, Any]) -> str:
+def describe(doc: Mapping[str, Any]) -> str:
+    """`Kind namespace/name` of a document not parsed yet (as far as it says)."""
     kind = doc.get("kind")
     meta = doc.get("metadata")
     if not isinstance(kind, str):
@@ -750,7 +751,7 @@ def parse_manifest_files(
         for number, doc in enumerate(docs, start=1):
             if doc is None:
                 continue
-            obj = _describe(doc) if isinstance(doc, Mapping) else ""
+            obj = describe(doc) if isinstance(doc, Mapping) else ""
             try:
                 if isinstance(doc, Mapping):
                     _check_counts(doc, limits)
